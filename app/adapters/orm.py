@@ -1,0 +1,131 @@
+"""Tables, and the imperative mapping of the domain onto the write tables."""
+
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.orm import registry, relationship
+
+from app.domain import model
+
+REF = 255  # longest reference, sku or order id, in characters
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+products = Table(
+    "products",
+    metadata,
+    Column("sku", String(REF), primary_key=True),
+    Column("version_number", Integer, nullable=False, server_default="0"),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("reference", String(REF), nullable=False, unique=True),
+    Column("sku", ForeignKey("products.sku"), nullable=False, index=True),
+    Column("purchased_quantity", Integer, nullable=False),
+    Column("allocated_quantity", Integer, nullable=False, server_default="0"),
+    Column("eta", Date, nullable=True),
+)
+
+order_lines = Table(
+    "order_lines",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("orderid", String(REF), nullable=False),
+    Column("sku", String(REF), nullable=False),
+    Column("qty", Integer, nullable=False),
+    # An order holds at most one line of a sku: the database says so too.
+    UniqueConstraint("orderid", "sku"),
+)
+
+allocations = Table(
+    "allocations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("orderline_id", ForeignKey("order_lines.id"), nullable=False, unique=True),
+    Column("batch_id", ForeignKey("batches.id"), nullable=False),
+    Index("ix_allocations_batch_id", "batch_id"),
+)
+
+# Projections: the read side. Their rows carry the product version they
+# reflect, so that a late or repeated event never overwrites a newer state.
+# A deallocated line stays as a row with no batchref (a tombstone) for the
+# same reason.
+allocations_view = Table(
+    "allocations_view",
+    metadata,
+    Column("orderid", String(REF), primary_key=True),
+    Column("sku", String(REF), primary_key=True),
+    Column("batchref", String(REF), nullable=True),
+    Column("version", Integer, nullable=False),
+)
+
+batches_view = Table(
+    "batches_view",
+    metadata,
+    Column("reference", String(REF), primary_key=True),
+    Column("sku", String(REF), nullable=False, index=True),
+    Column("eta", Date, nullable=True),
+    Column("purchased", Integer, nullable=False),
+    Column("allocated", Integer, nullable=False),
+    Column("version", Integer, nullable=False),
+)
+
+mapper_registry = registry(metadata=metadata)
+
+
+def start_mappers() -> None:
+    """Map the domain classes onto the write tables; safe to call repeatedly."""
+    if mapper_registry.mappers:
+        return
+    lines_mapper = mapper_registry.map_imperatively(model.OrderLine, order_lines)
+    batches_mapper = mapper_registry.map_imperatively(
+        model.Batch,
+        batches,
+        properties={
+            "allocations": relationship(
+                lines_mapper,
+                secondary=allocations,
+                collection_class=set,
+                # Never loaded implicitly: the repository decides which lines
+                # a command needs (see app.domain.model).
+                lazy="raise",
+                cascade="all, delete-orphan",
+                single_parent=True,
+            ),
+        },
+    )
+    mapper_registry.map_imperatively(
+        model.Product,
+        products,
+        version_id_col=products.c.version_number,
+        version_id_generator=False,
+        properties={
+            "batches": relationship(batches_mapper, lazy="raise", order_by=batches.c.id),
+        },
+    )
+    event.listen(model.Product, "load", _receive_load)
+
+
+def _receive_load(product: model.Product, _: Any) -> None:
+    product.events = []

@@ -1,0 +1,169 @@
+"""The allocation domain: Product is the aggregate, Batch and OrderLine live inside it.
+
+A Batch's ``allocated_quantity`` is the authoritative count of what it has
+allocated. Its ``allocations`` set holds the order lines loaded for the
+command at hand, not necessarily all of them: the repository loads the one
+line an Allocate needs to stay idempotent, or every line of the batch whose
+quantity a ChangeBatchQuantity lowers. That is what keeps the cost of an
+allocation flat however many lines a product has collected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from app.domain import events
+
+
+class DuplicateBatch(Exception):
+    pass
+
+
+class LineConflict(Exception):
+    pass
+
+
+@dataclass(unsafe_hash=True)
+class OrderLine:
+    orderid: str
+    sku: str
+    qty: int
+
+
+class Batch:
+    def __init__(self, ref: str, sku: str, qty: int, eta: date | None) -> None:
+        self.reference = ref
+        self.sku = sku
+        self.eta = eta
+        self.purchased_quantity = qty
+        self.allocated_quantity = 0
+        self.allocations: set[OrderLine] = set()
+
+    def __repr__(self) -> str:
+        return f"<Batch {self.reference}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Batch) and other.reference == self.reference
+
+    def __hash__(self) -> int:
+        return hash(self.reference)
+
+    def __gt__(self, other: Batch) -> bool:
+        if self.eta is None:
+            return False
+        if other.eta is None:
+            return True
+        return self.eta > other.eta
+
+    @property
+    def available_quantity(self) -> int:
+        return self.purchased_quantity - self.allocated_quantity
+
+    def can_allocate(self, line: OrderLine) -> bool:
+        return self.sku == line.sku and self.available_quantity >= line.qty
+
+    def allocate(self, line: OrderLine) -> None:
+        self.allocations.add(line)
+        self.allocated_quantity += line.qty
+
+    def deallocate_one(self) -> OrderLine:
+        line = self.allocations.pop()
+        self.allocated_quantity -= line.qty
+        return line
+
+
+class Product:
+    def __init__(self, sku: str, batches: list[Batch], version_number: int = 0) -> None:
+        self.sku = sku
+        self.batches = batches
+        self.version_number = version_number
+        self.events: list[events.Event] = []
+
+    def add_batch(self, batch: Batch) -> None:
+        """Add a batch; repeating an identical batch changes nothing."""
+        existing = self._batch(batch.reference)
+        if existing is not None:
+            same = (existing.sku, existing.purchased_quantity, existing.eta) == (
+                batch.sku,
+                batch.purchased_quantity,
+                batch.eta,
+            )
+            if same:
+                return
+            raise DuplicateBatch(f"Batch {batch.reference} already exists with different details")
+        self.batches.append(batch)
+        self.version_number += 1
+        self.events.append(
+            events.BatchCreated(
+                sku=self.sku,
+                ref=batch.reference,
+                qty=batch.purchased_quantity,
+                eta=batch.eta,
+                version=self.version_number,
+            )
+        )
+
+    def allocate(self, line: OrderLine) -> str | None:
+        """Allocate a line to the best batch and return its reference.
+
+        Returns None when out of stock. Allocating a line the order already
+        holds changes nothing; the same order asking for a different quantity
+        of this sku is a LineConflict.
+        """
+        holding = self._holding(line.orderid)
+        if holding is not None:
+            holder, held = holding
+            if held.qty != line.qty:
+                raise LineConflict(
+                    f"Order {line.orderid} already has {held.qty} of {line.sku}"
+                    f" allocated to batch {holder.reference}"
+                )
+            return holder.reference
+        batch = next((b for b in sorted(self.batches) if b.can_allocate(line)), None)
+        if batch is None:
+            self.events.append(events.OutOfStock(sku=line.sku))
+            return None
+        batch.allocate(line)
+        self.version_number += 1
+        self.events.append(
+            events.Allocated(
+                orderid=line.orderid,
+                sku=line.sku,
+                qty=line.qty,
+                batchref=batch.reference,
+                version=self.version_number,
+            )
+        )
+        return batch.reference
+
+    def change_batch_quantity(self, ref: str, qty: int) -> None:
+        batch = self._batch(ref)
+        if batch is None:
+            raise KeyError(ref)
+        batch.purchased_quantity = qty
+        self.version_number += 1
+        self.events.append(
+            events.BatchQuantityChanged(sku=self.sku, ref=ref, qty=qty, version=self.version_number)
+        )
+        while batch.available_quantity < 0:
+            line = batch.deallocate_one()
+            self.events.append(
+                events.Deallocated(
+                    orderid=line.orderid,
+                    sku=line.sku,
+                    qty=line.qty,
+                    batchref=ref,
+                    version=self.version_number,
+                )
+            )
+
+    def _batch(self, ref: str) -> Batch | None:
+        return next((b for b in self.batches if b.reference == ref), None)
+
+    def _holding(self, orderid: str) -> tuple[Batch, OrderLine] | None:
+        for batch in self.batches:
+            for held in batch.allocations:
+                if held.orderid == orderid:
+                    return batch, held
+        return None

@@ -1,0 +1,77 @@
+"""How failures reach clients: one error body, ``{"message": ...}``, for every 4xx.
+
+Domain and service-layer exceptions map to statuses here and nowhere else.
+"""
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app.domain.model import DuplicateBatch, LineConflict
+from app.service_layer.handlers import InvalidSku, UnknownBatch
+from app.service_layer.unit_of_work import ConcurrencyError
+
+logger = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[Exception], int] = {
+    InvalidSku: 400,
+    UnknownBatch: 404,
+    DuplicateBatch: 409,
+    LineConflict: 409,
+}
+
+
+def install(app: FastAPI) -> None:
+    for exc_type, status in STATUS_OF.items():
+        app.add_exception_handler(exc_type, _domain_error(status))
+    app.add_exception_handler(ConcurrencyError, _conflict)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _http_error)
+
+
+def error(status: int, message: str, detail: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"message": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+def _domain_error(status: int) -> Any:
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return error(status, str(exc))
+
+    return handler
+
+
+async def _conflict(_: Request, exc: Exception) -> JSONResponse:
+    logger.warning("write given up after repeated conflicts: %s", exc)
+    return error(409, "The write collided with concurrent writes; try again")
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    response = error(exc.status_code, str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = [_field_error(e) for e in exc.errors()]
+    first = detail[0] if detail else {"loc": [], "msg": "Invalid request"}
+    where = ".".join(str(part) for part in first["loc"])
+    message = f"{where}: {first['msg']}" if where else str(first["msg"])
+    return error(422, message, detail)
+
+
+def _field_error(e: dict[str, Any]) -> dict[str, Any]:
+    # Only location, message and type: pydantic's "input" and "ctx" would echo
+    # back whatever the client sent, at any size.
+    loc: Sequence[str | int] = e.get("loc", ())
+    return {"loc": list(loc), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}

@@ -1,0 +1,126 @@
+"""HTTP routes: translate a request into a command or a view query, nothing more."""
+
+from typing import Annotated, Any
+
+from dependency_injector.wiring import Provide, inject
+from fastapi import APIRouter, Depends, Path, Request, Response, status
+from pydantic import AfterValidator
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import views
+from app.container import Container
+from app.domain import commands
+from app.entrypoints.api import schemas
+from app.entrypoints.api.errors import error
+from app.service_layer.messagebus import MessageBus
+
+router = APIRouter()
+
+Bus = Annotated[MessageBus, Depends(Provide[Container.bus])]
+ReadEngine = Annotated[AsyncEngine, Depends(Provide[Container.read_engine])]
+PathId = Annotated[
+    str,
+    Path(min_length=1, max_length=schemas.MAX_ID_LENGTH),
+    AfterValidator(schemas.printable),
+]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": schemas.Error} for s in statuses}
+
+
+def _location(request: Request, name: str, **params: str) -> str:
+    root_path: str = request.scope.get("root_path", "")
+    return root_path + str(request.app.url_path_for(name, **params))
+
+
+@router.post(
+    "/batches",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.BatchCreated,
+    responses=_errors(409, 422),
+    summary="Add a batch of stock",
+    description="Answers 201 with `Location: /batches/{ref}`. Repeating an identical "
+    "batch is harmless; reusing a reference with different details is a 409.",
+)
+@router.post(
+    "/add_batch",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.BatchCreated,
+    responses=_errors(409, 422),
+    summary="Add a batch of stock (the book's route)",
+    description="The same as `POST /batches`.",
+)
+@inject
+async def add_batch(
+    body: schemas.BatchIn, request: Request, response: Response, bus: Bus
+) -> schemas.BatchCreated:
+    await bus.handle(commands.CreateBatch(body.ref, body.sku, body.qty, body.eta))
+    response.headers["Location"] = _location(request, "get_batch", ref=body.ref)
+    return schemas.BatchCreated(ref=body.ref)
+
+
+@router.get(
+    "/batches/{ref}",
+    response_model=schemas.BatchOut,
+    responses=_errors(404, 422),
+    summary="A batch's quantities",
+)
+@inject
+async def get_batch(ref: PathId, engine: ReadEngine) -> Any:
+    batch = await views.batch(engine, ref)
+    if batch is None:
+        return error(404, f"Unknown batch {ref}")
+    return batch
+
+
+@router.patch(
+    "/batches/{ref}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.BatchAccepted,
+    responses=_errors(404, 409, 422),
+    summary="Change a batch's purchased quantity",
+    description="Lines that no longer fit are deallocated and reallocated to other "
+    "batches where stock allows. Answers 202 with `Location: /batches/{ref}`.",
+)
+@inject
+async def change_batch_quantity(
+    ref: PathId, body: schemas.QuantityIn, request: Request, response: Response, bus: Bus
+) -> schemas.BatchAccepted:
+    await bus.handle(commands.ChangeBatchQuantity(ref, body.qty))
+    response.headers["Location"] = _location(request, "get_batch", ref=ref)
+    return schemas.BatchAccepted(ref=ref)
+
+
+@router.post(
+    "/allocate",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.AllocationAccepted,
+    responses=_errors(400, 409, 422),
+    summary="Allocate an order line",
+    description="Answers 202 with `Location: /allocations/{orderid}`: read the "
+    "allocation there. An order out of stock is accepted but gets no allocation "
+    "(404 there). Sending the same line again changes nothing; the same order "
+    "asking for a different quantity of the sku is a 409.",
+)
+@inject
+async def allocate(
+    body: schemas.AllocateIn, request: Request, response: Response, bus: Bus
+) -> schemas.AllocationAccepted:
+    await bus.handle(commands.Allocate(body.orderid, body.sku, body.qty))
+    response.headers["Location"] = _location(request, "get_allocations", orderid=body.orderid)
+    return schemas.AllocationAccepted(orderid=body.orderid)
+
+
+@router.get(
+    "/allocations/{orderid}",
+    response_model=list[schemas.Allocation],
+    responses=_errors(404, 422),
+    summary="Where an order's lines are allocated",
+)
+@inject
+async def get_allocations(orderid: PathId, engine: ReadEngine) -> Any:
+    result = await views.allocations(engine, orderid)
+    if not result:
+        return error(404, f"No allocations for order {orderid}")
+    return result

@@ -1,0 +1,107 @@
+"""The wire format: request bodies as validated models, answers as plain models."""
+
+from datetime import date
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+MAX_ID_LENGTH = 255
+MAX_QTY = 1_000_000_000
+
+
+def printable(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    if not value.isprintable():
+        raise ValueError("must contain printable characters only")
+    if "/" in value:
+        raise ValueError("must not contain '/'")
+    return value
+
+
+def _iso_date(value: Any) -> Any:
+    if value is not None and not isinstance(value, str | date):
+        raise ValueError("must be a date as YYYY-MM-DD, or null")
+    return value
+
+
+Identifier = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_ID_LENGTH, strict=True),
+    AfterValidator(printable),
+]
+Quantity = Annotated[int, Field(gt=0, le=MAX_QTY, strict=True)]
+NewQuantity = Annotated[int, Field(ge=0, le=MAX_QTY, strict=True)]
+Eta = Annotated[date | None, BeforeValidator(_iso_date)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchIn(Request):
+    ref: Identifier = Field(description="Batch reference, unique across skus.")
+    sku: Identifier
+    qty: Quantity = Field(description="Units purchased.")
+    eta: Eta = Field(None, description="Expected arrival; null for stock in the warehouse.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"ref": "batch-001", "sku": "SMALL-TABLE", "qty": 20, "eta": None}]
+        }
+    )
+
+
+class AllocateIn(Request):
+    orderid: Identifier
+    sku: Identifier
+    qty: Quantity
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"orderid": "order-001", "sku": "SMALL-TABLE", "qty": 2}]}
+    )
+
+
+class QuantityIn(Request):
+    qty: NewQuantity = Field(description="The batch's new purchased quantity.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"qty": 10}]})
+
+
+class BatchCreated(BaseModel):
+    ref: str
+
+
+class AllocationAccepted(BaseModel):
+    orderid: str
+
+
+class BatchAccepted(BaseModel):
+    ref: str
+
+
+class Allocation(BaseModel):
+    sku: str
+    batchref: str
+
+
+class BatchOut(BaseModel):
+    reference: str
+    sku: str
+    eta: date | None
+    purchased: int
+    allocated: int
+    available: int
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Error(BaseModel):
+    message: str = Field(description="What went wrong, for a person to read.")
+    detail: list[ErrorDetail] | None = Field(
+        None, description="Each invalid field, for 422 answers."
+    )

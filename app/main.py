@@ -1,0 +1,55 @@
+"""The ASGI application: ``uvicorn app.main:app``."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from dependency_injector import providers
+from fastapi import FastAPI
+
+from app import container as composition
+from app.adapters import orm
+from app.config import Settings
+from app.container import Container
+from app.entrypoints.api import errors, routes
+
+DESCRIPTION = """
+Allocates warehouse stock (batches) to customer order lines.
+
+Writes are commands: `POST /allocate` answers **202 Accepted** with a
+`Location` header, and the allocation is read back there, from a read model
+that is up to date by the time the 202 is sent. Every error answers with
+`{"message": ...}`; invalid input is a 422 that names the field.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; nothing connects until its lifespan starts."""
+    orm.start_mappers()
+    container = Container()
+    if settings is not None:
+        container.settings.override(providers.Object(settings))
+    container.wire(modules=[routes])
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("app").setLevel(container.settings().log_level.upper())
+        await composition.start(container)
+        try:
+            yield
+        finally:
+            await composition.stop(container)
+
+    app = FastAPI(
+        title="Allocation service",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    app.include_router(routes.router)
+    errors.install(app)
+    return app
+
+
+app = create_app()
