@@ -67,7 +67,7 @@ class SqlAlchemyRepository(AbstractRepository):
                 .join(orm.order_lines, orm.order_lines.c.id == orm.allocations.c.orderline_id)
                 .where(orm.order_lines.c.orderid == orderid, orm.order_lines.c.sku == sku)
             )
-            for batch_id, line in rows.tuples():
+            for batch_id, line in rows:
                 held.setdefault(batch_id, set()).add(line)
         self._set_loaded_lines(product.batches, held)
         return product

@@ -1,0 +1,184 @@
+"""Shared fixtures: databases, the app in-process, and a real uvicorn.
+
+PostgreSQL tests run when TEST_DATABASE_URL names a server (any database on
+it; the tests create and drop their own). Without it they skip, unless
+REQUIRE_SERVICES is set, when they fail: CI sets it, so that a missing or
+unreachable server can never pass as a green run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from alembic import command
+from alembic.config import Config
+from asgi_lifespan import LifespanManager
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.adapters import orm
+from app.config import Settings
+from app.main import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _required(variable: str) -> str:
+    value = os.environ.get(variable)
+    if value:
+        return value
+    reason = f"{variable} is not set"
+    if os.environ.get("REQUIRE_SERVICES"):
+        pytest.fail(f"{reason}, and REQUIRE_SERVICES says this run needs it")
+    pytest.skip(reason)
+
+
+def alembic_upgrade(url: str) -> None:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    config.attributes["configure_logger"] = False
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    try:
+        command.upgrade(config, "head")
+    finally:
+        if previous is None:
+            del os.environ["DATABASE_URL"]
+        else:
+            os.environ["DATABASE_URL"] = previous
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    return _required("TEST_DATABASE_URL")
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    admin = make_url(server_url).set(drivername="postgresql+asyncpg", database="postgres")
+    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def new_postgres_database(postgres_server_url: str) -> AsyncIterator[str]:
+    """A URL to a brand-new, empty database, dropped after the session."""
+    name = f"allocation_test_{uuid.uuid4().hex[:10]}"
+    await _admin(postgres_server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield (
+            make_url(postgres_server_url)
+            .set(drivername="postgresql+asyncpg", database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        await _admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+async def postgres_url(new_postgres_database: str) -> str:
+    """A migrated PostgreSQL database shared by the session; tests use random refs."""
+    await asyncio.to_thread(alembic_upgrade, new_postgres_database)
+    return new_postgres_database
+
+
+@pytest.fixture
+async def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(orm.metadata.create_all)
+    await engine.dispose()
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@pytest.fixture
+async def client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on the app in-process, lifespan entered."""
+    app = create_app(Settings(database_url=database_url))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c
+
+
+def random_ref(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not start serving")
+
+
+@pytest.fixture(scope="session")
+def uvicorn_url(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``uvicorn app.main:app`` process on the session's PostgreSQL database."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("uvicorn") / "server.log"
+    env = {**os.environ, "DATABASE_URL": postgres_url}
+    env.pop("READ_DATABASE_URL", None)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(url, process, time.monotonic() + 30)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
