@@ -7,9 +7,9 @@ A caller may hand in a connection as ``config.attributes["connection"]``
 import asyncio
 from logging.config import fileConfig
 
-from alembic import context
 from sqlalchemy.engine import Connection
 
+from alembic import context
 from app.adapters.database import build_engine
 from app.adapters.orm import metadata
 from app.config import Settings

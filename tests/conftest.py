@@ -20,12 +20,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from alembic import command
 from alembic.config import Config
 from asgi_lifespan import LifespanManager
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from alembic import command
 from app.adapters import orm
 from app.config import Settings
 from app.main import create_app
