@@ -1,15 +1,35 @@
 """Settings, from the environment and an optional .env file."""
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+# Plain URLs, as operators and hosting platforms write them, get the async driver.
+_ASYNC_DRIVERS = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+_SUPPORTED = {"postgresql+asyncpg", "sqlite+aiosqlite"}
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./allocation.db"
+
+
+def _with_async_driver(value: str) -> str:
+    url = make_url(value)
+    drivername = _ASYNC_DRIVERS.get(url.drivername, url.drivername)
+    if drivername not in _SUPPORTED:
+        raise ValueError(f"unsupported database {url.drivername!r}; use PostgreSQL or SQLite")
+    return url.set(drivername=drivername).render_as_string(hide_password=False)
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     database_url: str = Field(
-        "sqlite+aiosqlite:///./allocation.db",
-        description="Write-side database (SQLAlchemy async URL).",
+        DEFAULT_DATABASE_URL,
+        description="Write-side database (SQLAlchemy URL).",
     )
     read_database_url: str | None = Field(
         None, description="Read-side database, e.g. a replica; defaults to DATABASE_URL."
@@ -18,7 +38,22 @@ class Settings(BaseSettings):
     write_retries: int = Field(
         8, ge=1, le=50, description="Attempts at a write that collides with another."
     )
-    log_level: str = Field("INFO", description="Python logging level name.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _write_url(cls, value: str) -> str:
+        return _with_async_driver(value or DEFAULT_DATABASE_URL)
+
+    @field_validator("read_database_url")
+    @classmethod
+    def _read_url(cls, value: str | None) -> str | None:
+        return _with_async_driver(value) if value else None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def effective_read_database_url(self) -> str:

@@ -33,7 +33,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        logging.getLogger("app").setLevel(container.settings().log_level.upper())
+        level = container.settings().log_level
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # no-op if configured
+        logging.getLogger("app").setLevel(level)
         await composition.start(container)
         try:
             yield
