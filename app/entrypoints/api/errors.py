@@ -63,7 +63,11 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    detail = [_field_error(e) for e in exc.errors()]
+    errors = exc.errors()
+    if errors and errors[0].get("type") == "json_invalid":
+        position = errors[0].get("loc", ("body", "?"))[-1]
+        return error(422, f"The request body is not valid JSON (at character {position})")
+    detail = [_field_error(e) for e in errors]
     first = detail[0] if detail else {"loc": [], "msg": "Invalid request"}
     where = ".".join(str(part) for part in first["loc"])
     message = f"{where}: {first['msg']}" if where else str(first["msg"])

@@ -1,6 +1,7 @@
 """HTTP routes: translate a request into a command or a view query, nothing more."""
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from dependency_injector.wiring import Provide, inject
 from fastapi import APIRouter, Depends, Path, Request, Response, status
@@ -30,8 +31,10 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _location(request: Request, name: str, **params: str) -> str:
+    # Ids may hold "?", "#", "%" or non-ASCII letters: each is quoted as one path segment.
+    quoted = {key: quote(value, safe="") for key, value in params.items()}
     root_path: str = request.scope.get("root_path", "")
-    return root_path + str(request.app.url_path_for(name, **params))
+    return root_path + str(request.app.url_path_for(name, **quoted))
 
 
 @router.post(
