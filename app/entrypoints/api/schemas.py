@@ -1,5 +1,6 @@
 """The wire format: request bodies as validated models, answers as plain models."""
 
+import re
 from datetime import date
 from typing import Annotated, Any
 
@@ -19,10 +20,16 @@ def printable(value: str) -> str:
     return value
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _iso_date(value: Any) -> Any:
-    if value is not None and not isinstance(value, str | date):
-        raise ValueError("must be a date as YYYY-MM-DD, or null")
-    return value
+    # pydantic alone would also read numbers and digit strings as Unix times.
+    if value is None or isinstance(value, date):
+        return value
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
+        return value
+    raise ValueError("must be a date as YYYY-MM-DD, or null")
 
 
 Identifier = Annotated[

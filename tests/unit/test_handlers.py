@@ -1,0 +1,224 @@
+"""The handlers, driven through the real message bus and wired as app.container wires them."""
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import date
+from functools import partial
+
+import pytest
+
+from app.domain import commands, events
+from app.domain.model import DuplicateBatch
+from app.service_layer import handlers
+from app.service_layer.messagebus import Handler, MessageBus, RetryPolicy, UnitOfWorkFactory
+from tests.conftest import random_ref
+from tests.fakes import FakeNotifications, FakeStore, FakeUnitOfWork
+
+FAST_RETRY = RetryPolicy(attempts=3, backoff_base=0.0001, backoff_max=0.001)
+
+
+def bootstrap_test_bus(
+    store: FakeStore,
+    notifications: FakeNotifications,
+    uow_factory: UnitOfWorkFactory | None = None,
+) -> MessageBus:
+    """The handler maps of app.container.Container, on fakes."""
+    command_handlers: Mapping[type[commands.Command], Handler] = {
+        commands.CreateBatch: handlers.add_batch,
+        commands.Allocate: handlers.allocate,
+        commands.ChangeBatchQuantity: handlers.change_batch_quantity,
+    }
+    event_handlers: Mapping[type[events.Event], Sequence[Handler]] = {
+        events.BatchCreated: [handlers.update_batch_read_model],
+        events.BatchQuantityChanged: [handlers.update_batch_read_model],
+        events.Allocated: [
+            handlers.add_allocation_to_read_model,
+            handlers.update_batch_read_model,
+        ],
+        events.Deallocated: [
+            handlers.remove_allocation_from_read_model,
+            handlers.update_batch_read_model,
+            handlers.reallocate,
+        ],
+        events.OutOfStock: [
+            partial(handlers.send_out_of_stock_notification, notifications=notifications),
+        ],
+    }
+    return MessageBus(
+        uow_factory=uow_factory or (lambda: FakeUnitOfWork(store)),
+        command_handlers=command_handlers,
+        event_handlers=event_handlers,
+        retry=FAST_RETRY,
+    )
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+@pytest.fixture
+def notifications() -> FakeNotifications:
+    return FakeNotifications()
+
+
+@pytest.fixture
+def bus(store: FakeStore, notifications: FakeNotifications) -> MessageBus:
+    return bootstrap_test_bus(store, notifications)
+
+
+def batch_view(store: FakeStore, ref: str) -> tuple[object, object]:
+    """(purchased, allocated) of batch ``ref`` as the read model has it."""
+    row = store.read_model.batches[ref]
+    return row["purchased"], row["allocated"]
+
+
+class TestAddBatch:
+    async def test_for_new_product(self, bus: MessageBus, store: FakeStore) -> None:
+        sku, ref = random_ref("sku"), random_ref("batch")
+
+        await bus.handle(commands.CreateBatch(ref, sku, 100, None))
+
+        assert [b.reference for b in store.products[sku].batches] == [ref]
+        assert store.read_model.batches[ref] == {
+            "sku": sku,
+            "eta": None,
+            "purchased": 100,
+            "allocated": 0,
+        }
+
+    async def test_for_existing_product(self, bus: MessageBus, store: FakeStore) -> None:
+        sku, ref1, ref2 = random_ref("sku"), random_ref("b1"), random_ref("b2")
+
+        await bus.handle(commands.CreateBatch(ref1, sku, 100, None))
+        await bus.handle(commands.CreateBatch(ref2, sku, 99, date(2011, 1, 1)))
+
+        assert list(store.products) == [sku]
+        assert [b.reference for b in store.products[sku].batches] == [ref1, ref2]
+        assert store.read_model.batches[ref2]["eta"] == date(2011, 1, 1)
+
+    async def test_repeating_it_changes_nothing(self, bus: MessageBus, store: FakeStore) -> None:
+        sku, ref = random_ref("sku"), random_ref("batch")
+
+        await bus.handle(commands.CreateBatch(ref, sku, 100, None))
+        await bus.handle(commands.CreateBatch(ref, sku, 100, None))
+
+        assert len(store.products[sku].batches) == 1
+        assert store.products[sku].version_number == 1
+
+    async def test_a_ref_taken_by_another_sku_is_refused(
+        self, bus: MessageBus, store: FakeStore
+    ) -> None:
+        sku, othersku, ref = random_ref("sku"), random_ref("other"), random_ref("batch")
+        await bus.handle(commands.CreateBatch(ref, sku, 100, None))
+
+        with pytest.raises(DuplicateBatch):
+            await bus.handle(commands.CreateBatch(ref, othersku, 100, None))
+
+        assert othersku not in store.products
+        assert store.read_model.batches[ref]["sku"] == sku
+
+
+class TestAllocate:
+    async def test_shows_in_the_read_model(self, bus: MessageBus, store: FakeStore) -> None:
+        sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
+        await bus.handle(commands.CreateBatch(ref, sku, 100, None))
+
+        await bus.handle(commands.Allocate(orderid, sku, 10))
+
+        assert store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
+        assert batch_view(store, ref) == (100, 10)
+
+    async def test_errors_for_invalid_sku(self, bus: MessageBus, store: FakeStore) -> None:
+        sku, orderid = random_ref("sku"), random_ref("order")
+        await bus.handle(commands.CreateBatch(random_ref("batch"), random_ref("sku"), 100, None))
+
+        with pytest.raises(handlers.InvalidSku, match=f"^{re.escape(f'Invalid sku {sku}')}$"):
+            await bus.handle(commands.Allocate(orderid, sku, 10))
+
+        assert sku not in store.products
+        assert store.read_model.allocations_of(orderid) == []
+
+    async def test_commits(self, store: FakeStore, notifications: FakeNotifications) -> None:
+        uows: list[FakeUnitOfWork] = []
+
+        def uow_factory() -> FakeUnitOfWork:
+            uows.append(FakeUnitOfWork(store))
+            return uows[-1]
+
+        bus = bootstrap_test_bus(store, notifications, uow_factory)
+        sku = random_ref("sku")
+        await bus.handle(commands.CreateBatch(random_ref("batch"), sku, 100, None))
+        uows.clear()
+
+        await bus.handle(commands.Allocate(random_ref("order"), sku, 10))
+
+        assert uows[0].committed  # the command's own unit of work
+
+    async def test_sends_out_of_stock_notification_when_no_stock(
+        self, bus: MessageBus, store: FakeStore, notifications: FakeNotifications
+    ) -> None:
+        sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
+        await bus.handle(commands.CreateBatch(ref, sku, 9, None))
+
+        await bus.handle(commands.Allocate(orderid, sku, 10))
+
+        assert notifications.sent == [sku]
+        assert store.read_model.allocations_of(orderid) == []
+        assert batch_view(store, ref) == (9, 0)
+
+    async def test_allocating_the_same_line_again_changes_nothing(
+        self, bus: MessageBus, store: FakeStore
+    ) -> None:
+        sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
+        await bus.handle(commands.CreateBatch(ref, sku, 100, None))
+
+        await bus.handle(commands.Allocate(orderid, sku, 10))
+        await bus.handle(commands.Allocate(orderid, sku, 10))
+
+        assert store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
+        assert batch_view(store, ref) == (100, 10)
+
+
+class TestChangeBatchQuantity:
+    async def test_deallocates_and_reallocates_to_another_batch(
+        self, bus: MessageBus, store: FakeStore, notifications: FakeNotifications
+    ) -> None:
+        sku, in_stock, shipment = random_ref("sku"), random_ref("stock"), random_ref("ship")
+        order1, order2 = random_ref("o1"), random_ref("o2")
+        await bus.handle(commands.CreateBatch(in_stock, sku, 50, None))
+        await bus.handle(commands.CreateBatch(shipment, sku, 50, date.today()))
+        await bus.handle(commands.Allocate(order1, sku, 20))
+        await bus.handle(commands.Allocate(order2, sku, 20))
+        assert batch_view(store, in_stock) == (50, 40)
+
+        await bus.handle(commands.ChangeBatchQuantity(in_stock, 25))
+
+        placed = store.read_model.allocations_of(order1) + store.read_model.allocations_of(order2)
+        assert sorted(a["batchref"] for a in placed) == sorted([in_stock, shipment])
+        assert batch_view(store, in_stock) == (25, 20)
+        assert batch_view(store, shipment) == (50, 20)
+        assert notifications.sent == []
+
+    async def test_when_reallocation_is_impossible_the_order_is_out_of_stock(
+        self, bus: MessageBus, store: FakeStore, notifications: FakeNotifications
+    ) -> None:
+        sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
+        await bus.handle(commands.CreateBatch(ref, sku, 20, None))
+        await bus.handle(commands.Allocate(orderid, sku, 20))
+
+        await bus.handle(commands.ChangeBatchQuantity(ref, 10))
+
+        assert notifications.sent == [sku]
+        assert store.read_model.allocations_of(orderid) == []
+        assert batch_view(store, ref) == (10, 0)
+
+    async def test_errors_for_unknown_batch(self, bus: MessageBus, store: FakeStore) -> None:
+        sku, ref, unknown = random_ref("sku"), random_ref("batch"), random_ref("unknown")
+        await bus.handle(commands.CreateBatch(ref, sku, 20, None))
+
+        with pytest.raises(handlers.UnknownBatch, match=re.escape(unknown)):
+            await bus.handle(commands.ChangeBatchQuantity(unknown, 10))
+
+        assert batch_view(store, ref) == (20, 0)
+        assert store.products[sku].version_number == 1
