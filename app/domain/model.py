@@ -138,6 +138,8 @@ class Product:
         return batch.reference
 
     def change_batch_quantity(self, ref: str, qty: int) -> None:
+        if qty < 0:
+            raise ValueError(f"A batch cannot hold {qty} units")
         batch = self._batch(ref)
         if batch is None:
             raise KeyError(ref)

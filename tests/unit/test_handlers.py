@@ -1,16 +1,16 @@
 """The handlers, driven through the real message bus and wired as app.container wires them."""
 
 import re
-from collections.abc import Mapping, Sequence
 from datetime import date
-from functools import partial
 
 import pytest
+from dependency_injector import providers
 
-from app.domain import commands, events
+from app.container import Container
+from app.domain import commands
 from app.domain.model import DuplicateBatch
 from app.service_layer import handlers
-from app.service_layer.messagebus import Handler, MessageBus, RetryPolicy, UnitOfWorkFactory
+from app.service_layer.messagebus import MessageBus, RetryPolicy, UnitOfWorkFactory
 from tests.conftest import random_ref
 from tests.fakes import FakeNotifications, FakeStore, FakeUnitOfWork
 
@@ -22,34 +22,13 @@ def bootstrap_test_bus(
     notifications: FakeNotifications,
     uow_factory: UnitOfWorkFactory | None = None,
 ) -> MessageBus:
-    """The handler maps of app.container.Container, on fakes."""
-    command_handlers: Mapping[type[commands.Command], Handler] = {
-        commands.CreateBatch: handlers.add_batch,
-        commands.Allocate: handlers.allocate,
-        commands.ChangeBatchQuantity: handlers.change_batch_quantity,
-    }
-    event_handlers: Mapping[type[events.Event], Sequence[Handler]] = {
-        events.BatchCreated: [handlers.update_batch_read_model],
-        events.BatchQuantityChanged: [handlers.update_batch_read_model],
-        events.Allocated: [
-            handlers.add_allocation_to_read_model,
-            handlers.update_batch_read_model,
-        ],
-        events.Deallocated: [
-            handlers.remove_allocation_from_read_model,
-            handlers.update_batch_read_model,
-            handlers.reallocate,
-        ],
-        events.OutOfStock: [
-            partial(handlers.send_out_of_stock_notification, notifications=notifications),
-        ],
-    }
-    return MessageBus(
-        uow_factory=uow_factory or (lambda: FakeUnitOfWork(store)),
-        command_handlers=command_handlers,
-        event_handlers=event_handlers,
-        retry=FAST_RETRY,
-    )
+    """The bus as app.container wires it, on fakes."""
+    container = Container()
+    container.uow.override(providers.Callable(uow_factory or (lambda: FakeUnitOfWork(store))))
+    container.notifications.override(providers.Object(notifications))
+    container.retry.override(providers.Object(FAST_RETRY))
+    bus: MessageBus = container.bus()
+    return bus
 
 
 @pytest.fixture
