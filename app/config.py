@@ -40,6 +40,29 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
+    redis_url: str | None = Field(
+        None, description="Redis for external events; unset turns them off."
+    )
+    smtp_host: str | None = Field(None, description="Mail server; unset logs notices instead.")
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_from: str = Field("allocation@localhost", description="Sender of notices.")
+    notify_email: str = Field("stock@localhost", description="Who hears of stock running out.")
+
+    relay_enabled: bool = Field(True, description="Run the outbox relay in the API process.")
+    relay_interval: float = Field(
+        1.0, gt=0, le=3600, description="Seconds between looks at an empty outbox."
+    )
+    outbox_lease: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="Seconds an event belongs to the process delivering it; after "
+        "that another relay may deliver it.",
+    )
+    outbox_retention: float = Field(
+        86400.0, gt=0, description="Seconds a delivered event is kept in the outbox."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _write_url(cls, value: str) -> str:
@@ -49,6 +72,11 @@ class Settings(BaseSettings):
     @classmethod
     def _read_url(cls, value: str | None) -> str | None:
         return _with_async_driver(value) if value else None
+
+    @field_validator("redis_url", "smtp_host")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,21 +1,63 @@
 """The composition root: every collaborator, its lifetime, and what it is given."""
 
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from functools import partial
 
 from dependency_injector import containers, providers
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.adapters import database
-from app.adapters.notifications import LogNotifications
+from app.adapters.notifications import (
+    AbstractNotifications,
+    EmailNotifications,
+    LogNotifications,
+)
+from app.adapters.publisher import AbstractPublisher, NoPublisher, RedisPublisher
 from app.config import Settings
 from app.domain import commands, events
+from app.faults import Faults
 from app.service_layer import handlers
 from app.service_layer.messagebus import MessageBus, RetryPolicy
+from app.service_layer.relay import Relay, RelaySettings
 from app.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+
+
+async def redis_resource(url: str | None) -> AsyncIterator[Redis | None]:
+    if url is None:
+        yield None
+        return
+    client = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def publisher(client: Redis | None, faults: Faults) -> AbstractPublisher:
+    return NoPublisher() if client is None else RedisPublisher(client, faults)
+
+
+def notifications(settings: Settings) -> AbstractNotifications:
+    if settings.smtp_host is None:
+        return LogNotifications()
+    return EmailNotifications(
+        settings.smtp_host, settings.smtp_port, settings.smtp_from, settings.notify_email
+    )
+
+
+def relay_settings(settings: Settings) -> RelaySettings:
+    return RelaySettings(
+        poll_interval=settings.relay_interval,
+        lease=timedelta(seconds=settings.outbox_lease),
+        retention=timedelta(seconds=settings.outbox_retention),
+    )
 
 
 class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(Settings)
+    faults = providers.Singleton(Faults)  # armed by tests only
 
     engine = providers.Resource(
         database.engine_resource,
@@ -29,11 +71,20 @@ class Container(containers.DeclarativeContainer):
         pool_size=settings.provided.db_pool_size,
         writer=False,
     )
-    session_factory = providers.Singleton(async_sessionmaker, engine, expire_on_commit=False)
-    notifications = providers.Singleton(LogNotifications)
-    retry = providers.Singleton(RetryPolicy, attempts=settings.provided.write_retries)
+    redis = providers.Resource(redis_resource, url=settings.provided.redis_url)
 
-    uow = providers.Factory(SqlAlchemyUnitOfWork, session_factory=session_factory)
+    session_factory = providers.Singleton(async_sessionmaker, engine, expire_on_commit=False)
+    publisher = providers.Singleton(publisher, client=redis, faults=faults)
+    notifications = providers.Singleton(notifications, settings=settings)
+    retry = providers.Singleton(RetryPolicy, attempts=settings.provided.write_retries)
+    relay_settings = providers.Singleton(relay_settings, settings=settings)
+
+    uow = providers.Factory(
+        SqlAlchemyUnitOfWork,
+        session_factory=session_factory,
+        faults=faults,
+        lease=relay_settings.provided.lease,
+    )
 
     command_handlers = providers.Dict(
         {
@@ -53,6 +104,7 @@ class Container(containers.DeclarativeContainer):
             events.Allocated: providers.List(
                 providers.Object(handlers.add_allocation_to_read_model),
                 providers.Object(handlers.update_batch_read_model),
+                providers.Factory(partial, handlers.publish_allocated_event, publisher=publisher),
             ),
             events.Deallocated: providers.List(
                 providers.Object(handlers.remove_allocation_from_read_model),
@@ -75,10 +127,14 @@ class Container(containers.DeclarativeContainer):
         command_handlers=command_handlers,
         event_handlers=event_handlers,
         retry=retry,
+        faults=faults,
+    )
+    relay = providers.Singleton(
+        Relay, uow_factory=uow.provider, bus_factory=bus.provider, settings=relay_settings
     )
 
 
-_ASYNC_RESOURCES = ("engine", "read_engine")
+_ASYNC_RESOURCES = ("engine", "read_engine", "redis")
 
 
 async def start(container: Container) -> None:

@@ -1,5 +1,6 @@
 """The ASGI application: ``uvicorn app.main:app``."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,9 +38,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # no-op if configured
         logging.getLogger("app").setLevel(level)
         await composition.start(container)
+        stop = asyncio.Event()
+        relay = None
+        if container.settings().relay_enabled:
+            relay = asyncio.create_task(container.relay().run(stop), name="outbox relay")
         try:
             yield
         finally:
+            stop.set()
+            if relay is not None:
+                await relay
             await composition.stop(container)
 
     app = FastAPI(

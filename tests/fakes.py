@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
 from app.adapters.notifications import AbstractNotifications
+from app.adapters.outbox import AbstractOutbox, OutboxStats, Pending, utcnow
 from app.adapters.projections import AbstractReadModel
+from app.adapters.publisher import AbstractPublisher
 from app.adapters.repository import AbstractRepository
-from app.domain import model
+from app.domain import events, model
+from app.faults import Faults
 from app.service_layer.unit_of_work import AbstractUnitOfWork
 
 
@@ -30,15 +37,22 @@ class FakeRepository(AbstractRepository):
 class FakeReadModel(AbstractReadModel):
     def __init__(self, products: dict[str, model.Product]) -> None:
         self._products = products
-        self.allocations: dict[tuple[str, str], tuple[str | None, int]] = {}
+        self.allocations: dict[tuple[str, str], str | None] = {}
         self.batches: dict[str, dict[str, object]] = {}
 
-    async def allocation_set(
-        self, orderid: str, sku: str, batchref: str | None, version: int
-    ) -> None:
-        current = self.allocations.get((orderid, sku))
-        if current is None or current[1] < version:
-            self.allocations[(orderid, sku)] = (batchref, version)
+    async def allocation_refreshed(self, orderid: str, sku: str) -> None:
+        product = self._products.get(sku)
+        if product is None:
+            return
+        self.allocations[(orderid, sku)] = next(
+            (
+                b.reference
+                for b in product.batches
+                for line in b.allocations
+                if line.orderid == orderid
+            ),
+            None,
+        )
 
     async def batch_refreshed(self, ref: str) -> None:
         for product in self._products.values():
@@ -54,9 +68,63 @@ class FakeReadModel(AbstractReadModel):
     def allocations_of(self, orderid: str) -> list[dict[str, str]]:
         return [
             {"sku": sku, "batchref": batchref}
-            for (o, sku), (batchref, _) in sorted(self.allocations.items())
+            for (o, sku), batchref in sorted(self.allocations.items())
             if o == orderid and batchref is not None
         ]
+
+
+@dataclass
+class OutboxRow:
+    event: events.Event
+    available_at: datetime
+    attempts: int = 0
+    last_error: str | None = None
+    completed: bool = False
+
+
+@dataclass
+class FakeOutbox(AbstractOutbox):
+    rows: dict[str, OutboxRow] = field(default_factory=dict)
+    handled: set[tuple[str, str]] = field(default_factory=set)
+
+    async def add(self, new: list[events.Event], available_at: datetime) -> None:
+        for e in new:
+            self.rows[e.id] = OutboxRow(e, available_at)
+
+    async def record_handled(self, event_id: str, handler: str) -> bool:
+        if (event_id, handler) in self.handled:
+            return False
+        self.handled.add((event_id, handler))
+        return True
+
+    async def claim(self, limit: int, lease: timedelta) -> list[Pending]:
+        now = utcnow()
+        due = [r for r in self.rows.values() if not r.completed and r.available_at <= now]
+        claimed = []
+        for row in due[:limit]:
+            row.available_at = now + lease
+            done = frozenset(h for i, h in self.handled if i == row.event.id)
+            claimed.append(Pending(row.event, row.attempts, done))
+        return claimed
+
+    async def complete(self, event_id: str) -> None:
+        self.rows[event_id].completed = True
+
+    async def failed(self, event_id: str, error: str, retry_at: datetime) -> None:
+        row = self.rows[event_id]
+        row.attempts += 1
+        row.last_error = error
+        row.available_at = retry_at
+
+    async def stats(self, failing_after: int) -> OutboxStats:
+        pending = [r for r in self.rows.values() if not r.completed]
+        return OutboxStats(len(pending), sum(r.attempts >= failing_after for r in pending), None)
+
+    async def prune(self, before: datetime) -> int:
+        return 0
+
+    def pending(self) -> list[events.Event]:
+        return [r.event for r in self.rows.values() if not r.completed]
 
 
 class FakeStore:
@@ -65,18 +133,21 @@ class FakeStore:
     def __init__(self) -> None:
         self.products: dict[str, model.Product] = {}
         self.read_model = FakeReadModel(self.products)
+        self.outbox = FakeOutbox()
         self.commits = 0
 
 
 class FakeUnitOfWork(AbstractUnitOfWork):
-    def __init__(self, store: FakeStore) -> None:
+    def __init__(self, store: FakeStore, faults: Faults | None = None) -> None:
+        super().__init__()
         self.store = store
         self.products = FakeRepository(store.products)
         self.read_model = store.read_model
-        self.committed = False
+        self.outbox = store.outbox
+        self.faults = faults or Faults()
+        self.lease = timedelta(seconds=30)
 
-    async def commit(self) -> None:
-        self.committed = True
+    async def _commit(self) -> None:
         self.store.commits += 1
 
     async def rollback(self) -> None:
@@ -89,3 +160,11 @@ class FakeNotifications(AbstractNotifications):
 
     async def send_out_of_stock(self, sku: str) -> None:
         self.sent.append(sku)
+
+
+class FakePublisher(AbstractPublisher):
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        self.published.append((channel, payload))

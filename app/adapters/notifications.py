@@ -2,6 +2,9 @@
 
 import abc
 import logging
+from email.message import EmailMessage
+
+import aiosmtplib
 
 logger = logging.getLogger(__name__)
 
@@ -11,8 +14,31 @@ class AbstractNotifications(abc.ABC):
     async def send_out_of_stock(self, sku: str) -> None: ...
 
 
+class EmailNotifications(AbstractNotifications):
+    """Mail over SMTP; a connection per message, opened when there is one to send."""
+
+    def __init__(
+        self, host: str, port: int, sender: str, recipient: str, timeout: float = 10
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._sender = sender
+        self._recipient = recipient
+        self._timeout = timeout
+
+    async def send_out_of_stock(self, sku: str) -> None:
+        message = EmailMessage()
+        message["From"] = self._sender
+        message["To"] = self._recipient
+        message["Subject"] = f"Out of stock: {sku}"
+        message.set_content(
+            f"An order for {sku} could not be allocated: no batch has enough stock left.\n"
+        )
+        await aiosmtplib.send(message, hostname=self._host, port=self._port, timeout=self._timeout)
+
+
 class LogNotifications(AbstractNotifications):
     """Used while no mail server is configured: the notice goes to the log."""
 
     async def send_out_of_stock(self, sku: str) -> None:
-        logger.warning("out of stock: %s", sku)
+        logger.warning("out of stock: %s (no SMTP_HOST set, so no email is sent)", sku)

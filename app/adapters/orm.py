@@ -3,14 +3,17 @@
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Column,
     Date,
+    DateTime,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     event,
 )
@@ -89,6 +92,41 @@ batches_view = Table(
     Column("purchased", Integer, nullable=False),
     Column("allocated", Integer, nullable=False),
     Column("version", Integer, nullable=False),
+)
+
+# The transactional outbox: every event, written in the transaction that
+# raised it, until all its handlers have run. Times are naive UTC.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("type", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("sku", String(REF), nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    # Until then the event belongs to whoever wrote or claimed it last.
+    Column("available_at", DateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    Column("completed_at", DateTime, nullable=True),
+)
+Index(
+    "ix_outbox_pending",
+    outbox.c.available_at,
+    postgresql_where=outbox.c.completed_at.is_(None),
+    sqlite_where=outbox.c.completed_at.is_(None),
+)
+Index("ix_outbox_completed_at", outbox.c.completed_at)
+
+# Which handler has processed which event, written in the handler's own
+# transaction: a redelivered event finds its finished handlers here.
+processed_messages = Table(
+    "processed_messages",
+    metadata,
+    Column("message_id", String(32), primary_key=True),
+    Column("handler", String(100), primary_key=True),
+    Column("processed_at", DateTime, nullable=False),
 )
 
 mapper_registry = registry(metadata=metadata)

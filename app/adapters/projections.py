@@ -1,7 +1,10 @@
 """Keeping the read side's projection tables up to date.
 
-Every write is an upsert guarded by the product version it reflects: an
-event applied twice, or after a newer one, leaves the row as it was.
+An event says which rows changed; the row is then copied from the write
+model as it stands, with the product version it reflects, by an upsert that
+leaves a row of a newer version alone. Replayed, late or reordered events
+therefore converge on the write model's state. A deallocated line stays as a
+row with no batchref (a tombstone), so that its version is kept.
 """
 
 import abc
@@ -16,10 +19,8 @@ from app.adapters import orm
 
 class AbstractReadModel(abc.ABC):
     @abc.abstractmethod
-    async def allocation_set(
-        self, orderid: str, sku: str, batchref: str | None, version: int
-    ) -> None:
-        """Record where an order's line of ``sku`` sits; None once deallocated."""
+    async def allocation_refreshed(self, orderid: str, sku: str) -> None:
+        """Copy where the order's line of ``sku`` sits now (if anywhere)."""
 
     @abc.abstractmethod
     async def batch_refreshed(self, ref: str) -> None:
@@ -30,9 +31,21 @@ class SqlAlchemyReadModel(AbstractReadModel):
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def allocation_set(
-        self, orderid: str, sku: str, batchref: str | None, version: int
-    ) -> None:
+    async def allocation_refreshed(self, orderid: str, sku: str) -> None:
+        b, line, a = orm.batches.c, orm.order_lines.c, orm.allocations.c
+        # The version is read before the line, so the row is never labelled
+        # newer than what it shows.
+        version = await self.session.scalar(
+            select(orm.products.c.version_number).where(orm.products.c.sku == sku)
+        )
+        if version is None:
+            return
+        batchref = await self.session.scalar(
+            select(b.reference)
+            .join(orm.allocations, a.batch_id == b.id)
+            .join(orm.order_lines, line.id == a.orderline_id)
+            .where(line.orderid == orderid, line.sku == sku)
+        )
         await self._upsert(
             orm.allocations_view,
             {"orderid": orderid, "sku": sku, "batchref": batchref, "version": version},

@@ -1,16 +1,22 @@
 """Events: facts the Product aggregate reports. Past-tense names.
 
-Every event carries the product's ``version`` after the change that raised
-it, so a projection can apply events in aggregate order and ignore stale ones.
+Every event has an ``id`` of its own (consumers de-duplicate on it), and
+those about a product carry its ``version`` after the change that raised
+them, so that a projection can tell a stale event from a new one.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
+from uuid import uuid4
+
+
+def _new_id() -> str:
+    return uuid4().hex
 
 
 @dataclass(frozen=True)
 class Event:
-    pass
+    id: str = field(default_factory=_new_id, kw_only=True, compare=False)
 
 
 @dataclass(frozen=True)

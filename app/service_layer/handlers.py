@@ -1,14 +1,20 @@
 """Handlers: one per command, and the reactions to each event.
 
 Every handler takes its message and a fresh unit of work; anything else it
-needs is bound in app.container.
+needs is bound in app.container. Event handlers may run more than once for
+one event (delivery is at least once), so each is idempotent.
 """
 
 from __future__ import annotations
 
+import logging
+
 from app.adapters.notifications import AbstractNotifications
+from app.adapters.publisher import AbstractPublisher
 from app.domain import commands, events, model
 from app.service_layer.unit_of_work import AbstractUnitOfWork
+
+logger = logging.getLogger(__name__)
 
 
 class InvalidSku(Exception):
@@ -51,12 +57,16 @@ async def change_batch_quantity(cmd: commands.ChangeBatchQuantity, uow: Abstract
 
 
 async def reallocate(event: events.Deallocated, uow: AbstractUnitOfWork) -> None:
-    await allocate(commands.Allocate(event.orderid, event.sku, event.qty), uow)
+    try:
+        await allocate(commands.Allocate(event.orderid, event.sku, event.qty), uow)
+    except model.LineConflict as e:
+        # The order was allocated again, differently, since: nothing to redo.
+        logger.info("not reallocating: %s", e)
 
 
 async def add_allocation_to_read_model(event: events.Allocated, uow: AbstractUnitOfWork) -> None:
     async with uow:
-        await uow.read_model.allocation_set(event.orderid, event.sku, event.batchref, event.version)
+        await uow.read_model.allocation_refreshed(event.orderid, event.sku)
         await uow.commit()
 
 
@@ -64,7 +74,7 @@ async def remove_allocation_from_read_model(
     event: events.Deallocated, uow: AbstractUnitOfWork
 ) -> None:
     async with uow:
-        await uow.read_model.allocation_set(event.orderid, event.sku, None, event.version)
+        await uow.read_model.allocation_refreshed(event.orderid, event.sku)
         await uow.commit()
 
 
@@ -79,6 +89,21 @@ async def update_batch_read_model(
     async with uow:
         await uow.read_model.batch_refreshed(ref)
         await uow.commit()
+
+
+async def publish_allocated_event(
+    event: events.Allocated, uow: AbstractUnitOfWork, publisher: AbstractPublisher
+) -> None:
+    await publisher.publish(
+        "line_allocated",
+        {
+            "orderid": event.orderid,
+            "sku": event.sku,
+            "qty": event.qty,
+            "batchref": event.batchref,
+            "event_id": event.id,
+        },
+    )
 
 
 async def send_out_of_stock_notification(

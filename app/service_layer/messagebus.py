@@ -4,17 +4,21 @@ Error policy:
 - A command's handler raises to the caller. A ConcurrencyError is first
   retried, a bounded number of times with jittered backoff, each attempt on a
   fresh unit of work.
-- An event's handlers are isolated from each other and from the caller: each
-  gets its own unit of work and the same retries; a failure is logged with
-  the event, and the remaining handlers still run.
+- Events are already in the outbox when the bus sees them (the command's
+  commit put them there). Each handler of an event runs in its own unit of
+  work, with the same retries, and its commit records it as done with that
+  event. A failing handler is logged and the others still run; the event
+  stays in the outbox, marked with the error, for the relay to deliver again
+  later, to the handlers that have not finished.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeAlias
 
 from tenacity import (
@@ -24,8 +28,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from app.adapters.outbox import utcnow
 from app.domain import commands, events
-from app.service_layer.unit_of_work import AbstractUnitOfWork, ConcurrencyError
+from app.faults import Faults
+from app.service_layer.unit_of_work import AbstractUnitOfWork, AlreadyHandled, ConcurrencyError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +45,9 @@ class RetryPolicy:
     attempts: int = 8
     backoff_base: float = 0.005  # seconds; doubles with each attempt, jittered
     backoff_max: float = 0.25
+    # delivering an event again after a failure: doubles up to the maximum
+    redelivery_base: float = 1.0
+    redelivery_max: float = 30.0
 
     def retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
@@ -48,6 +57,15 @@ class RetryPolicy:
             reraise=True,
         )
 
+    def redelivery_delay(self, attempts: int) -> timedelta:
+        seconds = min(self.redelivery_base * 2 ** max(attempts - 1, 0), self.redelivery_max)
+        return timedelta(seconds=seconds)
+
+
+def handler_name(handler: Handler) -> str:
+    target = getattr(handler, "func", handler)  # see through functools.partial
+    return str(getattr(target, "__name__", repr(handler)))
+
 
 class MessageBus:
     def __init__(
@@ -56,32 +74,83 @@ class MessageBus:
         command_handlers: Mapping[type[commands.Command], Handler],
         event_handlers: Mapping[type[events.Event], Sequence[Handler]],
         retry: RetryPolicy,
+        faults: Faults,
     ) -> None:
         self._uow_factory = uow_factory
         self._command_handlers = command_handlers
         self._event_handlers = event_handlers
         self._retry = retry
+        self._faults = faults
 
     async def handle(self, command: commands.Command) -> None:
-        queue: deque[events.Event] = deque()
-        queue.extend(await self._run(self._command_handlers[type(command)], command))
-        while queue:
-            event = queue.popleft()
-            for handler in self._event_handlers.get(type(event), ()):
-                try:
-                    queue.extend(await self._run(handler, event))
-                except Exception:
-                    logger.exception("handler %s failed on %r", _name(handler), event)
+        new = await self._run(self._command_handlers[type(command)], command)
+        self._faults.check("after_commit")
+        await self._dispatch(new)
 
-    async def _run(self, handler: Handler, message: Message) -> list[events.Event]:
+    async def redeliver(self, event: events.Event, attempts: int, handled: frozenset[str]) -> bool:
+        """Deliver an event from the outbox to the handlers not in ``handled``.
+
+        Returns whether all of them succeeded.
+        """
+        return await self._dispatch([event], attempts=attempts, handled=handled)
+
+    async def _dispatch(
+        self,
+        new: Iterable[events.Event],
+        attempts: int = 0,
+        handled: frozenset[str] = frozenset(),
+    ) -> bool:
+        queue = deque((event, attempts, handled) for event in new)
+        delivered = True
+        while queue:
+            event, attempts, handled = queue.popleft()
+            errors: list[str] = []
+            for handler in self._event_handlers.get(type(event), ()):
+                name = handler_name(handler)
+                if name in handled:
+                    continue
+                try:
+                    more = await self._run(handler, event, handling=(event.id, name))
+                except Exception as e:
+                    logger.exception("handler %s failed on %r", name, event)
+                    errors.append(f"{name}: {type(e).__name__}: {e}")
+                else:
+                    queue.extend((e, 0, frozenset()) for e in more)
+            await self._settle(event, attempts, errors)
+            delivered = delivered and not errors
+        return delivered
+
+    async def _run(
+        self, handler: Handler, message: Message, handling: tuple[str, str] | None = None
+    ) -> list[events.Event]:
         async for attempt in self._retry.retrying():
             with attempt:
                 uow = self._uow_factory()
-                await handler(message, uow)
+                uow.handling = handling
+                try:
+                    await handler(message, uow)
+                    if handling is not None and not uow.committed:
+                        # A handler with nothing to write: record it as done.
+                        async with uow:
+                            await uow.commit()
+                except AlreadyHandled:
+                    return []
                 return list(uow.collect_new_events())
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
-
-def _name(handler: Handler) -> str:
-    target = getattr(handler, "func", handler)  # see through functools.partial
-    return str(getattr(target, "__name__", repr(handler)))
+    async def _settle(self, event: events.Event, attempts: int, errors: list[str]) -> None:
+        """Mark the event delivered, or due again after a backoff."""
+        try:
+            async for attempt in self._retry.retrying():
+                with attempt:
+                    async with self._uow_factory() as uow:
+                        if errors:
+                            delay = self._retry.redelivery_delay(attempts + 1)
+                            await uow.outbox.failed(event.id, "; ".join(errors), utcnow() + delay)
+                        else:
+                            await uow.outbox.complete(event.id)
+                        await uow.commit()
+        except Exception:
+            # The event's lease runs out and the relay delivers it again; its
+            # finished handlers are recorded, so only the rest run.
+            logger.exception("could not record the delivery of %r", event)

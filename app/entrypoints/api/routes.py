@@ -127,3 +127,32 @@ async def get_allocations(orderid: PathId, engine: ReadEngine) -> Any:
     if not result:
         return error(404, f"No allocations for order {orderid}")
     return result
+
+
+@router.get(
+    "/allocations/{orderid}/{sku}",
+    response_model=schemas.Allocation,
+    responses=_errors(404, 422),
+    summary="Where one line of an order is allocated",
+)
+@inject
+async def get_allocation(orderid: PathId, sku: PathId, engine: ReadEngine) -> Any:
+    result = await views.allocation(engine, orderid, sku)
+    if result is None:
+        return error(404, f"Order {orderid} has no allocation of {sku}")
+    return result
+
+
+@router.get(
+    "/products/{sku}",
+    response_model=schemas.ProductOut,
+    responses=_errors(404, 422),
+    summary="Stock of a sku, now and per batch",
+    description="Served from a read model kept up to date by events.",
+)
+@inject
+async def get_product(sku: PathId, engine: ReadEngine) -> Any:
+    result = await views.product(engine, sku)
+    if result is None:
+        return error(404, f"Unknown sku {sku}")
+    return result

@@ -101,6 +101,19 @@ class BatchOut(BaseModel):
     available: int
 
 
+class BatchStock(BaseModel):
+    reference: str
+    eta: date | None
+    available: int
+
+
+class ProductOut(BaseModel):
+    sku: str
+    available_now: int = Field(description="Units in the warehouse (batches with no eta).")
+    incoming: int = Field(description="Units still to arrive in shipments.")
+    batches: list[BatchStock] = Field(description="In the order allocation uses them.")
+
+
 class ErrorDetail(BaseModel):
     loc: list[str | int]
     msg: str

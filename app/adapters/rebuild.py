@@ -1,0 +1,59 @@
+"""Recomputing every projection from the write model.
+
+The rebuild runs in one transaction: readers see the old rows until it
+commits, then the new ones, never a half-built view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, Table, delete, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.adapters import orm
+
+Progress = Callable[[str, int, int], None]  # (view, rows done, rows in all)
+
+
+async def rebuild_views(conn: AsyncConnection, progress: Progress, chunk: int = 5000) -> None:
+    b, p, line, a = orm.batches.c, orm.products.c, orm.order_lines.c, orm.allocations.c
+    batches = select(
+        b.reference, b.sku, b.eta, b.purchased_quantity, b.allocated_quantity, p.version_number
+    ).join(orm.products, p.sku == b.sku)
+    await _rewrite(conn, orm.batches_view, batches, b.id, progress, chunk)
+    allocations = (
+        select(line.orderid, line.sku, b.reference, p.version_number)
+        .join(orm.allocations, a.orderline_id == line.id)
+        .join(orm.batches, b.id == a.batch_id)
+        .join(orm.products, p.sku == b.sku)
+    )
+    await _rewrite(conn, orm.allocations_view, allocations, line.id, progress, chunk)
+
+
+async def _rewrite(
+    conn: AsyncConnection,
+    view: Table,
+    source: Select[Any],
+    key: ColumnElement[int],
+    progress: Progress,
+    chunk: int,
+) -> None:
+    """Replace ``view``'s rows with ``source``'s, ``chunk`` rows at a time, in key order."""
+    total = await conn.scalar(select(func.count()).select_from(source.subquery())) or 0
+    await conn.execute(delete(view))
+    columns = [c.name for c in view.columns]
+    progress(view.name, 0, total)
+    done, after = 0, None
+    page = source.add_columns(key).order_by(key).limit(chunk)
+    while True:
+        rows = (await conn.execute(page if after is None else page.where(key > after))).all()
+        if not rows:
+            return
+        await conn.execute(
+            insert(view), [dict(zip(columns, row[:-1], strict=True)) for row in rows]
+        )
+        after = rows[-1][-1]
+        done += len(rows)
+        progress(view.name, done, total)

@@ -1,0 +1,126 @@
+"""The ``allocation`` command: the worker, and the operator's tools."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from app import container as composition
+from app.adapters import orm
+from app.adapters.rebuild import rebuild_views
+from app.container import Container
+from app.entrypoints.redis_consumer import RedisConsumer
+
+cli = typer.Typer(help="The allocation service's worker and tools.", no_args_is_help=True)
+logger = logging.getLogger("app.cli")
+T = TypeVar("T")
+
+FAILING_AFTER = 5  # attempts after which a pending event counts as failing
+
+
+def _run(work: Callable[[Container], Awaitable[T]]) -> T:
+    async def main() -> T:
+        orm.start_mappers()
+        container = Container()
+        logging.basicConfig(
+            level=container.settings().log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        await composition.start(container)
+        try:
+            return await work(container)
+        finally:
+            await composition.stop(container)
+
+    return asyncio.run(main())
+
+
+@cli.command()
+def worker() -> None:
+    """Consume external events from Redis and deliver the outbox, until SIGTERM."""
+
+    async def work(container: Container) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(container.relay().run(stop), name="relay")]
+        client = container.redis()
+        if client is None:
+            logger.warning("REDIS_URL is not set: delivering the outbox only")
+        else:
+            consumer = RedisConsumer(client, container.bus)
+            tasks.append(asyncio.create_task(consumer.run(stop), name="consumer"))
+        logger.info("worker started")
+        await stop.wait()
+        logger.info("stopping: finishing the work in hand")
+        await asyncio.gather(*tasks)
+        logger.info("worker stopped")
+
+    _run(work)
+
+
+@cli.command("rebuild-views")
+def rebuild_views_command(
+    chunk: int = typer.Option(5000, min=1, help="Rows read and written at a time."),
+) -> None:
+    """Recompute every projection from the write model, in one transaction."""
+
+    async def work(container: Container) -> None:
+        if sys.stderr.isatty():
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(),
+            ) as bar:
+                tasks: dict[str, TaskID] = {}
+
+                def show(view: str, done: int, total: int) -> None:
+                    if view not in tasks:
+                        tasks[view] = bar.add_task(view, total=total)
+                    bar.update(tasks[view], completed=done)
+
+                await _rebuild(container, show, chunk)
+        else:
+
+            def show(view: str, done: int, total: int) -> None:
+                print(f"{view}: {done}/{total} rows", file=sys.stderr, flush=True)
+
+            await _rebuild(container, show, chunk)
+        print("views rebuilt")
+
+    _run(work)
+
+
+async def _rebuild(
+    container: Container, progress: Callable[[str, int, int], None], chunk: int
+) -> None:
+    async with container.engine().begin() as conn:
+        await rebuild_views(conn, progress, chunk)
+
+
+@cli.command()
+def outbox() -> None:
+    """How many events wait for delivery, how many keep failing, the oldest's age."""
+
+    async def work(container: Container) -> None:
+        async with container.uow() as uow:
+            stats = await uow.outbox.stats(failing_after=FAILING_AFTER)
+        age = "-" if stats.oldest_pending_age is None else f"{stats.oldest_pending_age:.1f}s"
+        print(f"pending: {stats.pending}")
+        print(f"failing: {stats.failing}  (attempted {FAILING_AFTER} times or more)")
+        print(f"oldest pending: {age}")
+
+    _run(work)
+
+
+def main() -> None:
+    cli()
