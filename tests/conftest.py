@@ -1,9 +1,9 @@
 """Shared fixtures: databases, the app in-process, and a real uvicorn.
 
 PostgreSQL tests run when TEST_DATABASE_URL names a server (any database on
-it; the tests create and drop their own). Without it they skip, unless
-REQUIRE_SERVICES is set, when they fail: CI sets it, so that a missing or
-unreachable server can never pass as a green run.
+it; the tests create and drop their own), Redis tests when TEST_REDIS_URL
+names one. Without them they skip, unless REQUIRE_SERVICES is set, when they
+fail: CI sets it. A server that is named but does not answer always fails.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import httpx
 import pytest
 from alembic.config import Config
 from asgi_lifespan import LifespanManager
+from redis.asyncio import Redis
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -61,6 +62,18 @@ def alembic_upgrade(url: str) -> None:
 @pytest.fixture(scope="session")
 def postgres_server_url() -> str:
     return _required("TEST_DATABASE_URL")
+
+
+@pytest.fixture(scope="session")
+async def redis_url() -> str:
+    """TEST_REDIS_URL, checked to answer: an unreachable server fails the run."""
+    url = _required("TEST_REDIS_URL")
+    client = Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+    return url
 
 
 async def _admin(server_url: str, statement: str) -> None:

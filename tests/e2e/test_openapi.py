@@ -15,6 +15,8 @@ ROUTES = [
     ("/batches/{ref}", "patch", {"202", "404", "409", "422"}),
     ("/allocate", "post", {"202", "400", "409", "422"}),
     ("/allocations/{orderid}", "get", {"200", "404", "422"}),
+    ("/allocations/{orderid}/{sku}", "get", {"200", "404", "422"}),
+    ("/products/{sku}", "get", {"200", "404", "422"}),
 ]
 WRITES = [(path, method) for path, method, _ in ROUTES if method in {"post", "patch"}]
 
