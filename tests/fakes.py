@@ -163,8 +163,12 @@ class FakeNotifications(AbstractNotifications):
 
 
 class FakePublisher(AbstractPublisher):
-    def __init__(self) -> None:
+    """Fails where the Redis publisher would, at the "publish" step of ``faults``."""
+
+    def __init__(self, faults: Faults | None = None) -> None:
         self.published: list[tuple[str, dict[str, Any]]] = []
+        self._faults = faults or Faults()
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        self._faults.check("publish")
         self.published.append((channel, payload))

@@ -12,7 +12,7 @@ from app.domain.model import DuplicateBatch
 from app.service_layer import handlers
 from app.service_layer.messagebus import MessageBus, RetryPolicy, UnitOfWorkFactory
 from tests.conftest import random_ref
-from tests.fakes import FakeNotifications, FakeStore, FakeUnitOfWork
+from tests.fakes import FakeNotifications, FakePublisher, FakeStore, FakeUnitOfWork
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff_base=0.0001, backoff_max=0.001)
 
@@ -21,11 +21,13 @@ def bootstrap_test_bus(
     store: FakeStore,
     notifications: FakeNotifications,
     uow_factory: UnitOfWorkFactory | None = None,
+    publisher: FakePublisher | None = None,
 ) -> MessageBus:
     """The bus as app.container wires it, on fakes."""
     container = Container()
     container.uow.override(providers.Callable(uow_factory or (lambda: FakeUnitOfWork(store))))
     container.notifications.override(providers.Object(notifications))
+    container.publisher.override(providers.Object(publisher or FakePublisher()))
     container.retry.override(providers.Object(FAST_RETRY))
     bus: MessageBus = container.bus()
     return bus
@@ -42,8 +44,13 @@ def notifications() -> FakeNotifications:
 
 
 @pytest.fixture
-def bus(store: FakeStore, notifications: FakeNotifications) -> MessageBus:
-    return bootstrap_test_bus(store, notifications)
+def publisher() -> FakePublisher:
+    return FakePublisher()
+
+
+@pytest.fixture
+def bus(store: FakeStore, notifications: FakeNotifications, publisher: FakePublisher) -> MessageBus:
+    return bootstrap_test_bus(store, notifications, publisher=publisher)
 
 
 def batch_view(store: FakeStore, ref: str) -> tuple[object, object]:
@@ -135,7 +142,11 @@ class TestAllocate:
         assert uows[0].committed  # the command's own unit of work
 
     async def test_sends_out_of_stock_notification_when_no_stock(
-        self, bus: MessageBus, store: FakeStore, notifications: FakeNotifications
+        self,
+        bus: MessageBus,
+        store: FakeStore,
+        notifications: FakeNotifications,
+        publisher: FakePublisher,
     ) -> None:
         sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
         await bus.handle(commands.CreateBatch(ref, sku, 9, None))
@@ -143,11 +154,12 @@ class TestAllocate:
         await bus.handle(commands.Allocate(orderid, sku, 10))
 
         assert notifications.sent == [sku]
+        assert publisher.published == []
         assert store.read_model.allocations_of(orderid) == []
         assert batch_view(store, ref) == (9, 0)
 
     async def test_allocating_the_same_line_again_changes_nothing(
-        self, bus: MessageBus, store: FakeStore
+        self, bus: MessageBus, store: FakeStore, publisher: FakePublisher
     ) -> None:
         sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
         await bus.handle(commands.CreateBatch(ref, sku, 100, None))
@@ -157,11 +169,16 @@ class TestAllocate:
 
         assert store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
         assert batch_view(store, ref) == (100, 10)
+        assert [channel for channel, _ in publisher.published] == ["line_allocated"]
 
 
 class TestChangeBatchQuantity:
     async def test_deallocates_and_reallocates_to_another_batch(
-        self, bus: MessageBus, store: FakeStore, notifications: FakeNotifications
+        self,
+        bus: MessageBus,
+        store: FakeStore,
+        notifications: FakeNotifications,
+        publisher: FakePublisher,
     ) -> None:
         sku, in_stock, shipment = random_ref("sku"), random_ref("stock"), random_ref("ship")
         order1, order2 = random_ref("o1"), random_ref("o2")
@@ -178,6 +195,9 @@ class TestChangeBatchQuantity:
         assert batch_view(store, in_stock) == (25, 20)
         assert batch_view(store, shipment) == (50, 20)
         assert notifications.sent == []
+        # The move is published: the last line_allocated names the new batch.
+        assert publisher.published[-1][1]["batchref"] == shipment
+        assert len(publisher.published) == 3
 
     async def test_when_reallocation_is_impossible_the_order_is_out_of_stock(
         self, bus: MessageBus, store: FakeStore, notifications: FakeNotifications

@@ -12,6 +12,7 @@ from typing import Self
 import pytest
 
 from app.domain import commands, events, model
+from app.faults import Faults
 from app.service_layer import handlers
 from app.service_layer.messagebus import Handler, MessageBus, RetryPolicy, UnitOfWorkFactory
 from app.service_layer.unit_of_work import AbstractUnitOfWork, ConcurrencyError
@@ -87,6 +88,7 @@ def make_bus(
         command_handlers=command_handlers,
         event_handlers=event_handlers,
         retry=RetryPolicy(attempts=ATTEMPTS, backoff_base=0.0001, backoff_max=0.001),
+        faults=Faults(),
     )
 
 
@@ -174,6 +176,8 @@ class TestEventErrors:
             await bus.handle(commands.Allocate(orderid, sku, 10))
 
         assert store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
+        # Kept for the relay to deliver again, to the handler that failed.
+        assert [type(e) for e in store.outbox.pending()] == [events.Allocated]
         [record] = caplog.records
         assert "explode" in record.getMessage()
         assert orderid in record.getMessage()
@@ -203,6 +207,7 @@ class TestEventErrors:
 
         assert store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
         assert caplog.records == []
+        assert store.outbox.pending() == []
 
 
 class TestEventChains:

@@ -1,0 +1,188 @@
+"""Redis going away loses no event, and the consumer comes back with it.
+
+A redis-server of the test's own is stopped and started again on the same
+port; PostgreSQL holds the outbox. While Redis is down, allocations still
+succeed (202) and their ``line_allocated`` publishes wait in the outbox; once
+it is back, the relay sends exactly those, once each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from redis.asyncio import Redis
+
+from app import views
+from app.config import Settings
+from app.container import Container
+from app.domain import commands
+from app.entrypoints.redis_consumer import CHANNEL, RedisConsumer
+from app.main import create_app
+from tests.conftest import free_port, random_ref
+from tests.integration.event_helpers import (
+    RedisServer,
+    allocated_row,
+    eventually,
+    handled_by,
+    pending_count,
+    private_postgres_database,
+    relay_until_delivered,
+    subscribe,
+)
+
+pytestmark = pytest.mark.postgres
+
+BEFORE, DURING = 5, 7
+
+
+@pytest.fixture(scope="module")
+async def events_postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
+    async with private_postgres_database(postgres_server_url) as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def app_client(
+    events_postgres_url: str, redis_server: RedisServer
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process on the test's own Redis; its container is ``app.state.container``."""
+    settings = Settings(
+        database_url=events_postgres_url,
+        redis_url=redis_server.url,
+        relay_enabled=False,
+        outbox_lease=0.05,
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            client.app_container = app.state.container  # type: ignore[attr-defined]
+            yield client
+
+
+def container_of(client: httpx.AsyncClient) -> Container:
+    container: Container = client.app_container  # type: ignore[attr-defined]
+    return container
+
+
+async def test_publishes_missed_while_redis_is_down_are_sent_once_it_is_back(
+    app_client: httpx.AsyncClient, redis_server: RedisServer
+) -> None:
+    container = container_of(app_client)
+    engine, read_engine = container.engine(), container.read_engine()
+    sku, ref = random_ref("sku"), random_ref("batch")
+    await container.bus().handle(commands.CreateBatch(ref, sku, 100, None))
+    before = [random_ref("before") for _ in range(BEFORE)]
+    during = [random_ref("during") for _ in range(DURING)]
+    ours = set(before) | set(during)
+
+    async with subscribe(redis_server.url, "line_allocated") as subscriber:
+        for orderid in before:
+            await container.bus().handle(commands.Allocate(orderid, sku, 1))
+        received = await subscriber.received()
+    sent_before = sorted(m["orderid"] for m in received if m["orderid"] in ours)
+    assert sent_before == sorted(before)
+
+    await redis_server.stop()
+    for i, orderid in enumerate(during):
+        # Half through the bus, half through HTTP: neither notices Redis is down.
+        if i % 2:
+            response = await app_client.post(
+                "/allocate", json={"orderid": orderid, "sku": sku, "qty": 1}
+            )
+            assert response.status_code == 202
+        else:
+            await container.bus().handle(commands.Allocate(orderid, sku, 1))
+
+    for orderid in during:
+        assert await views.allocations(read_engine, orderid) == [{"sku": sku, "batchref": ref}]
+    assert (await app_client.get(f"/allocations/{during[1]}")).status_code == 200
+    missed = [await allocated_row(engine, orderid) for orderid in during]
+    for row in missed:
+        assert row.pending
+        assert row.attempts >= 1
+        assert row.last_error is not None
+        assert "publish_allocated_event" in row.last_error
+        assert await handled_by(engine, row.id) == {
+            "add_allocation_to_read_model",
+            "update_batch_read_model",
+        }
+    for orderid in before:
+        assert not (await allocated_row(engine, orderid)).pending
+
+    await redis_server.start()
+    async with subscribe(redis_server.url, "line_allocated") as subscriber:
+        await relay_until_delivered(container, [row.id for row in missed], within=30)
+        received = await subscriber.received()
+
+    resent = [m["event_id"] for m in received if m["orderid"] in ours]
+    assert sorted(resent) == sorted(row.id for row in missed)  # each once, none of `before`
+    assert {m["orderid"] for m in received if m["orderid"] in ours} == set(during)
+    assert await pending_count(engine) == 0
+
+
+async def test_the_consumer_reconnects_after_a_restart_and_survives_bad_messages(
+    app_client: httpx.AsyncClient, redis_server: RedisServer
+) -> None:
+    container = container_of(app_client)
+    read_engine = container.read_engine()
+    sku, ref = random_ref("sku"), random_ref("batch")
+    await container.bus().handle(commands.CreateBatch(ref, sku, 10, None))
+    client = container.redis()
+    assert client is not None
+    consumer = RedisConsumer(client, container.bus, reconnect_delay=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop), name="test consumer")
+
+    async def subscribed() -> bool:
+        if not consumer.subscribed.is_set():
+            return False
+        async with Redis.from_url(redis_server.url) as client:
+            counts = dict(await client.pubsub_numsub(CHANNEL))
+        return bool(counts.get(CHANNEL.encode()) == 1)
+
+    async def disconnected() -> bool:
+        return not consumer.subscribed.is_set() and consumer.counts["reconnects"] >= 1
+
+    async def applied() -> bool:
+        # Messages are handled in order: the two bad ones are behind it by then.
+        return consumer.counts["applied"] == 1 or task.done()
+
+    try:
+        await eventually(subscribed, "the consumer to subscribe")
+        await redis_server.stop()
+        await eventually(disconnected, "the consumer to notice Redis is gone", within=30)
+        await redis_server.start()
+        await eventually(subscribed, "the consumer to subscribe again", within=30)
+
+        async with Redis.from_url(redis_server.url) as client:
+            await client.publish(CHANNEL, b"{not json")
+            await client.publish(CHANNEL, json.dumps({"batchref": random_ref("nope"), "qty": 5}))
+            await client.publish(CHANNEL, json.dumps({"batchref": ref, "qty": 7}))
+        await eventually(applied, "the consumer to apply the quantity change")
+
+        assert consumer.counts["malformed"] == 1
+        assert consumer.counts["unknown_batch"] == 1
+        batch = await views.batch(read_engine, ref)
+        assert batch is not None
+        assert batch["purchased"] == 7
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
