@@ -107,6 +107,10 @@ class FakeOutbox(AbstractOutbox):
             claimed.append(Pending(row.event, row.attempts, done))
         return claimed
 
+    async def release(self, event_ids: list[str]) -> None:
+        for event_id in event_ids:
+            self.rows[event_id].available_at = utcnow()
+
     async def complete(self, event_id: str) -> None:
         self.rows[event_id].completed = True
 

@@ -72,6 +72,10 @@ class AbstractOutbox(abc.ABC):
         """Take up to ``limit`` undelivered events that nobody holds, for ``lease``."""
 
     @abc.abstractmethod
+    async def release(self, event_ids: list[str]) -> None:
+        """Make claimed events due again at once."""
+
+    @abc.abstractmethod
     async def complete(self, event_id: str) -> None: ...
 
     @abc.abstractmethod
@@ -156,6 +160,14 @@ class SqlAlchemyOutbox(AbstractOutbox):
             )
             for r in rows
         ]
+
+    async def release(self, event_ids: list[str]) -> None:
+        o = orm.outbox.c
+        await self.session.execute(
+            update(orm.outbox)
+            .where(o.id.in_(event_ids), o.completed_at.is_(None))
+            .values(available_at=utcnow())
+        )
 
     async def complete(self, event_id: str) -> None:
         await self.session.execute(

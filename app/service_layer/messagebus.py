@@ -90,7 +90,8 @@ class MessageBus:
     async def redeliver(self, event: events.Event, attempts: int, handled: frozenset[str]) -> bool:
         """Deliver an event from the outbox to the handlers not in ``handled``.
 
-        Returns whether all of them succeeded.
+        Returns whether all of them succeeded (the events they raise in turn
+        are delivered too, and settle on their own).
         """
         return await self._dispatch([event], attempts=attempts, handled=handled)
 
@@ -100,10 +101,11 @@ class MessageBus:
         attempts: int = 0,
         handled: frozenset[str] = frozenset(),
     ) -> bool:
-        queue = deque((event, attempts, handled) for event in new)
+        """Deliver ``new`` and what follows; returns whether ``new`` was delivered whole."""
+        queue = deque((event, attempts, handled, True) for event in new)
         delivered = True
         while queue:
-            event, attempts, handled = queue.popleft()
+            event, attempts, handled, first = queue.popleft()
             errors: list[str] = []
             for handler in self._event_handlers.get(type(event), ()):
                 name = handler_name(handler)
@@ -115,9 +117,10 @@ class MessageBus:
                     logger.exception("handler %s failed on %r", name, event)
                     errors.append(f"{name}: {type(e).__name__}: {e}")
                 else:
-                    queue.extend((e, 0, frozenset()) for e in more)
+                    queue.extend((e, 0, frozenset(), False) for e in more)
             await self._settle(event, attempts, errors)
-            delivered = delivered and not errors
+            if first and errors:
+                delivered = False
         return delivered
 
     async def _run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,15 +44,27 @@ class Relay:
         self.failures = 0  # deliveries that failed, since start
 
     async def run_once(self) -> int:
-        """Claim and deliver one batch of due events; returns how many."""
+        """Claim and deliver one batch of due events; returns how many were delivered."""
         async with self._uow_factory() as uow:
             pending = await uow.outbox.claim(self._settings.batch_size, self._settings.lease)
             await uow.commit()
+        # Past half the lease, hand the rest back rather than risk another
+        # relay taking them while this one is still at work.
+        half_lease = self._settings.lease.total_seconds() / 2
+        deadline = time.monotonic() + half_lease
         bus = self._bus_factory()
-        for item in pending:
+        for done, item in enumerate(pending):
+            if half_lease and time.monotonic() > deadline:
+                await self._release([i.event.id for i in pending[done:]])
+                return done
             if not await bus.redeliver(item.event, item.attempts, item.handled):
                 self.failures += 1
         return len(pending)
+
+    async def _release(self, event_ids: list[str]) -> None:
+        async with self._uow_factory() as uow:
+            await uow.outbox.release(event_ids)
+            await uow.commit()
 
     async def prune(self) -> int:
         async with self._uow_factory() as uow:

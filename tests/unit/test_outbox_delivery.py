@@ -431,3 +431,34 @@ def test_redelivery_backs_off_exponentially_up_to_a_maximum() -> None:
     delays = [policy.redelivery_delay(attempts) for attempts in range(1, 7)]
 
     assert delays == [timedelta(seconds=s) for s in (1, 2, 4, 8, 10, 10)]
+
+
+class SlowPublisher(FakePublisher):
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        await asyncio.sleep(0.03)
+        await super().publish(channel, payload)
+
+
+async def test_a_relay_hands_back_what_it_cannot_deliver_within_half_its_lease(
+    service: Service,
+) -> None:
+    slow = SlowPublisher()
+    service.container.publisher.override(providers.Object(slow))
+    service.container.relay_settings.override(
+        providers.Object(RelaySettings(lease=timedelta(seconds=0.05)))
+    )
+    sku = random_ref("sku")
+    await service.bus.handle(commands.CreateBatch(random_ref("batch"), sku, 100))
+    service.faults.arm("after_commit", times=4)
+    for _ in range(4):
+        with pytest.raises(InjectedFault):
+            await service.bus.handle(commands.Allocate(random_ref("order"), sku, 1))
+    time_passes(service.outbox, LATER)
+
+    delivered = await service.relay.run_once()
+
+    assert 0 < delivered < 4
+    now = utcnow()
+    handed_back = [r for r in service.outbox.rows.values() if not r.completed]
+    assert len(handed_back) == 4 - delivered
+    assert all(r.available_at <= now for r in handed_back)
