@@ -128,6 +128,7 @@ class Container(containers.DeclarativeContainer):
         event_handlers=event_handlers,
         retry=retry,
         faults=faults,
+        lease=relay_settings.provided.lease,
     )
     relay = providers.Singleton(
         Relay, uow_factory=uow.provider, bus_factory=bus.provider, settings=relay_settings

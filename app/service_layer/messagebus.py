@@ -15,6 +15,7 @@ Error policy:
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,36 +76,58 @@ class MessageBus:
         event_handlers: Mapping[type[events.Event], Sequence[Handler]],
         retry: RetryPolicy,
         faults: Faults,
+        lease: timedelta = timedelta(seconds=30),
     ) -> None:
         self._uow_factory = uow_factory
         self._command_handlers = command_handlers
         self._event_handlers = event_handlers
         self._retry = retry
         self._faults = faults
+        self._lease = lease
+
+    def deadline(self) -> float | None:
+        """When events leased now must be handed back: half the lease from now."""
+        half = self._lease.total_seconds() / 2
+        return time.monotonic() + half if half else None
 
     async def handle(self, command: commands.Command) -> None:
         new = await self._run(self._command_handlers[type(command)], command)
+        deadline = self.deadline()
         self._faults.check("after_commit")
-        await self._dispatch(new)
+        await self._dispatch(new, deadline)
 
-    async def redeliver(self, event: events.Event, attempts: int, handled: frozenset[str]) -> bool:
+    async def redeliver(
+        self,
+        event: events.Event,
+        attempts: int,
+        handled: frozenset[str],
+        deadline: float | None = None,
+    ) -> bool:
         """Deliver an event from the outbox to the handlers not in ``handled``.
 
         Returns whether all of them succeeded (the events they raise in turn
         are delivered too, and settle on their own).
         """
-        return await self._dispatch([event], attempts=attempts, handled=handled)
+        return await self._dispatch([event], deadline, attempts=attempts, handled=handled)
 
     async def _dispatch(
         self,
         new: Iterable[events.Event],
+        deadline: float | None,
         attempts: int = 0,
         handled: frozenset[str] = frozenset(),
     ) -> bool:
-        """Deliver ``new`` and what follows; returns whether ``new`` was delivered whole."""
+        """Deliver ``new`` and what follows; returns whether ``new`` was delivered whole.
+
+        Past ``deadline`` the events still queued go back to the outbox, due
+        at once, rather than risk a relay taking them while this goes on.
+        """
         queue = deque((event, attempts, handled, True) for event in new)
         delivered = True
         while queue:
+            if deadline is not None and time.monotonic() > deadline:
+                await self._hand_back([item[0] for item in queue])
+                return delivered and not any(first for *_, first in queue)
             event, attempts, handled, first = queue.popleft()
             errors: list[str] = []
             for handler in self._event_handlers.get(type(event), ()):
@@ -140,6 +163,14 @@ class MessageBus:
                     return []
                 return list(uow.collect_new_events())
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _hand_back(self, queued: list[events.Event]) -> None:
+        try:
+            async with self._uow_factory() as uow:
+                await uow.outbox.release([event.id for event in queued])
+                await uow.commit()
+        except Exception:
+            logger.exception("could not hand back %d events; their lease will", len(queued))
 
     async def _settle(self, event: events.Event, attempts: int, errors: list[str]) -> None:
         """Mark the event delivered, or due again after a backoff."""

@@ -48,16 +48,15 @@ class Relay:
         async with self._uow_factory() as uow:
             pending = await uow.outbox.claim(self._settings.batch_size, self._settings.lease)
             await uow.commit()
+        bus = self._bus_factory()
         # Past half the lease, hand the rest back rather than risk another
         # relay taking them while this one is still at work.
-        half_lease = self._settings.lease.total_seconds() / 2
-        deadline = time.monotonic() + half_lease
-        bus = self._bus_factory()
+        deadline = bus.deadline()
         for done, item in enumerate(pending):
-            if half_lease and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline:
                 await self._release([i.event.id for i in pending[done:]])
                 return done
-            if not await bus.redeliver(item.event, item.attempts, item.handled):
+            if not await bus.redeliver(item.event, item.attempts, item.handled, deadline):
                 self.failures += 1
         return len(pending)
 

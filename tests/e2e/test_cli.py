@@ -1,0 +1,221 @@
+"""The ``allocation`` command's operator tools, run as an operator runs them."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import make_url
+
+from tests.conftest import random_ref
+from tests.e2e.processes import (
+    Processes,
+    dead_redis_url,
+    describe,
+    fresh_database,
+    query,
+    run_cli,
+    service_env,
+)
+from tests.e2e.scenarios import add_batch, allocate
+
+
+@pytest.fixture
+async def database(postgres_server_url: str) -> AsyncIterator[str]:
+    async with fresh_database(postgres_server_url) as url:
+        yield url
+
+
+async def test_help_lists_the_commands() -> None:
+    result = await run_cli(service_env("sqlite+aiosqlite:///unused.db"), "--help")
+
+    assert result.returncode == 0, describe(result)
+    for command in ("worker", "rebuild-views", "outbox"):
+        assert re.search(rf"\b{command}\b", result.stdout), describe(result)
+
+
+@pytest.mark.parametrize("chunk", ["0", "many"])
+async def test_rebuild_views_refuses_a_bad_chunk(chunk: str) -> None:
+    env = service_env("sqlite+aiosqlite:///unused.db")
+
+    result = await run_cli(env, "rebuild-views", "--chunk", chunk)
+
+    assert result.returncode == 2, describe(result)
+    assert "chunk" in result.stderr, describe(result)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_outbox_on_a_fresh_database_has_nothing_pending(database: str) -> None:
+    result = await run_cli(service_env(database), "outbox")
+
+    assert result.returncode == 0, describe(result)
+    assert result.stdout.splitlines() == [
+        "pending: 0",
+        "failing: 0  (attempted 5 times or more)",
+        "oldest pending: -",
+    ], describe(result)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_outbox_counts_pending_and_failing_events(database: str, tmp_path: Path) -> None:
+    # Three allocations whose line_allocated cannot be published: Redis is not there.
+    offline = service_env(database, dead_redis_url(), relay_enabled=False)
+    async with Processes(tmp_path) as processes:
+        api = processes.api(offline)
+        await api.start_serving()
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+            sku = random_ref("sku")
+            await add_batch(http, random_ref("batch"), sku, 10, None)
+            for _ in range(3):
+                await allocate(http, random_ref("order"), sku, 1)
+        await api.shut_down()
+    env = service_env(database)
+
+    result = await run_cli(env, "outbox")
+
+    assert result.returncode == 0, describe(result)
+    pending, failing, oldest = result.stdout.splitlines()
+    assert pending == "pending: 3", describe(result)
+    assert failing == "failing: 0  (attempted 5 times or more)", describe(result)
+    assert re.fullmatch(r"oldest pending: \d+\.\ds", oldest), describe(result)
+
+    await query(
+        database,
+        "UPDATE outbox SET attempts = 5"
+        " WHERE id = (SELECT min(id) FROM outbox WHERE completed_at IS NULL)",
+    )
+    result = await run_cli(env, "outbox")
+
+    assert result.returncode == 0, describe(result)
+    assert result.stdout.splitlines()[:2] == [
+        "pending: 3",
+        "failing: 1  (attempted 5 times or more)",
+    ], describe(result)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_outbox_on_a_missing_database_fails(postgres_server_url: str) -> None:
+    missing = (
+        make_url(postgres_server_url)
+        .set(drivername="postgresql+asyncpg", database=f"missing_{uuid.uuid4().hex[:10]}")
+        .render_as_string(hide_password=False)
+    )
+
+    result = await run_cli(service_env(missing), "outbox")
+
+    assert result.returncode != 0, describe(result)
+    assert "pending" not in result.stdout, describe(result)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_rebuild_views_on_an_empty_database(database: str) -> None:
+    result = await run_cli(service_env(database), "rebuild-views")
+
+    assert result.returncode == 0, describe(result)
+    assert result.stdout == "views rebuilt\n", describe(result)
+    assert result.stderr.splitlines() == [
+        "batches_view: 0/0 rows",
+        "allocations_view: 0/0 rows",
+    ], describe(result)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_rebuild_views_prints_progress_and_repairs_corrupted_views(
+    database: str, tmp_path: Path
+) -> None:
+    env = service_env(database)
+    sku, other = random_ref("sku"), random_ref("sku")
+    warehouse, shipment, elsewhere = random_ref("wh"), random_ref("ship"), random_ref("other")
+    orders = [random_ref("order") for _ in range(3)]
+    gone = random_ref("gone")
+    async with Processes(tmp_path) as processes:
+        api = processes.api(env)
+        await api.start_serving()
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+            await add_batch(http, warehouse, sku, 10, None)
+            await add_batch(http, shipment, sku, 10, "2031-01-01")
+            await add_batch(http, elsewhere, other, 5, None)
+            await allocate(http, orders[0], sku, 4)
+            await allocate(http, orders[1], sku, 8)  # does not fit: the shipment
+            await allocate(http, orders[2], other, 2)
+            await allocate(http, gone, other, 3)
+            # The batch shrinks: one of its lines is deallocated, and has nowhere to go.
+            r = await http.patch(f"/batches/{elsewhere}", json={"qty": 2})
+            assert r.status_code == 202, r.text
+
+            async def reads() -> dict[str, tuple[int, Any]]:
+                answers: dict[str, tuple[int, Any]] = {}
+                for orderid in [*orders, gone]:
+                    r = await http.get(f"/allocations/{orderid}")
+                    answers[orderid] = (r.status_code, r.json())
+                for ref in (warehouse, shipment, elsewhere):
+                    r = await http.get(f"/batches/{ref}")
+                    answers[ref] = (r.status_code, r.json())
+                return answers
+
+            right = await reads()
+            assert right[orders[0]] == (200, [{"sku": sku, "batchref": warehouse}])
+            assert right[orders[1]] == (200, [{"sku": sku, "batchref": shipment}])
+            held = [o for o in (orders[2], gone) if right[o][0] == 200]
+            assert len(held) == 1, right
+            [allocated_lines] = await query(database, "SELECT count(*) FROM allocations")
+            assert allocated_lines == (3,)
+
+            # Rebuilt as they are: the same answers, and progress, two rows at a time.
+            result = await run_cli(env, "rebuild-views", "--chunk", "2")
+
+            assert result.returncode == 0, describe(result)
+            assert result.stdout == "views rebuilt\n", describe(result)
+            assert result.stderr.splitlines() == [
+                "batches_view: 0/3 rows",
+                "batches_view: 2/3 rows",
+                "batches_view: 3/3 rows",
+                "allocations_view: 0/3 rows",
+                "allocations_view: 2/3 rows",
+                "allocations_view: 3/3 rows",
+            ], describe(result)
+            assert await reads() == right
+
+            # Corrupted by hand, which the answers show...
+            await query(
+                database,
+                "UPDATE allocations_view SET batchref = 'wrong' WHERE orderid = :o",
+                o=orders[0],
+            )
+            await query(
+                database,
+                "UPDATE batches_view SET allocated = 99 WHERE reference = :ref",
+                ref=shipment,
+            )
+            await query(database, "DELETE FROM allocations_view WHERE orderid = :o", o=orders[1])
+            corrupted = await reads()
+            assert corrupted[orders[0]] == (200, [{"sku": sku, "batchref": "wrong"}])
+            assert corrupted[orders[1]][0] == 404
+            assert corrupted[shipment][1]["allocated"] == 99
+
+            # ...and rebuilt right.
+            result = await run_cli(env, "rebuild-views")
+
+            assert result.returncode == 0, describe(result)
+            assert result.stdout == "views rebuilt\n", describe(result)
+            assert result.stderr.splitlines() == [
+                "batches_view: 0/3 rows",
+                "batches_view: 3/3 rows",
+                "allocations_view: 0/3 rows",
+                "allocations_view: 3/3 rows",
+            ], describe(result)
+            assert await reads() == right
+            rows = await query(
+                database, "SELECT batchref FROM allocations_view WHERE orderid = :o", o=orders[0]
+            )
+            assert rows == [(warehouse,)]

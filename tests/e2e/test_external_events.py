@@ -1,0 +1,213 @@
+"""The book's external events, over a real Redis: uvicorn and ``allocation worker``.
+
+A ``change_batch_quantity`` message reaches the worker, which deallocates and
+reallocates; the new allocation is published as ``line_allocated`` and read
+back over HTTP from the API process.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import random_ref
+from tests.e2e.processes import (
+    Api,
+    Processes,
+    Subscriber,
+    Worker,
+    fresh_database,
+    service_env,
+    wait_for,
+)
+from tests.e2e.scenarios import add_batch, allocate
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+
+DEADLINE = 10.0  # seconds for a message to have its effect
+
+
+@pytest.fixture(scope="module")
+async def database(postgres_server_url: str) -> AsyncIterator[str]:
+    async with fresh_database(postgres_server_url) as url:
+        yield url
+
+
+@dataclass
+class Stack:
+    processes: Processes
+    api: Api
+    worker: Worker
+    http: httpx.AsyncClient
+    redis: Redis
+    line_allocated: Subscriber
+
+
+@pytest.fixture
+async def stack(database: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    """An API and a worker on the module's database, and a line_allocated subscriber."""
+    env = service_env(database, redis_url, relay_interval=0.2, outbox_lease=5)
+    async with Processes(tmp_path) as processes:
+        api, worker = processes.api(env), processes.worker(env)
+        api.start()
+        worker.start()
+        await api.serving()
+        await worker.listening()
+        redis = Redis.from_url(redis_url)
+        try:
+            async with (
+                httpx.AsyncClient(base_url=api.url, timeout=30) as http,
+                Subscriber(redis_url, "line_allocated") as line_allocated,
+            ):
+                yield Stack(processes, api, worker, http, redis, line_allocated)
+        finally:
+            await redis.aclose()
+
+
+async def allocations_of(stack: Stack, orderid: str) -> tuple[int, Any]:
+    r = await stack.http.get(f"/allocations/{orderid}")
+    return r.status_code, r.json()
+
+
+async def test_change_batch_quantity_message_reallocates_and_publishes(stack: Stack) -> None:
+    orderid, sku = random_ref("order"), random_ref("sku")
+    earlier, later = random_ref("batch1"), random_ref("batch2")
+    await add_batch(stack.http, earlier, sku, 10, "2011-01-01")
+    await add_batch(stack.http, later, sku, 10, "2011-01-02")
+
+    await allocate(stack.http, orderid, sku, 10)
+
+    await wait_for(
+        lambda: bool(stack.line_allocated.where(orderid=orderid)),
+        DEADLINE,
+        lambda: f"no line_allocated for {orderid}\n{stack.processes.report()}",
+    )
+    [first] = stack.line_allocated.where(orderid=orderid)
+    assert first["batchref"] == earlier
+    assert (first["sku"], first["qty"]) == (sku, 10)
+    assert first["event_id"]
+
+    await stack.redis.publish("change_batch_quantity", json.dumps({"batchref": earlier, "qty": 5}))
+
+    await wait_for(
+        lambda: bool(stack.line_allocated.where(orderid=orderid, batchref=later)),
+        DEADLINE,
+        lambda: (
+            f"no reallocation to {later}: {stack.line_allocated.where(orderid=orderid)}\n"
+            + stack.processes.report()
+        ),
+    )
+    [second] = stack.line_allocated.where(orderid=orderid, batchref=later)
+    assert (second["sku"], second["qty"]) == (sku, 10)
+    assert second["event_id"]
+    assert second["event_id"] != first["event_id"]
+
+    async def reads_later() -> bool:
+        return await allocations_of(stack, orderid) == (200, [{"sku": sku, "batchref": later}])
+
+    await wait_for(
+        reads_later,
+        DEADLINE,
+        lambda: (
+            f"GET /allocations/{orderid}: {stack.line_allocated.where(orderid=orderid)}\n"
+            + stack.processes.report()
+        ),
+    )
+    r = await stack.http.get(f"/batches/{earlier}")
+    assert (r.json()["purchased"], r.json()["allocated"]) == (5, 0), r.text
+    # Each allocation was published once: the first, then the reallocation.
+    await stack.line_allocated.caught_up(stack.redis)
+    assert [m["batchref"] for m in stack.line_allocated.where(orderid=orderid)] == [
+        earlier,
+        later,
+    ]
+
+
+async def test_worker_survives_malformed_messages_and_unknown_batches(stack: Stack) -> None:
+    sku, ref = random_ref("sku"), random_ref("batch")
+    await add_batch(stack.http, ref, sku, 10, None)
+    unknown = random_ref("unknown")
+    bad = [
+        "not json at all",
+        json.dumps(["a", "list"]),
+        json.dumps({"batchref": ref}),  # no qty
+        json.dumps({"batchref": ref, "qty": -1}),
+        json.dumps({"batchref": ref, "qty": "lots"}),
+        json.dumps({"qty": 3}),
+        json.dumps({"batchref": "", "qty": 3}),
+        json.dumps({"batchref": unknown, "qty": 3}),
+    ]
+
+    for data in bad:
+        await stack.redis.publish("change_batch_quantity", data)
+    await stack.redis.publish("change_batch_quantity", json.dumps({"batchref": ref, "qty": 7}))
+
+    async def applied() -> bool:
+        r = await stack.http.get(f"/batches/{ref}")
+        return r.status_code == 200 and r.json()["purchased"] == 7
+
+    await wait_for(
+        applied,
+        DEADLINE,
+        lambda: f"the valid message was not applied\n{stack.processes.report()}",
+    )
+    assert stack.worker.running, stack.processes.report()
+    log = stack.worker.output()
+    assert log.count("ignoring malformed change_batch_quantity message") >= len(bad) - 1, log
+    assert f"Unknown batch {unknown}" in log, log
+    assert "could not apply" not in log, log
+    # The bad messages changed nothing.
+    r = await stack.http.get(f"/batches/{ref}")
+    assert (r.json()["purchased"], r.json()["allocated"]) == (7, 0)
+
+
+async def test_sigterm_stops_the_worker_with_exit_code_0(stack: Stack) -> None:
+    # Busy first: the worker has just applied a message when it is told to stop.
+    sku, ref = random_ref("sku"), random_ref("batch")
+    await add_batch(stack.http, ref, sku, 10, None)
+    await stack.redis.publish("change_batch_quantity", json.dumps({"batchref": ref, "qty": 4}))
+
+    async def applied() -> bool:
+        r = await stack.http.get(f"/batches/{ref}")
+        return r.status_code == 200 and r.json()["purchased"] == 4
+
+    await wait_for(applied, DEADLINE, stack.processes.report)
+
+    started = time.monotonic()
+    stack.worker.send(signal.SIGTERM)
+    try:
+        code = await stack.worker.wait(within=10)
+    except TimeoutError:
+        pytest.fail(f"the worker ignored SIGTERM for 10s\n{stack.processes.report()}")
+    elapsed = time.monotonic() - started
+
+    assert code == 0, stack.processes.report()
+    assert elapsed < 5, f"{elapsed:.1f}s to stop\n{stack.processes.report()}"
+    log = stack.worker.output()
+    assert "worker stopped" in log, log
+    assert "Traceback" not in log, log
+
+
+async def test_sigterm_stops_an_idle_worker_and_sigint_too(
+    database: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = service_env(database, redis_url, relay_interval=0.2)
+    async with Processes(tmp_path) as processes:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            worker = processes.worker(env, name=f"worker-{sig.name}")
+            await worker.start_listening()
+            started = time.monotonic()
+            worker.send(sig)
+            code = await worker.wait(within=10)
+            assert code == 0, processes.report()
+            assert time.monotonic() - started < 5, processes.report()
+            assert "worker stopped" in worker.output(), processes.report()

@@ -1,0 +1,293 @@
+"""Several relays on one outbox: API processes and workers sharing one database.
+
+First a backlog: one API, its relay off, publishes to a Redis where nothing
+listens, so every ``line_allocated`` delivery fails and stays in the outbox.
+Then several processes, each with a relay and a working Redis, drain it.
+Every event is published, and none twice: with a healthy Redis, a duplicate
+can only come from two relays delivering the same event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import random_ref
+from tests.e2e.processes import (
+    Processes,
+    SlowProxy,
+    Subscriber,
+    dead_redis_url,
+    fresh_database,
+    outbox_pending,
+    query,
+    service_env,
+    wait_for,
+)
+from tests.e2e.scenarios import add_batch, allocate
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+
+BACKLOG = 200  # orders whose line_allocated is not delivered at first
+FRESH = 40  # orders sent to the two APIs while the backlog drains
+SKUS = 4
+CONCURRENCY = 4
+DRAIN_TIMEOUT = 60.0
+
+
+@pytest.fixture
+async def database(postgres_server_url: str) -> AsyncIterator[str]:
+    async with fresh_database(postgres_server_url) as url:
+        yield url
+
+
+async def allocate_all(clients: list[httpx.AsyncClient], orders: dict[str, str]) -> None:
+    """Allocate one unit of each order's sku, spread over the clients, a few at a time."""
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(n: int, orderid: str, sku: str) -> None:
+        async with limit:
+            http = clients[n % len(clients)]
+            r = await http.post("/allocate", json={"orderid": orderid, "sku": sku, "qty": 1})
+        assert r.status_code == 202, (http.base_url, r.text)
+
+    await asyncio.gather(*(one(n, o, sku) for n, (o, sku) in enumerate(orders.items())))
+
+
+async def allocated_events(database: str) -> dict[str, dict[str, Any]]:
+    """Every Allocated event in the outbox, by id: its payload and whether delivered."""
+    rows = await query(
+        database,
+        "SELECT id, payload, completed_at IS NOT NULL FROM outbox WHERE type = 'Allocated'",
+    )
+    return {id_: {**payload, "delivered": delivered} for id_, payload, delivered in rows}
+
+
+async def make_backlog(
+    processes: Processes, database: str, skus: list[str], orders: dict[str, str]
+) -> None:
+    """Allocate ``orders`` with no relay running and no Redis: all publishes pending."""
+    offline = service_env(database, dead_redis_url(), relay_enabled=False)
+    api = processes.api(offline, name="api-offline")
+    await api.start_serving()
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        for sku in skus:
+            await add_batch(http, random_ref("batch"), sku, 1000, None)
+        await allocate_all([http], orders)
+    await api.shut_down()
+    assert "Connection refused" in api.output(), processes.report()
+
+    events = await allocated_events(database)
+    assert len(events) == len(orders)
+    assert not any(e["delivered"] for e in events.values())
+    # Only the publishes failed: nothing else waits.
+    assert await outbox_pending(database) == len(orders)
+
+
+async def drained(database: str, subscriber: Subscriber, processes: Processes) -> None:
+    async def empty() -> bool:
+        return await outbox_pending(database) == 0
+
+    await wait_for(
+        empty,
+        DRAIN_TIMEOUT,
+        lambda: (
+            f"outbox not drained: {len(subscriber.messages)} messages so far\n" + processes.report()
+        ),
+        interval=0.25,
+    )
+
+
+async def caught_up(subscriber: Subscriber, redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        await subscriber.caught_up(redis)
+    finally:
+        await redis.aclose()
+
+
+def check_published_once(
+    events: dict[str, dict[str, Any]],
+    subscriber: Subscriber,
+    skus: list[str],
+    orders: dict[str, str],
+    lease: float,
+    why: str = "a relay went on delivering events after its lease on them had run out, "
+    "while another relay, which had claimed them since, delivered them too",
+) -> None:
+    """Every event published, with its own payload; then: none published twice."""
+    assert all(e["delivered"] for e in events.values())
+    received = subscriber.about(set(skus))
+    counts = Counter(m.get("event_id") for m in received)
+    missing = events.keys() - counts.keys()
+    strangers = counts.keys() - events.keys()
+    assert not missing, f"{len(missing)} events never published"
+    assert not strangers, f"published but not in the outbox: {strangers}"
+    fields = ("orderid", "sku", "qty", "batchref")
+    for message in received:
+        event = events[message["event_id"]]
+        assert {k: message[k] for k in fields} == {k: event[k] for k in fields}
+    assert set(Counter(m["orderid"] for m in received)) == set(orders)
+
+    twice = {event_id for event_id, n in counts.items() if n > 1}
+    if twice:
+        start = min(subscriber.arrival(m) for m in received)
+        firsts = sorted(
+            {
+                event_id: subscriber.arrival(m) - start
+                for m in reversed(received)
+                if (event_id := m["event_id"]) in twice
+            }.values()
+        )
+        pytest.fail(
+            f"{len(twice)} of {len(events)} events were published twice (lease {lease}s); "
+            f"their first copies arrived {firsts[0]:.2f}s to {firsts[-1]:.2f}s after the "
+            f"first message: {why}."
+        )
+
+
+async def test_two_apis_and_two_workers_deliver_every_event_exactly_once(
+    database: str, redis_url: str, tmp_path: Path
+) -> None:
+    skus = [random_ref("sku") for _ in range(SKUS)]
+    backlog = {random_ref("order"): skus[n % SKUS] for n in range(BACKLOG)}
+    fresh = {random_ref("fresh"): skus[n % SKUS] for n in range(FRESH)}
+    # Short: on two busy cores, publishing a whole claim (100 events) can take
+    # longer than this, and the relays must hand events over, not share them.
+    lease = 3.0
+
+    async with Processes(tmp_path) as processes:
+        await make_backlog(processes, database, skus, backlog)
+
+        online = service_env(database, redis_url, relay_interval=0.2, outbox_lease=lease)
+        async with Subscriber(redis_url, "line_allocated") as line_allocated:
+            apis = [processes.api(online, name=f"api-{n}") for n in (1, 2)]
+            workers = [processes.worker(online, name=f"worker-{n}") for n in (1, 2)]
+            for service in [*workers, *apis]:
+                service.start()
+            await asyncio.gather(*(api.serving() for api in apis))
+            async with (
+                httpx.AsyncClient(base_url=apis[0].url, timeout=30) as one,
+                httpx.AsyncClient(base_url=apis[1].url, timeout=30) as two,
+            ):
+                await allocate_all([one, two], fresh)
+            await asyncio.gather(*(worker.listening() for worker in workers))
+
+            await drained(database, line_allocated, processes)
+            await asyncio.gather(*(api.shut_down() for api in apis))
+            for worker in workers:
+                code = await worker.terminate()
+                assert code == 0, f"{worker.name}: exit code {code}\n{processes.report()}"
+            await caught_up(line_allocated, redis_url)
+
+        events = await allocated_events(database)
+        assert len(events) == BACKLOG + FRESH
+        for service in [*apis, *workers]:
+            assert "Traceback" not in service.output(), processes.report()
+        check_published_once(events, line_allocated, skus, {**backlog, **fresh}, lease)
+
+
+async def test_a_relay_stops_delivering_when_its_lease_runs_out(
+    database: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Two workers, a slow broker: each publish takes longer, a batch outlasts the lease.
+
+    The first relay claims the whole backlog for 1s, but needs ~3s to publish
+    it; once the lease is over, the second relay claims what is left. The
+    event then belongs to the second relay alone.
+    """
+    skus = [random_ref("sku")]
+    backlog = {random_ref("order"): skus[0] for _ in range(60)}
+    lease = 1.0
+
+    async with Processes(tmp_path) as processes:
+        await make_backlog(processes, database, skus, backlog)
+        async with (
+            Subscriber(redis_url, "line_allocated") as line_allocated,
+            SlowProxy(redis_url, delay=0.05) as slow_redis,
+        ):
+            env = service_env(database, slow_redis.url, relay_interval=0.2, outbox_lease=lease)
+            workers = [processes.worker(env, name=f"worker-{n}") for n in (1, 2)]
+            for worker in workers:
+                worker.start()
+            await drained(database, line_allocated, processes)
+            for worker in workers:
+                code = await worker.terminate()
+                assert code == 0, f"{worker.name}: exit code {code}\n{processes.report()}"
+            await caught_up(line_allocated, redis_url)
+
+        check_published_once(await allocated_events(database), line_allocated, skus, backlog, lease)
+
+
+async def test_the_fast_path_stops_delivering_when_its_lease_runs_out(
+    database: str, redis_url: str, tmp_path: Path
+) -> None:
+    """A command's own dispatch, slower than the lease of the events it raised.
+
+    Shrinking a batch to nothing deallocates its lines; each is reallocated to
+    another batch and published, one after the other, by the API process that
+    took the request, through a slow broker. Each publish is well within the
+    lease, but together they outlast it: past half the lease the API hands the
+    rest to the worker's relay instead of racing it, and every line is still
+    reallocated and published exactly once.
+    """
+    lines, lease = 20, 1.0
+    sku, warehouse, shipment = random_ref("sku"), random_ref("wh"), random_ref("ship")
+    orders = {random_ref("order"): sku for _ in range(lines)}
+    async with (
+        Processes(tmp_path) as processes,
+        Subscriber(redis_url, "line_allocated") as line_allocated,
+        SlowProxy(redis_url, delay=0.1) as slow_redis,
+    ):
+        slow = service_env(database, slow_redis.url, relay_enabled=False, outbox_lease=lease)
+        api = processes.api(slow)
+        await api.start_serving()
+        worker = processes.worker(
+            service_env(database, redis_url, relay_interval=0.2, outbox_lease=lease)
+        )
+        await worker.start_listening()
+        async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
+            await add_batch(http, warehouse, sku, lines, None)
+            await add_batch(http, shipment, sku, lines, "2031-01-01")
+            # One at a time: one connection to the slow broker, each publish quick enough.
+            for orderid in orders:
+                await allocate(http, orderid, sku, 1)
+            first = await allocated_events(database)
+            assert len(first) == lines
+            await drained(database, line_allocated, processes)
+
+            r = await http.patch(f"/batches/{warehouse}", json={"qty": 0})
+            assert r.status_code == 202, r.text
+
+            # What the API handed over, the worker delivers: wait for it.
+            await drained(database, line_allocated, processes)
+            for orderid in orders:
+                r = await http.get(f"/allocations/{orderid}")
+                assert r.json() == [{"sku": sku, "batchref": shipment}], r.text
+        await drained(database, line_allocated, processes)
+        await api.shut_down()
+        assert await worker.terminate() == 0, processes.report()
+        await caught_up(line_allocated, redis_url)
+
+    events = await allocated_events(database)
+    assert len(events) == 2 * lines
+    # The allocations, one command each, were published once: each publish fits the lease.
+    received = Counter(m["event_id"] for m in line_allocated.about({sku}))
+    assert all(received[event_id] == 1 for event_id in first), processes.report()
+    check_published_once(
+        events,
+        line_allocated,
+        [sku],
+        orders,
+        lease,
+        why="the API went on dispatching the reallocations raised by PATCH /batches after "
+        "their lease had run out, while the worker's relay, which had claimed them since, "
+        "delivered them too",
+    )
