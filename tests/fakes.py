@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.adapters.notifications import AbstractNotifications
-from app.adapters.outbox import AbstractOutbox, OutboxStats, Pending, utcnow
+from app.adapters.outbox import AbstractOutbox, FailingEvent, OutboxStats, Pending, utcnow
 from app.adapters.projections import AbstractReadModel
 from app.adapters.publisher import AbstractPublisher
 from app.adapters.repository import AbstractRepository
@@ -123,6 +123,14 @@ class FakeOutbox(AbstractOutbox):
     async def stats(self, failing_after: int) -> OutboxStats:
         pending = [r for r in self.rows.values() if not r.completed]
         return OutboxStats(len(pending), sum(r.attempts >= failing_after for r in pending), None)
+
+    async def failing(self, failing_after: int, limit: int) -> list[FailingEvent]:
+        rows = [r for r in self.rows.values() if not r.completed and r.attempts >= failing_after]
+        rows.sort(key=lambda r: -r.attempts)
+        return [
+            FailingEvent(r.event.id, type(r.event).__name__, r.attempts, r.last_error)
+            for r in rows[:limit]
+        ]
 
     async def prune(self, before: datetime) -> int:
         return 0

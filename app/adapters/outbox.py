@@ -58,6 +58,14 @@ class OutboxStats:
     oldest_pending_age: float | None  # seconds
 
 
+@dataclass(frozen=True)
+class FailingEvent:
+    id: str
+    type: str
+    attempts: int
+    last_error: str | None
+
+
 class AbstractOutbox(abc.ABC):
     @abc.abstractmethod
     async def add(self, new: list[events.Event], available_at: datetime) -> None:
@@ -83,6 +91,10 @@ class AbstractOutbox(abc.ABC):
 
     @abc.abstractmethod
     async def stats(self, failing_after: int) -> OutboxStats: ...
+
+    @abc.abstractmethod
+    async def failing(self, failing_after: int, limit: int) -> list[FailingEvent]:
+        """The undelivered events tried most often, with their last error."""
 
     @abc.abstractmethod
     async def prune(self, before: datetime) -> int:
@@ -198,6 +210,16 @@ class SqlAlchemyOutbox(AbstractOutbox):
         pending, failing, oldest = row
         age = (utcnow() - oldest).total_seconds() if oldest is not None else None
         return OutboxStats(pending=pending, failing=failing, oldest_pending_age=age)
+
+    async def failing(self, failing_after: int, limit: int) -> list[FailingEvent]:
+        o = orm.outbox.c
+        rows = await self.session.execute(
+            select(o.id, o.type, o.attempts, o.last_error)
+            .where(o.completed_at.is_(None), o.attempts >= failing_after)
+            .order_by(o.attempts.desc(), o.created_at)
+            .limit(limit)
+        )
+        return [FailingEvent(r.id, r.type, r.attempts, r.last_error) for r in rows]
 
     async def prune(self, before: datetime) -> int:
         o, p = orm.outbox.c, orm.processed_messages.c

@@ -114,10 +114,13 @@ def outbox() -> None:
     async def work(container: Container) -> None:
         async with container.uow() as uow:
             stats = await uow.outbox.stats(failing_after=FAILING_AFTER)
+            failing = await uow.outbox.failing(failing_after=FAILING_AFTER, limit=10)
         age = "-" if stats.oldest_pending_age is None else f"{stats.oldest_pending_age:.1f}s"
         print(f"pending: {stats.pending}")
         print(f"failing: {stats.failing}  (attempted {FAILING_AFTER} times or more)")
         print(f"oldest pending: {age}")
+        for event in failing:
+            print(f"  {event.type} {event.id}: {event.attempts} attempts; {event.last_error}")
 
     _run(work)
 
