@@ -19,7 +19,10 @@ def build_engine(url: str, *, pool_size: int = 10, writer: bool = True) -> Async
     if make_url(url).get_backend_name() == "sqlite":
         options["connect_args"] = {"timeout": 30}
     else:
-        options.update(pool_size=pool_size, max_overflow=pool_size)
+        # A fixed pool: requests beyond it wait for a connection, as they
+        # would in asyncpg's own pool, instead of opening (and closing again)
+        # a connection each.
+        options.update(pool_size=pool_size, max_overflow=0)
         if not writer:
             # Reads are single statements: no BEGIN, no ROLLBACK on return to
             # the pool, a third of the round trips.
