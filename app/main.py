@@ -33,11 +33,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     container.wire(modules=[routes])
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(application: FastAPI) -> AsyncIterator[None]:
         level = container.settings().log_level
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # no-op if configured
         logging.getLogger("app").setLevel(level)
         await composition.start(container)
+        # The read routes take the engine from here: no container work per read.
+        application.state.read_engine = container.read_engine()
         stop = asyncio.Event()
         relay = None
         if container.settings().relay_enabled:

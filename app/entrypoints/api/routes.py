@@ -3,10 +3,10 @@
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import orjson
 from dependency_injector.wiring import Provide, inject
 from fastapi import APIRouter, Depends, Path, Request, Response, status
 from pydantic import AfterValidator
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import views
 from app.container import Container
@@ -18,7 +18,6 @@ from app.service_layer.messagebus import MessageBus
 router = APIRouter()
 
 Bus = Annotated[MessageBus, Depends(Provide[Container.bus])]
-ReadEngine = Annotated[AsyncEngine, Depends(Provide[Container.read_engine])]
 PathId = Annotated[
     str,
     Path(min_length=1, max_length=schemas.MAX_ID_LENGTH),
@@ -28,6 +27,12 @@ PathId = Annotated[
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": schemas.Error} for s in statuses}
+
+
+def _json(body: Any) -> Response:
+    # Reads skip the response model: views return plain, already-valid data,
+    # and orjson writes it several times faster than validating it again.
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _location(request: Request, name: str, **params: str) -> str:
@@ -69,12 +74,11 @@ async def add_batch(
     responses=_errors(404, 422),
     summary="A batch's quantities",
 )
-@inject
-async def get_batch(ref: PathId, engine: ReadEngine) -> Any:
-    batch = await views.batch(engine, ref)
+async def get_batch(ref: PathId, request: Request) -> Response:
+    batch = await views.batch(request.app.state.read_engine, ref)
     if batch is None:
         return error(404, f"Unknown batch {ref}")
-    return batch
+    return _json(batch)
 
 
 @router.patch(
@@ -121,12 +125,11 @@ async def allocate(
     responses=_errors(404, 422),
     summary="Where an order's lines are allocated",
 )
-@inject
-async def get_allocations(orderid: PathId, engine: ReadEngine) -> Any:
-    result = await views.allocations(engine, orderid)
+async def get_allocations(orderid: PathId, request: Request) -> Response:
+    result = await views.allocations(request.app.state.read_engine, orderid)
     if not result:
         return error(404, f"No allocations for order {orderid}")
-    return result
+    return _json(result)
 
 
 @router.get(
@@ -135,12 +138,11 @@ async def get_allocations(orderid: PathId, engine: ReadEngine) -> Any:
     responses=_errors(404, 422),
     summary="Where one line of an order is allocated",
 )
-@inject
-async def get_allocation(orderid: PathId, sku: PathId, engine: ReadEngine) -> Any:
-    result = await views.allocation(engine, orderid, sku)
+async def get_allocation(orderid: PathId, sku: PathId, request: Request) -> Response:
+    result = await views.allocation(request.app.state.read_engine, orderid, sku)
     if result is None:
         return error(404, f"Order {orderid} has no allocation of {sku}")
-    return result
+    return _json(result)
 
 
 @router.get(
@@ -150,9 +152,8 @@ async def get_allocation(orderid: PathId, sku: PathId, engine: ReadEngine) -> An
     summary="Stock of a sku, now and per batch",
     description="Served from a read model kept up to date by events.",
 )
-@inject
-async def get_product(sku: PathId, engine: ReadEngine) -> Any:
-    result = await views.product(engine, sku)
+async def get_product(sku: PathId, request: Request) -> Response:
+    result = await views.product(request.app.state.read_engine, sku)
     if result is None:
         return error(404, f"Unknown sku {sku}")
-    return result
+    return _json(result)
