@@ -44,16 +44,24 @@ def _compiled(query: Select[Any], dialect: Dialect) -> tuple[str, tuple[str, ...
 
 
 async def _fetch(engine: AsyncEngine, query: Select[Any], **params: Any) -> Sequence[Any]:
-    async with engine.connect() as conn:
-        if engine.dialect.name != "postgresql":
+    if engine.dialect.name != "postgresql":
+        async with engine.connect() as conn:
             result: Sequence[Any] = (await conn.execute(query, params)).all()
             return result
-        sql, names = _compiled(query, engine.dialect)
-        raw = await conn.get_raw_connection()
+    sql, names = _compiled(query, engine.dialect)
+    # Straight from the pool: the read engine runs in autocommit with no reset
+    # on return, so handing the connection back involves no I/O.
+    raw = await engine.raw_connection()
+    try:
         rows: Sequence[Any] = await raw.driver_connection.fetch(  # type: ignore[union-attr]
             sql, *(params[name] for name in names)
         )
-        return rows
+    except BaseException:
+        raw.invalidate()
+        raise
+    finally:
+        raw.close()
+    return rows
 
 
 async def allocations(engine: AsyncEngine, orderid: str) -> list[dict[str, str]]:
