@@ -103,12 +103,10 @@ class Container(containers.DeclarativeContainer):
             ),
             events.Allocated: providers.List(
                 providers.Object(handlers.add_allocation_to_read_model),
-                providers.Object(handlers.update_batch_read_model),
                 providers.Factory(partial, handlers.publish_allocated_event, publisher=publisher),
             ),
             events.Deallocated: providers.List(
                 providers.Object(handlers.remove_allocation_from_read_model),
-                providers.Object(handlers.update_batch_read_model),
                 providers.Object(handlers.reallocate),
             ),
             events.OutOfStock: providers.List(

@@ -67,6 +67,7 @@ async def reallocate(event: events.Deallocated, uow: AbstractUnitOfWork) -> None
 async def add_allocation_to_read_model(event: events.Allocated, uow: AbstractUnitOfWork) -> None:
     async with uow:
         await uow.read_model.allocation_refreshed(event.orderid, event.sku)
+        await uow.read_model.batch_refreshed(event.batchref)
         await uow.commit()
 
 
@@ -75,19 +76,15 @@ async def remove_allocation_from_read_model(
 ) -> None:
     async with uow:
         await uow.read_model.allocation_refreshed(event.orderid, event.sku)
+        await uow.read_model.batch_refreshed(event.batchref)
         await uow.commit()
 
 
 async def update_batch_read_model(
-    event: events.BatchCreated
-    | events.BatchQuantityChanged
-    | events.Allocated
-    | events.Deallocated,
-    uow: AbstractUnitOfWork,
+    event: events.BatchCreated | events.BatchQuantityChanged, uow: AbstractUnitOfWork
 ) -> None:
-    ref = event.batchref if isinstance(event, events.Allocated | events.Deallocated) else event.ref
     async with uow:
-        await uow.read_model.batch_refreshed(ref)
+        await uow.read_model.batch_refreshed(event.ref)
         await uow.commit()
 
 

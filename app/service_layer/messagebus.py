@@ -91,7 +91,7 @@ class MessageBus:
         return time.monotonic() + half if half else None
 
     async def handle(self, command: commands.Command) -> None:
-        new = await self._run(self._command_handlers[type(command)], command)
+        new = await self._run(self._command_handlers[type(command)], command) or []
         deadline = self.deadline()
         self._faults.check("after_commit")
         await self._dispatch(new, deadline)
@@ -130,6 +130,7 @@ class MessageBus:
                 return delivered and not any(first for *_, first in queue)
             event, attempts, handled, first = queue.popleft()
             errors: list[str] = []
+            unrecorded: list[str] = []  # done, with nothing written to record it
             for handler in self._event_handlers.get(type(event), ()):
                 name = handler_name(handler)
                 if name in handled:
@@ -140,27 +141,32 @@ class MessageBus:
                     logger.exception("handler %s failed on %r", name, event)
                     errors.append(f"{name}: {type(e).__name__}: {e}")
                 else:
-                    queue.extend((e, 0, frozenset(), False) for e in more)
-            await self._settle(event, attempts, errors)
+                    if more is None:
+                        unrecorded.append(name)
+                    else:
+                        queue.extend((e, 0, frozenset(), False) for e in more)
+            await self._settle(event, attempts, errors, unrecorded)
             if first and errors:
                 delivered = False
         return delivered
 
     async def _run(
         self, handler: Handler, message: Message, handling: tuple[str, str] | None = None
-    ) -> list[events.Event]:
+    ) -> list[events.Event] | None:
+        """Run a handler on a fresh unit of work; return the events it committed.
+
+        None means it committed nothing, so nothing records it as done yet.
+        """
         async for attempt in self._retry.retrying():
             with attempt:
                 uow = self._uow_factory()
                 uow.handling = handling
                 try:
                     await handler(message, uow)
-                    if handling is not None and not uow.committed:
-                        # A handler with nothing to write: record it as done.
-                        async with uow:
-                            await uow.commit()
                 except AlreadyHandled:
                     return []
+                if not uow.committed:
+                    return None
                 return list(uow.collect_new_events())
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
@@ -172,13 +178,21 @@ class MessageBus:
         except Exception:
             logger.exception("could not hand back %d events; their lease will", len(queued))
 
-    async def _settle(self, event: events.Event, attempts: int, errors: list[str]) -> None:
-        """Mark the event delivered, or due again after a backoff."""
+    async def _settle(
+        self, event: events.Event, attempts: int, errors: list[str], unrecorded: list[str]
+    ) -> None:
+        """Mark the event delivered, or due again after a backoff.
+
+        In the second case the handlers that succeeded without writing
+        anything are recorded now, so that redelivery does not run them again.
+        """
         try:
             async for attempt in self._retry.retrying():
                 with attempt:
                     async with self._uow_factory() as uow:
                         if errors:
+                            for name in unrecorded:
+                                await uow.outbox.record_handled(event.id, name)
                             delay = self._retry.redelivery_delay(attempts + 1)
                             await uow.outbox.failed(event.id, "; ".join(errors), utcnow() + delay)
                         else:
