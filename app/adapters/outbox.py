@@ -9,10 +9,11 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Insert, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -101,6 +102,20 @@ class AbstractOutbox(abc.ABC):
         """Forget delivered events, and the ledger of events no longer kept."""
 
 
+_COMPLETE = (
+    update(orm.outbox)
+    .where(orm.outbox.c.id == bindparam("event_id"))
+    .values(completed_at=bindparam("now"), last_error=None)
+)
+
+
+@cache
+def _record(dialect_name: str) -> Insert:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    record: Insert = dialect.insert(orm.processed_messages).on_conflict_do_nothing()
+    return record
+
+
 class SqlAlchemyOutbox(AbstractOutbox):
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -124,13 +139,10 @@ class SqlAlchemyOutbox(AbstractOutbox):
         await self.session.execute(insert(orm.outbox), rows)
 
     async def record_handled(self, event_id: str, handler: str) -> bool:
-        dialect = postgresql if self.session.get_bind().dialect.name == "postgresql" else sqlite
-        stmt = (
-            dialect.insert(orm.processed_messages)
-            .values(message_id=event_id, handler=handler, processed_at=utcnow())
-            .on_conflict_do_nothing()
+        result = await self.session.execute(
+            _record(self.session.get_bind().dialect.name),
+            {"message_id": event_id, "handler": handler, "processed_at": utcnow()},
         )
-        result = await self.session.execute(stmt)
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def claim(self, limit: int, lease: timedelta) -> list[Pending]:
@@ -182,11 +194,7 @@ class SqlAlchemyOutbox(AbstractOutbox):
         )
 
     async def complete(self, event_id: str) -> None:
-        await self.session.execute(
-            update(orm.outbox)
-            .where(orm.outbox.c.id == event_id)
-            .values(completed_at=utcnow(), last_error=None)
-        )
+        await self.session.execute(_COMPLETE, {"event_id": event_id, "now": utcnow()})
 
     async def failed(self, event_id: str, error: str, retry_at: datetime) -> None:
         o = orm.outbox.c

@@ -8,9 +8,9 @@ row with no batchref (a tombstone), so that its version is kept.
 """
 
 import abc
-from typing import Any
+from functools import cache
 
-from sqlalchemy import Table, select
+from sqlalchemy import Insert, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,56 +27,62 @@ class AbstractReadModel(abc.ABC):
         """Copy batch ``ref`` as the write model has it now."""
 
 
+_b, _p, _line, _a = orm.batches.c, orm.products.c, orm.order_lines.c, orm.allocations.c
+_VERSION = select(_p.version_number).where(_p.sku == bindparam("sku"))
+_BATCHREF = (
+    select(_b.reference)
+    .join(orm.allocations, _a.batch_id == _b.id)
+    .join(orm.order_lines, _line.id == _a.orderline_id)
+    .where(_line.orderid == bindparam("orderid"), _line.sku == bindparam("sku"))
+)
+_BATCH = (
+    select(
+        _b.reference,
+        _b.sku,
+        _b.eta,
+        _b.purchased_quantity.label("purchased"),
+        _b.allocated_quantity.label("allocated"),
+        _p.version_number.label("version"),
+    )
+    .join(orm.products, _p.sku == _b.sku)
+    .where(_b.reference == bindparam("ref"))
+)
+
+
+@cache
+def _upsert(table: Table, dialect_name: str) -> Insert:
+    """INSERT, or UPDATE unless the row already reflects a version as new."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    stmt = dialect.insert(table)
+    keys = {c.name for c in table.primary_key}
+    upsert: Insert = stmt.on_conflict_do_update(
+        index_elements=sorted(keys),
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+        where=table.c.version < stmt.excluded.version,
+    )
+    return upsert
+
+
 class SqlAlchemyReadModel(AbstractReadModel):
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
     async def allocation_refreshed(self, orderid: str, sku: str) -> None:
-        b, line, a = orm.batches.c, orm.order_lines.c, orm.allocations.c
         # The version is read before the line, so the row is never labelled
         # newer than what it shows.
-        version = await self.session.scalar(
-            select(orm.products.c.version_number).where(orm.products.c.sku == sku)
-        )
+        version = await self.session.scalar(_VERSION, {"sku": sku})
         if version is None:
             return
-        batchref = await self.session.scalar(
-            select(b.reference)
-            .join(orm.allocations, a.batch_id == b.id)
-            .join(orm.order_lines, line.id == a.orderline_id)
-            .where(line.orderid == orderid, line.sku == sku)
-        )
-        await self._upsert(
-            orm.allocations_view,
+        batchref = await self.session.scalar(_BATCHREF, {"orderid": orderid, "sku": sku})
+        await self.session.execute(
+            _upsert(orm.allocations_view, self._dialect()),
             {"orderid": orderid, "sku": sku, "batchref": batchref, "version": version},
         )
 
     async def batch_refreshed(self, ref: str) -> None:
-        b, p = orm.batches.c, orm.products.c
-        row = (
-            await self.session.execute(
-                select(
-                    b.reference,
-                    b.sku,
-                    b.eta,
-                    b.purchased_quantity.label("purchased"),
-                    b.allocated_quantity.label("allocated"),
-                    p.version_number.label("version"),
-                )
-                .join(orm.products, p.sku == b.sku)
-                .where(b.reference == ref)
-            )
-        ).one_or_none()
+        row = (await self.session.execute(_BATCH, {"ref": ref})).one_or_none()
         if row is not None:
-            await self._upsert(orm.batches_view, row._asdict())
+            await self.session.execute(_upsert(orm.batches_view, self._dialect()), row._asdict())
 
-    async def _upsert(self, table: Table, values: dict[str, Any]) -> None:
-        dialect = postgresql if self.session.get_bind().dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(table).values(values)
-        keys = [c.name for c in table.primary_key]
-        stmt = stmt.on_conflict_do_update(
-            index_elements=keys,
-            set_={k: stmt.excluded[k] for k in values if k not in keys},
-            where=table.c.version < stmt.excluded.version,
-        )
-        await self.session.execute(stmt)
+    def _dialect(self) -> str:
+        return self.session.get_bind().dialect.name

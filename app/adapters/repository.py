@@ -2,10 +2,10 @@
 
 import abc
 from collections.abc import Iterable
+from functools import cache
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.adapters import orm
@@ -48,6 +48,43 @@ class AbstractRepository(abc.ABC):
     async def _get_by_batchref(self, ref: str) -> model.Product | None: ...
 
 
+class _Queries:
+    """The repository's statements, built once (after the mappers exist)."""
+
+    def __init__(self) -> None:
+        p, b, line, a = orm.products.c, orm.batches.c, orm.order_lines.c, orm.allocations.c
+        # The row lock on the product serialises writers of one sku in the
+        # database (PostgreSQL); SQLite already has a single writer.
+        self.product = (
+            select(model.Product)
+            .where(p.sku == bindparam("sku"))
+            .with_for_update(of=orm.products)
+            .execution_options(populate_existing=True)
+        )
+        self.batches = (
+            select(model.Batch)
+            .where(b.sku == bindparam("sku"))
+            .order_by(b.id)
+            .execution_options(populate_existing=True)
+        )
+        self.line_of_order = (
+            select(a.batch_id, model.OrderLine)
+            .join(orm.order_lines, line.id == a.orderline_id)
+            .where(line.orderid == bindparam("orderid"), line.sku == bindparam("sku"))
+        )
+        self.sku_of_batch = select(b.sku).where(b.reference == bindparam("ref"))
+        self.lines_of_batch = (
+            select(model.OrderLine)
+            .join(orm.allocations, a.orderline_id == line.id)
+            .where(a.batch_id == bindparam("batch_id"))
+        )
+
+
+@cache
+def _queries() -> _Queries:
+    return _Queries()
+
+
 class SqlAlchemyRepository(AbstractRepository):
     def __init__(self, session: AsyncSession) -> None:
         super().__init__()
@@ -63,9 +100,7 @@ class SqlAlchemyRepository(AbstractRepository):
         held: dict[int, set[model.OrderLine]] = {}
         if orderid is not None:
             rows = await self.session.execute(
-                select(orm.allocations.c.batch_id, model.OrderLine)
-                .join(orm.order_lines, orm.order_lines.c.id == orm.allocations.c.orderline_id)
-                .where(orm.order_lines.c.orderid == orderid, orm.order_lines.c.sku == sku)
+                _queries().line_of_order, {"orderid": orderid, "sku": sku}
             )
             for batch_id, line in rows:
                 held.setdefault(batch_id, set()).add(line)
@@ -73,35 +108,23 @@ class SqlAlchemyRepository(AbstractRepository):
         return product
 
     async def _get_by_batchref(self, ref: str) -> model.Product | None:
-        sku = await self.session.scalar(
-            select(orm.batches.c.sku).where(orm.batches.c.reference == ref)
-        )
+        sku = await self.session.scalar(_queries().sku_of_batch, {"ref": ref})
         if sku is None:
             return None
         product = await self._lock(sku)
         if product is None:  # pragma: no cover - batches.sku is a foreign key
             return None
-        batch = next(b for b in product.batches if b.reference == ref)
-        lines = await self.session.scalars(
-            select(model.OrderLine)
-            .join(orm.allocations, orm.allocations.c.orderline_id == orm.order_lines.c.id)
-            .join(orm.batches, orm.batches.c.id == orm.allocations.c.batch_id)
-            .where(orm.batches.c.reference == ref)
-        )
-        self._set_loaded_lines(product.batches, {_batch_id(batch): set(lines)})
+        batch_id = next(_batch_id(b) for b in product.batches if b.reference == ref)
+        lines = await self.session.scalars(_queries().lines_of_batch, {"batch_id": batch_id})
+        self._set_loaded_lines(product.batches, {batch_id: set(lines)})
         return product
 
     async def _lock(self, sku: str) -> model.Product | None:
-        # The row lock on the product serialises writers of one sku in the
-        # database (PostgreSQL); SQLite already has a single writer.
-        result = await self.session.scalars(
-            select(model.Product)
-            .where(orm.products.c.sku == sku)
-            .options(selectinload(model.Product.batches))  # type: ignore[misc, arg-type]
-            .with_for_update(of=orm.products)
-            .execution_options(populate_existing=True)
-        )
-        return result.one_or_none()
+        product = (await self.session.scalars(_queries().product, {"sku": sku})).one_or_none()
+        if product is not None:
+            batches = await self.session.scalars(_queries().batches, {"sku": sku})
+            set_committed_value(product, "batches", list(batches))
+        return product
 
     @staticmethod
     def _set_loaded_lines(
