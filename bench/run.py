@@ -1,0 +1,512 @@
+"""The performance bench: the service against a floor, and against itself as it grows.
+
+On a fresh, migrated PostgreSQL database it serves the service
+(``uvicorn app.main:app``) and the bare floor app (bench/bare_app.py) with
+the same worker count, drives them with wrk, and prints each figure as a
+ratio measured within this one run, next to its target.
+
+    make bench        (or: python bench/run.py)
+
+Environment: BENCH_DATABASE_URL, a PostgreSQL server on which the bench
+creates and drops a database of its own; BENCH_REDIS_URL, empty for
+external events off; BENCH_WORKERS, 2 by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "bench"
+SERVER = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+WORKERS = os.environ.get("BENCH_WORKERS", "2")
+ROUNDS, SECONDS = 3, 5  # read comparisons: alternated rounds of this many seconds
+SKUS, ORDERS_PER_SKU = 1000, 10  # ten thousand rows in allocations_view
+EXTRA_ROWS = 1_000_000
+GROWTH, WINDOW = 10_000, 500
+SOAK, WARMUP = 200_000, 20_000
+
+
+@dataclass
+class Report:
+    rows: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+    def check(self, name: str, value: float, target: float, detail: str, higher: bool) -> None:
+        ok = value >= target if higher else value <= target
+        sign = ">=" if higher else "<="
+        self.rows.append((name, f"{value:.2f} ({detail})", f"{sign} {target}", ok))
+        say(f"{name}: {value:.2f} ({detail}) {'ok' if ok else 'MISSED'}")
+
+    def figure(self, line: str) -> None:
+        self.figures.append(line)
+        say(line)
+
+    def print(self) -> None:
+        print("\n| measure | this run | target | |")
+        print("|---|---|---|---|")
+        for name, value, target, ok in self.rows:
+            print(f"| {name} | {value} | {target} | {'ok' if ok else 'MISSED'} |")
+        print()
+        for line in self.figures:
+            print(f"- {line}")
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- servers and data --------------------------------------------------------
+
+
+async def admin(statement: str) -> None:
+    url = make_url(SERVER).set(drivername="postgresql+asyncpg", database="postgres")
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    name = f"allocation_bench_{uuid.uuid4().hex[:8]}"
+    await admin(f'CREATE DATABASE "{name}"')
+    url = make_url(SERVER).set(drivername="postgresql+asyncpg", database=name)
+    rendered = url.render_as_string(hide_password=False)
+    try:
+        migrate = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "alembic",
+            "upgrade",
+            "head",
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": rendered},
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        if await migrate.wait() != 0:
+            raise RuntimeError("alembic upgrade head failed")
+        yield rendered
+    finally:
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def worker_pids(self) -> list[int]:
+        """uvicorn's worker processes (not multiprocessing's resource tracker)."""
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
+        ).stdout
+        return [
+            int(pid)
+            for pid in out.split()
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+
+
+@contextmanager
+def serve(app: str, env: dict[str, str], log: Path) -> Iterator[Server]:
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                app,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                WORKERS,
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/allocations/warm-up", timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{app} did not start; see {log}") from None
+                time.sleep(0.2)
+        yield Server(url, process)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def post(client: httpx.AsyncClient, path: str, body: dict[str, object]) -> None:
+    r = await client.post(path, json=body)
+    if r.status_code not in (201, 202):
+        raise RuntimeError(f"{path} {body}: {r.status_code} {r.text}")
+
+
+async def gather_limited(coroutines: list[Coroutine[Any, Any, None]], limit: int = 32) -> None:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(coroutine: Coroutine[Any, Any, None]) -> None:
+        async with gate:
+            await coroutine
+
+    await asyncio.gather(*(one(c) for c in coroutines))
+
+
+async def seed_orders(client: httpx.AsyncClient, run: str) -> list[str]:
+    """SKUS skus of two batches each, ORDERS_PER_SKU orders allocated per sku."""
+    skus = [f"{run}-read-{i}" for i in range(SKUS)]
+    await gather_limited(
+        [
+            post(
+                client,
+                "/add_batch",
+                {
+                    "ref": f"{s}-b{k}",
+                    "sku": s,
+                    "qty": 1000,
+                    "eta": None if k == 0 else "2031-01-01",
+                },
+            )
+            for s in skus
+            for k in (0, 1)
+        ]
+    )
+    orders = [(f"{s}-o{j}", s) for s in skus for j in range(ORDERS_PER_SKU)]
+
+    async def allocate_all(sku: str) -> None:  # one writer per sku: no conflicts to measure
+        for orderid, s in orders:
+            if s == sku:
+                await post(client, "/allocate", {"orderid": orderid, "sku": s, "qty": 1})
+
+    await gather_limited([allocate_all(s) for s in skus])
+    return [orderid for orderid, _ in orders]
+
+
+async def stocked_skus(client: httpx.AsyncClient, prefix: str, count: int) -> None:
+    await gather_limited(
+        [
+            post(
+                client,
+                "/add_batch",
+                {"ref": f"{prefix}-{i}-b", "sku": f"{prefix}-{i}", "qty": 10**9, "eta": None},
+            )
+            for i in range(count)
+        ]
+    )
+
+
+async def add_history(database_url: str, sku: str, ref: str, count: int) -> None:
+    """``count`` allocations of ``sku`` to ``ref``, written as the service writes them."""
+    engine = create_async_engine(database_url)
+    params = {"sku": sku, "ref": ref, "n": count}
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "WITH lines AS (INSERT INTO order_lines (orderid, sku, qty)"
+                    "  SELECT :sku || '-history-' || g, :sku, 1 FROM generate_series(1, :n) AS g"
+                    "  RETURNING id)"
+                    " INSERT INTO allocations (orderline_id, batch_id)"
+                    " SELECT lines.id, batches.id FROM lines, batches"
+                    " WHERE batches.reference = :ref"
+                ),
+                params,
+            )
+            await conn.execute(
+                text(
+                    "UPDATE batches SET allocated_quantity = allocated_quantity + :n"
+                    " WHERE reference = :ref"
+                ),
+                params,
+            )
+            await conn.execute(
+                text("UPDATE products SET version_number = version_number + :n WHERE sku = :sku"),
+                params,
+            )
+    finally:
+        await engine.dispose()
+
+
+async def add_extra_rows(database_url: str) -> None:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO allocations_view (orderid, sku, batchref, version)"
+                    " SELECT 'extra-' || g, 'extra-sku', 'extra-batch', 1"
+                    f" FROM generate_series(1, {EXTRA_ROWS}) AS g"
+                )
+            )
+            await conn.execute(text("ANALYZE allocations_view"))
+    finally:
+        await engine.dispose()
+
+
+# -- load --------------------------------------------------------------------
+
+
+@dataclass
+class Wrk:
+    rps: float
+    requests: int
+    p99_ms: float
+    counts: dict[str, int]
+
+
+async def wrk(url: str, script: str, seconds: float, env: dict[str, str]) -> Wrk:
+    process = await asyncio.create_subprocess_exec(
+        "wrk",
+        "-t2",
+        "-c32",
+        f"-d{seconds}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(HERE / script),
+        url,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out = (await process.communicate())[0].decode()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"p99_ms=([\d.]+)", out)
+    # The scripts' own counts, key=value; and wrk's count of answers not 2xx.
+    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)(?![\d.])", out)}
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    counts["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
+    return Wrk(rps, requests, float(p99.group(1)) if p99 else float("nan"), counts)
+
+
+async def compare_reads(ours: str, bare: str, orders: Path) -> tuple[Wrk, Wrk]:
+    """Alternate the two servers, ROUNDS times, to cancel the machine's drift.
+
+    A short first round for each warms connections and caches and is not counted.
+    """
+    for url in (ours, bare):
+        await wrk(url, "read.lua", 2, {"ORDERS": str(orders)})
+    mine: list[Wrk] = []
+    floor: list[Wrk] = []
+    for _ in range(ROUNDS):
+        mine.append(await wrk(ours, "read.lua", SECONDS, {"ORDERS": str(orders)}))
+        floor.append(await wrk(bare, "read.lua", SECONDS, {"ORDERS": str(orders)}))
+    return mean(mine), mean(floor)
+
+
+def mean(runs: list[Wrk]) -> Wrk:
+    return Wrk(
+        statistics.fmean(r.rps for r in runs),
+        sum(r.requests for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+        {"non_2xx": sum(r.counts["non_2xx"] for r in runs)},
+    )
+
+
+async def sequential(client: httpx.AsyncClient, sku: str, tag: str, count: int) -> float:
+    """Mean seconds of ``count`` allocations of ``sku``, one after another."""
+    start = time.perf_counter()
+    for i in range(count):
+        await post(client, "/allocate", {"orderid": f"{sku}-{tag}-{i}", "sku": sku, "qty": 1})
+    return (time.perf_counter() - start) / count
+
+
+def rss_mb(pids: list[int]) -> list[float]:
+    sizes = []
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text()
+        kb = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+        sizes.append(kb / 1024)
+    return sizes
+
+
+async def soak_until(url: str, env: dict[str, str], done: int, target: int) -> int:
+    while done < target:
+        done += (await wrk(url, "mixed.lua", 10, env)).requests
+    return done
+
+
+# -- the bench ---------------------------------------------------------------
+
+
+async def main() -> None:
+    report = Report()
+    run = uuid.uuid4().hex[:6]
+    tmp = Path(tempfile.mkdtemp(prefix="allocation-bench-"))
+    say(f"logs in {tmp}")
+    async with fresh_database() as db:
+        service_env = {"DATABASE_URL": db, "REDIS_URL": REDIS, "LOG_LEVEL": "ERROR"}
+        bare_env = {"BARE_DSN": db.replace("postgresql+asyncpg://", "postgresql://")}
+        with (
+            serve("app.main:app", service_env, tmp / "service.log") as ours,
+            serve("bench.bare_app:app", bare_env, tmp / "bare.log") as bare,
+        ):
+            limits = httpx.Limits(max_connections=64)
+            async with httpx.AsyncClient(base_url=ours.url, timeout=60, limits=limits) as client:
+                say(f"seeding {SKUS * ORDERS_PER_SKU} allocations")
+                orders = tmp / "orders.txt"
+                orders.write_text("\n".join(await seed_orders(client, run)) + "\n")
+
+                say("reads: the service against the bare floor, 10k rows")
+                mine, floor = await compare_reads(ours.url, bare.url, orders)
+                report.check(
+                    "reads / bare floor",
+                    mine.rps / floor.rps,
+                    0.8,
+                    f"{mine.rps:.0f} vs {floor.rps:.0f} req/s",
+                    higher=True,
+                )
+                report.figure(
+                    f"read p99 (median of rounds): service {mine.p99_ms:.1f} ms, "
+                    f"bare {floor.p99_ms:.1f} ms; "
+                    f"answers not 200: {mine.counts['non_2xx']}"
+                )
+
+                say(f"adding {EXTRA_ROWS} rows to allocations_view")
+                await add_extra_rows(db)
+                grown, floor_grown = await compare_reads(ours.url, bare.url, orders)
+                report.check(
+                    "reads at 1M rows / at 10k",
+                    grown.rps / mine.rps,
+                    0.9,
+                    f"{grown.rps:.0f} vs {mine.rps:.0f} req/s",
+                    higher=True,
+                )
+                report.figure(f"bare floor at 1M rows / at 10k: {floor_grown.rps / floor.rps:.2f}")
+
+                say("writes: 32 clients over 1000 skus, then on one sku")
+                await stocked_skus(client, f"{run}-spread", 1000)
+                await stocked_skus(client, f"{run}-hot", 1)
+                spread = await wrk(
+                    ours.url, "allocate.lua", 10, {"PREFIX": f"{run}-spread", "SKUS": "1000"}
+                )
+                hot = await wrk(ours.url, "allocate.lua", 10, {"PREFIX": f"{run}-hot", "SKUS": "1"})
+                report.figure(
+                    f"spread writes: {spread.rps:.0f} allocations/s, p99 {spread.p99_ms:.0f} ms, "
+                    f"5xx {spread.counts.get('server_errors', 0)}"
+                )
+                report.figure(
+                    f"one hot sku: {hot.rps:.0f} allocations/s, p99 {hot.p99_ms:.0f} ms, "
+                    f"5xx {hot.counts.get('server_errors', 0)}"
+                )
+                report.check(
+                    "hot sku / spread throughput",
+                    hot.rps / spread.rps,
+                    0.33,
+                    f"{hot.rps:.0f} vs {spread.rps:.0f} allocations/s",
+                    higher=True,
+                )
+
+                say("oversell: 32 clients on one sku with 300 units")
+                await post(
+                    client,
+                    "/add_batch",
+                    {"ref": f"{run}-scarce-0-b", "sku": f"{run}-scarce-0", "qty": 300, "eta": None},
+                )
+                scarce = await wrk(
+                    ours.url, "allocate.lua", 5, {"PREFIX": f"{run}-scarce", "SKUS": "1"}
+                )
+                batch = (await client.get(f"/batches/{run}-scarce-0-b")).json()
+                report.check(
+                    "hot sku 5xx",
+                    hot.counts.get("server_errors", 0) + scarce.counts.get("server_errors", 0),
+                    0,
+                    "answers >= 500 under contention",
+                    higher=False,
+                )
+                report.check(
+                    "units allocated beyond stock",
+                    batch["allocated"] - 300,
+                    0,
+                    f"{batch['allocated']} of 300 allocated by "
+                    f"{scarce.counts.get('accepted', 0)} accepted orders",
+                    higher=False,
+                )
+                report.check(
+                    "units of stock left unallocated",
+                    batch["available"],
+                    0,
+                    "with more orders than units",
+                    higher=False,
+                )
+
+                say(f"growth: {GROWTH} allocations of one sku")
+                sku = f"{run}-growth"
+                await post(
+                    client, "/add_batch", {"ref": f"{sku}-b", "sku": sku, "qty": 10**9, "eta": None}
+                )
+                first = await sequential(client, sku, "first", WINDOW)
+                # The allocations in between go straight into the write model's
+                # tables, as the service would have written them: 9,500 more
+                # over HTTP would take minutes and measure nothing new.
+                await add_history(db, sku, f"{sku}-b", GROWTH - WINDOW)
+                last = await sequential(client, sku, "last", WINDOW)
+                report.check(
+                    "allocation after 10k / first 500",
+                    last / first,
+                    1.3,
+                    f"{last * 1000:.1f} vs {first * 1000:.1f} ms",
+                    higher=False,
+                )
+
+                say(f"memory: {SOAK} mixed requests")
+                soak_env = {"ORDERS": str(orders), "PREFIX": f"{run}-spread", "SKUS": "1000"}
+                done = await soak_until(ours.url, soak_env, 0, WARMUP)
+                early = rss_mb(ours.worker_pids())
+                done = await soak_until(ours.url, soak_env, done, SOAK)
+                late = rss_mb(ours.worker_pids())
+                growth = max(b / a for a, b in zip(early, late, strict=True))
+                report.check(
+                    f"worker RSS after {done // 1000}k / after {WARMUP // 1000}k requests",
+                    growth,
+                    1.1,
+                    "MB "
+                    + ", ".join(f"{a:.0f}->{b:.0f}" for a, b in zip(early, late, strict=True)),
+                    higher=False,
+                )
+    report.print()
+    sys.exit(0 if all(ok for *_, ok in report.rows) else 1)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
