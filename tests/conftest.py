@@ -20,18 +20,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from alembic.config import Config
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
-from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from alembic import command
 from app.adapters import orm
 from app.config import Settings
 from app.main import create_app
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.databases import ROOT, alembic_upgrade, postgres_database
 
 
 def _required(variable: str) -> str:
@@ -42,21 +38,6 @@ def _required(variable: str) -> str:
     if os.environ.get("REQUIRE_SERVICES"):
         pytest.fail(f"{reason}, and REQUIRE_SERVICES says this run needs it")
     pytest.skip(reason)
-
-
-def alembic_upgrade(url: str) -> None:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "alembic"))
-    config.attributes["configure_logger"] = False
-    previous = os.environ.get("DATABASE_URL")
-    os.environ["DATABASE_URL"] = url
-    try:
-        command.upgrade(config, "head")
-    finally:
-        if previous is None:
-            del os.environ["DATABASE_URL"]
-        else:
-            os.environ["DATABASE_URL"] = previous
 
 
 @pytest.fixture(scope="session")
@@ -76,29 +57,11 @@ async def redis_url() -> str:
     return url
 
 
-async def _admin(server_url: str, statement: str) -> None:
-    admin = make_url(server_url).set(drivername="postgresql+asyncpg", database="postgres")
-    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="session")
 async def new_postgres_database(postgres_server_url: str) -> AsyncIterator[str]:
     """A URL to a brand-new, empty database, dropped after the session."""
-    name = f"allocation_test_{uuid.uuid4().hex[:10]}"
-    await _admin(postgres_server_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield (
-            make_url(postgres_server_url)
-            .set(drivername="postgresql+asyncpg", database=name)
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        await _admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with postgres_database(postgres_server_url, migrated=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

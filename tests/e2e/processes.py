@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.config import Settings
-from tests.conftest import alembic_upgrade, free_port
+from tests.conftest import free_port
+from tests.databases import postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
 # The ``allocation`` console script installed next to this interpreter.
@@ -276,31 +277,9 @@ def describe(result: subprocess.CompletedProcess[str]) -> str:
 # -- databases ---------------------------------------------------------------
 
 
-async def _admin(server_url: str, statement: str) -> None:
-    admin = make_url(server_url).set(drivername="postgresql+asyncpg", database="postgres")
-    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(server_url: str) -> AsyncIterator[str]:
+def fresh_database(server_url: str) -> contextlib.AbstractAsyncContextManager[str]:
     """A new, migrated PostgreSQL database of its own, dropped afterwards."""
-    name = f"allocation_e2e_{uuid.uuid4().hex[:10]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
-    try:
-        url = (
-            make_url(server_url)
-            .set(drivername="postgresql+asyncpg", database=name)
-            .render_as_string(hide_password=False)
-        )
-        await asyncio.to_thread(alembic_upgrade, url)
-        yield url
-    finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return postgres_database(server_url)
 
 
 async def query(database_url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:

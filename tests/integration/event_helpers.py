@@ -13,7 +13,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from email import message_from_bytes, policy
@@ -30,14 +30,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import func, make_url, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import container as composition
 from app.adapters import orm
 from app.config import Settings
 from app.container import Container
-from tests.conftest import alembic_upgrade
+from tests.databases import postgres_database
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
@@ -57,31 +57,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: fl
 # claim these tests' due events and deliver them behind their backs.
 
 
-async def _admin(server_url: str, statement: str) -> None:
-    admin = make_url(server_url).set(drivername="postgresql+asyncpg", database="postgres")
-    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-@asynccontextmanager
-async def private_postgres_database(server_url: str) -> AsyncIterator[str]:
+def private_postgres_database(server_url: str) -> AbstractAsyncContextManager[str]:
     """A migrated database on the server of ``server_url``, dropped on leaving."""
-    name = f"allocation_events_{uuid.uuid4().hex[:10]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
-    try:
-        url = (
-            make_url(server_url)
-            .set(drivername="postgresql+asyncpg", database=name)
-            .render_as_string(hide_password=False)
-        )
-        await asyncio.to_thread(alembic_upgrade, url)
-        yield url
-    finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return postgres_database(server_url)
 
 
 @asynccontextmanager

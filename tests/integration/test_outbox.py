@@ -29,7 +29,8 @@ from app.adapters.outbox import (
 from app.domain import events, model
 from app.faults import Faults, InjectedFault
 from app.service_layer.unit_of_work import AlreadyHandled, SqlAlchemyUnitOfWork
-from tests.conftest import alembic_upgrade, random_ref
+from tests.conftest import random_ref
+from tests.databases import alembic_upgrade
 
 LEASE = timedelta(seconds=30)
 LATER = timedelta(hours=1)
