@@ -12,7 +12,7 @@ from app import container as composition
 from app.adapters import orm
 from app.config import Settings
 from app.container import Container
-from app.entrypoints.api import errors, routes
+from app.entrypoints.api import errors, health, routes
 
 DESCRIPTION = """
 Allocates warehouse stock (batches) to customer order lines.
@@ -40,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await composition.start(container)
         # The read routes take the engine from here: no container work per read.
         application.state.read_engine = container.read_engine()
+        application.state.engine = container.engine()
+        application.state.redis = container.redis()
         stop = asyncio.Event()
         relay = None
         if container.settings().relay_enabled:
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.container = container
     app.include_router(routes.router)
+    app.include_router(health.router)
     errors.install(app)
     return app
 

@@ -1,0 +1,61 @@
+"""/health and /ready, as an operator's probes see them."""
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from asgi_lifespan import LifespanManager
+
+from app.config import Settings
+from app.main import create_app
+from tests.conftest import free_port
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c
+
+
+async def test_health_answers_while_the_process_lives(client: httpx.AsyncClient) -> None:
+    r = await client.get("/health")
+
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+
+
+async def test_ready_when_the_database_answers(client: httpx.AsyncClient) -> None:
+    r = await client.get("/ready")
+
+    assert r.status_code == 200
+    assert r.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "read_database": "ok", "redis": "off"},
+    }
+
+
+async def test_not_ready_while_the_database_is_unreachable() -> None:
+    nowhere = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/allocation"
+    async with serving(Settings(database_url=nowhere, relay_enabled=False)) as client:
+        started = time.monotonic()
+        r = await client.get("/ready")
+        took = time.monotonic() - started
+
+        assert r.status_code == 503
+        assert r.json()["message"] == "not ready: database, read_database unreachable"
+        assert took < 3
+        assert (await client.get("/health")).status_code == 200
+
+
+async def test_not_ready_while_redis_is_unreachable(sqlite_url: str) -> None:
+    redis_nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    settings = Settings(database_url=sqlite_url, redis_url=redis_nowhere, relay_enabled=False)
+    async with serving(settings) as client:
+        r = await client.get("/ready")
+
+        assert r.status_code == 503
+        assert r.json()["message"] == "not ready: redis unreachable"
+        assert r.json()["checks"]["database"] == "ok"
