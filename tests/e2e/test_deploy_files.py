@@ -1,0 +1,104 @@
+"""The Dockerfile and compose.yaml: linted, validated, and their commands run.
+
+No container engine runs here, so the image's own install and start
+commands are proven the next best way: in a clean virtual environment.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.databases import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str | Path, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    result = run(BIN / "hadolint", "Dockerfile")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_yaml_follows_the_compose_specification() -> None:
+    result = run(
+        BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", "compose.yaml"
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_images_install_and_start_commands_work_in_a_clean_venv(tmp_path: Path) -> None:
+    # What the Dockerfile does: install the project into a fresh venv, copy
+    # alembic beside it, migrate, then serve with the image's CMD.
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / "bin"
+    install = run(bin_dir / "pip", "install", "--no-cache-dir", ROOT)
+    assert install.returncode == 0, install.stderr[-3000:]
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    shutil.copy(ROOT / "alembic.ini", srv)
+    shutil.copytree(ROOT / "alembic", srv / "alembic")
+    database = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
+
+    migrate = run(bin_dir / "alembic", "upgrade", "head", cwd=srv, DATABASE_URL=database)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    worker_help = run(bin_dir / "allocation", "worker", "--help", cwd=srv)
+    assert worker_help.returncode == 0, worker_help.stderr[-3000:]
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            bin_dir / "uvicorn",
+            "app.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--proxy-headers",
+            "--forwarded-allow-ips",
+            "*",
+        ],
+        cwd=srv,
+        env={**os.environ, "DATABASE_URL": database},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ready = httpx.get(f"{url}/ready", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, "the server exited"
+                assert time.monotonic() < deadline, "the server never answered"
+                time.sleep(0.2)
+        assert ready.status_code == 200, ready.text
+        batch = {"ref": "b1", "sku": "LAMP", "qty": 5, "eta": None}
+        assert httpx.post(f"{url}/add_batch", json=batch).status_code == 201
+        line = {"orderid": "o1", "sku": "LAMP", "qty": 1}
+        assert httpx.post(f"{url}/allocate", json=line).status_code == 202
+        assert httpx.get(f"{url}/allocations/o1").json() == [{"sku": "LAMP", "batchref": "b1"}]
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
