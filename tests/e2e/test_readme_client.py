@@ -1,0 +1,52 @@
+"""The README's httpx example, run as written against a real server."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.databases import ROOT, alembic_upgrade
+
+EXAMPLE = re.compile(r"<!-- httpx-example -->\n```python\n(.*?)```", re.DOTALL)
+
+
+@pytest.mark.slow
+def test_the_readme_httpx_example_allocates_and_reads_back(tmp_path: Path) -> None:
+    [code] = EXAMPLE.findall((ROOT / "README.md").read_text())
+    database = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
+    alembic_upgrade(database)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, "the server exited"
+                assert time.monotonic() < deadline, "the server never answered"
+                time.sleep(0.1)
+        script = tmp_path / "example.py"
+        script.write_text(code.replace("http://127.0.0.1:8000", url))
+
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "[{'sku': 'SMALL-TABLE', 'batchref': 'batch-001'}]"
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
