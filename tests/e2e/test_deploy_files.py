@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_serving
 from tests.databases import ROOT
 
 BIN = Path(sys.executable).parent
@@ -84,15 +84,8 @@ def test_the_images_install_and_start_commands_work_in_a_clean_venv(tmp_path: Pa
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                ready = httpx.get(f"{url}/ready", timeout=2)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, "the server exited"
-                assert time.monotonic() < deadline, "the server never answered"
-                time.sleep(0.2)
+        wait_until_serving(url, server, time.monotonic() + 30)
+        ready = httpx.get(f"{url}/ready", timeout=5)
         assert ready.status_code == 200, ready.text
         batch = {"ref": "b1", "sku": "LAMP", "qty": 5, "eta": None}
         assert httpx.post(f"{url}/add_batch", json=batch).status_code == 201

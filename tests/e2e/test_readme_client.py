@@ -7,10 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_serving
 from tests.databases import ROOT, alembic_upgrade
 
 EXAMPLE = re.compile(r"<!-- httpx-example -->\n```python\n(.*?)```", re.DOTALL)
@@ -29,15 +28,7 @@ def test_the_readme_httpx_example_allocates_and_reads_back(tmp_path: Path) -> No
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, "the server exited"
-                assert time.monotonic() < deadline, "the server never answered"
-                time.sleep(0.1)
+        wait_until_serving(url, server, time.monotonic() + 30)
         script = tmp_path / "example.py"
         script.write_text(code.replace("http://127.0.0.1:8000", url))
 
