@@ -12,16 +12,8 @@ from app import container as composition
 from app.adapters import orm
 from app.config import Settings
 from app.container import Container
-from app.entrypoints.api import errors, health, routes
+from app.entrypoints.api import errors, health, openapi, routes
 
-DESCRIPTION = """
-Allocates warehouse stock (batches) to customer order lines.
-
-Writes are commands: `POST /allocate` answers **202 Accepted** with a
-`Location` header, and the allocation is read back there, from a read model
-that is up to date by the time the 202 is sent. Every error answers with
-`{"message": ...}`; invalid input is a 422 that names the field.
-"""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,7 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Allocation service",
         version="1.0.0",
-        description=DESCRIPTION,
+        description=openapi.DESCRIPTION,
+        openapi_tags=openapi.TAGS,
         lifespan=lifespan,
     )
     app.state.container = container
