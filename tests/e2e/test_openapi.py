@@ -8,15 +8,16 @@ import pytest
 # The schema does not depend on the database; one is enough.
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
+# Every route reaches the database, so every one may answer 503.
 ROUTES = [
-    ("/add_batch", "post", {"201", "409", "422"}),
-    ("/batches", "post", {"201", "409", "422"}),
-    ("/batches/{ref}", "get", {"200", "404", "422"}),
-    ("/batches/{ref}", "patch", {"202", "404", "409", "422"}),
-    ("/allocate", "post", {"202", "400", "409", "422"}),
-    ("/allocations/{orderid}", "get", {"200", "404", "422"}),
-    ("/allocations/{orderid}/{sku}", "get", {"200", "404", "422"}),
-    ("/products/{sku}", "get", {"200", "404", "422"}),
+    ("/add_batch", "post", {"201", "409", "422", "503"}),
+    ("/batches", "post", {"201", "409", "422", "503"}),
+    ("/batches/{ref}", "get", {"200", "404", "422", "503"}),
+    ("/batches/{ref}", "patch", {"202", "404", "409", "422", "503"}),
+    ("/allocate", "post", {"202", "400", "409", "422", "503"}),
+    ("/allocations/{orderid}", "get", {"200", "404", "422", "503"}),
+    ("/allocations/{orderid}/{sku}", "get", {"200", "404", "422", "503"}),
+    ("/products/{sku}", "get", {"200", "404", "422", "503"}),
 ]
 WRITES = [(path, method) for path, method, _ in ROUTES if method in {"post", "patch"}]
 
@@ -41,6 +42,18 @@ def body_schema(openapi: dict[str, Any], path: str, method: str) -> dict[str, An
     return resolve(openapi, body["content"]["application/json"]["schema"])
 
 
+def try_it_out_examples(openapi: dict[str, Any], path: str, method: str) -> list[Any]:
+    body = openapi["paths"][path][method]["requestBody"]
+    return list(body["content"]["application/json"]["examples"].values())
+
+
+def path_example(openapi: dict[str, Any], path: str, name: str) -> str:
+    [parameter] = [p for p in openapi["paths"][path]["get"]["parameters"] if p["name"] == name]
+    [example, *_] = parameter["examples"].values()
+    value: str = example["value"]
+    return value
+
+
 async def test_every_route_is_listed(openapi: dict[str, Any]) -> None:
     listed = {(path, method) for path, item in openapi["paths"].items() for method in item}
     assert {(path, method) for path, method, _ in ROUTES} <= listed
@@ -60,10 +73,50 @@ async def test_every_error_is_documented_as_a_message(
     openapi: dict[str, Any], path: str, method: str, statuses: set[str]
 ) -> None:
     responses = openapi["paths"][path][method]["responses"]
-    for status in sorted(s for s in statuses if s.startswith("4")):
-        error = resolve(openapi, responses[status]["content"]["application/json"]["schema"])
+    for status in sorted(s for s in statuses if s[0] in "45"):
+        schema = responses[status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/Error"}, status
+        error = resolve(openapi, schema)
         assert "message" in error["required"], status
         assert error["properties"]["message"]["type"] == "string"
+
+
+@pytest.mark.parametrize(("path", "method", "statuses"), ROUTES)
+async def test_every_error_says_when_it_happens(
+    openapi: dict[str, Any], path: str, method: str, statuses: set[str]
+) -> None:
+    responses = openapi["paths"][path][method]["responses"]
+    described = {s: responses[s]["description"] for s in statuses if s[0] in "45"}
+    assert all(d and d != "Additional Response" for d in described.values()), described
+    assert "detail" in described["422"]
+    assert "Retry-After" in described["503"]
+    assert set(responses["503"]["headers"]) == {"Retry-After"}
+
+
+@pytest.mark.parametrize(("path", "method", "statuses"), ROUTES)
+async def test_every_route_has_a_tag_a_summary_and_a_description(
+    openapi: dict[str, Any], path: str, method: str, statuses: set[str]
+) -> None:
+    operation = openapi["paths"][path][method]
+    described = {tag["name"] for tag in openapi["tags"] if tag.get("description")}
+    assert operation["tags"]
+    assert set(operation["tags"]) <= described
+    assert operation["summary"]
+    assert operation["description"]
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "statuses"), [r for r in ROUTES if r[1] in {"post", "patch"}]
+)
+async def test_a_write_documents_its_location(
+    openapi: dict[str, Any], path: str, method: str, statuses: set[str]
+) -> None:
+    [status] = [s for s in statuses if s.startswith("2")]
+    success = openapi["paths"][path][method]["responses"][status]
+    location = success["headers"]["Location"]
+    assert location["schema"] == {"type": "string"}
+    assert location["description"]
+    assert "Location" in success["description"]
 
 
 @pytest.mark.parametrize(("path", "method"), WRITES)
@@ -76,18 +129,33 @@ async def test_a_request_body_has_a_schema_with_a_complete_example(
     assert set(schema["required"]) <= set(example) <= set(schema["properties"])
 
 
+@pytest.mark.parametrize(("path", "method"), WRITES)
+async def test_try_it_out_fills_in_the_schemas_example(
+    openapi: dict[str, Any], path: str, method: str
+) -> None:
+    # Swagger UI fills the body with the first of these, not the schema's own.
+    examples = [e["value"] for e in try_it_out_examples(openapi, path, method)]
+    assert examples == body_schema(openapi, path, method)["examples"]
+
+
 async def test_the_documented_examples_work_when_tried(
     client: httpx.AsyncClient, openapi: dict[str, Any]
 ) -> None:
-    [batch, *_] = body_schema(openapi, "/batches", "post")["examples"]
-    [line, *_] = body_schema(openapi, "/allocate", "post")["examples"]
-    [change, *_] = body_schema(openapi, "/batches/{ref}", "patch")["examples"]
+    [batch, *_] = try_it_out_examples(openapi, "/batches", "post")
+    [line, *_] = try_it_out_examples(openapi, "/allocate", "post")
+    [change, *_] = try_it_out_examples(openapi, "/batches/{ref}", "patch")
+    orderid = path_example(openapi, "/allocations/{orderid}", "orderid")
+    ref = path_example(openapi, "/batches/{ref}", "ref")
 
-    assert (await client.post("/batches", json=batch)).status_code == 201
-    assert (await client.post("/allocate", json=line)).status_code == 202
-    r = await client.get(f"/allocations/{line['orderid']}")
-    assert r.json() == [{"sku": line["sku"], "batchref": batch["ref"]}]
-    assert (await client.patch(f"/batches/{batch['ref']}", json=change)).status_code == 202
+    r = await client.post("/batches", json=batch["value"])
+    assert r.status_code == 201
+    assert r.headers["location"] == f"/batches/{ref}"
+    r = await client.post("/allocate", json=line["value"])
+    assert r.status_code == 202
+    assert r.headers["location"] == f"/allocations/{orderid}"
+    r = await client.get(f"/allocations/{orderid}")
+    assert r.json() == [{"sku": line["value"]["sku"], "batchref": ref}]
+    assert (await client.patch(f"/batches/{ref}", json=change["value"])).status_code == 202
 
 
 @pytest.mark.parametrize(
@@ -104,7 +172,9 @@ async def test_path_identifiers_are_documented(
 
 async def test_the_service_describes_itself(openapi: dict[str, Any]) -> None:
     assert openapi["info"]["title"] == "Allocation service"
-    assert openapi["info"]["description"]
+    description = openapi["info"]["description"]
+    for subject in ["202 Accepted", "`Location`", "read model", '{"message": "..."}', "detail"]:
+        assert subject in description
 
 
 async def test_swagger_ui_is_served(client: httpx.AsyncClient) -> None:

@@ -1,14 +1,92 @@
-"""What /docs and /openapi.json say about the service as a whole."""
+"""What /docs and /openapi.json say about the service as a whole, and about every answer."""
 
 from typing import Any
+
+from app.entrypoints.api.schemas import Error
 
 DESCRIPTION = """
 Allocates warehouse stock (batches) to customer order lines.
 
-Writes are commands: `POST /allocate` answers **202 Accepted** with a
-`Location` header, and the allocation is read back there, from a read model
-that is up to date by the time the 202 is sent. Every error answers with
-`{"message": ...}`; invalid input is a 422 that names the field.
+**Writes are commands.** `POST /batches` (or the book's `POST /add_batch`)
+answers **201 Created**; `POST /allocate` and `PATCH /batches/{ref}` answer
+**202 Accepted**. Each write carries a `Location` header naming where to read
+what it did: `/batches/{ref}` for a batch, `/allocations/{orderid}` for an
+order. The write's own body says only which batch or order it was about.
+
+**Reads come from read models.** The `GET` routes answer from projection
+tables that the write's events keep up to date, and those are up to date by
+the time the write's answer is sent: follow the `Location` at once and the
+change is there.
+
+Try it here: add the example batch, allocate the example line, then read
+`GET /allocations/order-001`. It names `batch-001`.
+
+**Errors** all have one body, `{"message": "..."}`, a sentence for a person
+to read; a 422 adds `detail`, each invalid field as `{"loc", "msg", "type"}`.
+
+| status | when |
+|---|---|
+| 400 | an order line names a sku no batch was ever added for |
+| 404 | no batch, order allocation or sku by that name |
+| 409 | the write contradicts what exists, or kept colliding with concurrent writes |
+| 422 | invalid input: `message` names the first field, `detail` lists each |
+| 503 | the database is unavailable: retry after the seconds in `Retry-After` |
+
+Identifiers are 1 to 255 printable characters without `/`; quantities are
+integers from 1 to 1,000,000,000 (0 is allowed when changing a batch); dates
+are `YYYY-MM-DD`.
 """
 
-TAGS: list[dict[str, Any]] = []
+TAGS: list[dict[str, Any]] = [
+    {
+        "name": "batches",
+        "description": "Stock: a batch of one sku, in the warehouse or arriving on a date. "
+        "Add one, read its quantities, change how much was purchased.",
+    },
+    {
+        "name": "allocations",
+        "description": "Order lines allocated to batches: warehouse stock first, then the "
+        "earliest shipment. Allocate a line, then read where it went.",
+    },
+    {
+        "name": "products",
+        "description": "Stock of a sku as a whole: available now, arriving, and per batch.",
+    },
+    {
+        "name": "operations",
+        "description": "Probes for orchestrators and load balancers: liveness and readiness.",
+    },
+]
+
+Responses = dict[int | str, dict[str, Any]]
+
+INVALID = (
+    "Invalid input: `message` names the first invalid field, `detail` lists each "
+    "(a body that is not JSON has a `message` only)."
+)
+UNAVAILABLE = (
+    "The database is unavailable: retry after the number of seconds in the "
+    "`Retry-After` header. Every write is safe to repeat."
+)
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer"},
+    }
+}
+
+
+def errors(described: dict[int, str]) -> Responses:
+    """Each status of ``described`` as an Error body, with 422 and 503 that every route has."""
+    statuses = {**described, 422: INVALID, 503: UNAVAILABLE}
+    responses: Responses = {}
+    for status, description in sorted(statuses.items()):
+        responses[status] = {"model": Error, "description": description}
+    responses[503]["headers"] = _RETRY_AFTER
+    return responses
+
+
+def located(status: int, where: str) -> Responses:
+    """The ``Location`` header of a write's answer, naming where to read the result."""
+    header = {"description": f"Where to read the result: {where}.", "schema": {"type": "string"}}
+    return {status: {"headers": {"Location": header}}}

@@ -5,28 +5,52 @@ from urllib.parse import quote
 
 import orjson
 from dependency_injector.wiring import Provide, inject
-from fastapi import APIRouter, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
 from pydantic import AfterValidator
+from pydantic.config import JsonDict
 
 from app import views
 from app.container import Container
 from app.domain import commands
 from app.entrypoints.api import schemas
 from app.entrypoints.api.errors import error
+from app.entrypoints.api.openapi import errors, located
 from app.service_layer.messagebus import MessageBus
 
 router = APIRouter()
 
 Bus = Annotated[MessageBus, Depends(Provide[Container.bus])]
-PathId = Annotated[
-    str,
-    Path(min_length=1, max_length=schemas.MAX_ID_LENGTH),
-    AfterValidator(schemas.printable),
+
+
+def _body(examples: dict[str, JsonDict]) -> Any:
+    # "Try it out" in /docs fills in the first example.
+    return Body(openapi_examples={name: {"value": value} for name, value in examples.items()})
+
+
+def _identifier(description: str, example: str) -> Any:
+    return Path(
+        min_length=1,
+        max_length=schemas.MAX_ID_LENGTH,
+        description=description,
+        openapi_examples={example: {"value": example}},
+    )
+
+
+NewBatch = Annotated[
+    schemas.BatchIn,
+    _body(
+        {
+            "in the warehouse": schemas.BATCH_EXAMPLE,
+            "arriving in a shipment": schemas.SHIPMENT_EXAMPLE,
+        }
+    ),
 ]
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": schemas.Error} for s in statuses}
+NewLine = Annotated[schemas.AllocateIn, _body({"two tables": schemas.LINE_EXAMPLE})]
+NewQuantity = Annotated[schemas.QuantityIn, _body({"ten units": schemas.QUANTITY_EXAMPLE})]
+Printable = AfterValidator(schemas.printable)
+BatchRef = Annotated[str, _identifier("The batch's reference.", "batch-001"), Printable]
+OrderId = Annotated[str, _identifier("The order's id.", "order-001"), Printable]
+Sku = Annotated[str, _identifier("The product's sku.", "SMALL-TABLE"), Printable]
 
 
 def _json(body: Any) -> Response:
@@ -42,26 +66,45 @@ def _location(request: Request, name: str, **params: str) -> str:
     return root_path + str(request.app.url_path_for(name, **quoted))
 
 
+ADD_BATCH = (
+    "Adds `qty` units of `sku`: stock in the warehouse when `eta` is null, a shipment "
+    "arriving on `eta` otherwise. Answers 201 with `Location: /batches/{ref}`, where "
+    "the batch can be read at once.\n\n"
+    "Adding an identical batch again changes nothing and answers 201 again; a reference "
+    "already used with another sku, quantity or eta is a 409."
+)
+BATCH_ERRORS = errors(
+    {
+        409: "The reference is already used with other details; or the write kept "
+        "colliding with concurrent writes to the same sku (try again)."
+    }
+)
+BATCH_CREATED = located(201, "the batch, `/batches/{ref}`")
+
+
 @router.post(
     "/batches",
     status_code=status.HTTP_201_CREATED,
     response_model=schemas.BatchCreated,
-    responses=_errors(409, 422),
+    response_description="Created: read the batch at `Location`.",
+    responses={**BATCH_CREATED, **BATCH_ERRORS},
+    tags=["batches"],
     summary="Add a batch of stock",
-    description="Answers 201 with `Location: /batches/{ref}`. Repeating an identical "
-    "batch is harmless; reusing a reference with different details is a 409.",
+    description=ADD_BATCH,
 )
 @router.post(
     "/add_batch",
     status_code=status.HTTP_201_CREATED,
     response_model=schemas.BatchCreated,
-    responses=_errors(409, 422),
+    response_description="Created: read the batch at `Location`.",
+    responses={**BATCH_CREATED, **BATCH_ERRORS},
+    tags=["batches"],
     summary="Add a batch of stock (the book's route)",
-    description="The same as `POST /batches`.",
+    description="The book's name for `POST /batches`, and the same in every way.\n\n" + ADD_BATCH,
 )
 @inject
 async def add_batch(
-    body: schemas.BatchIn, request: Request, response: Response, bus: Bus
+    body: NewBatch, request: Request, response: Response, bus: Bus
 ) -> schemas.BatchCreated:
     await bus.handle(commands.CreateBatch(body.ref, body.sku, body.qty, body.eta))
     response.headers["Location"] = _location(request, "get_batch", ref=body.ref)
@@ -71,10 +114,14 @@ async def add_batch(
 @router.get(
     "/batches/{ref}",
     response_model=schemas.BatchOut,
-    responses=_errors(404, 422),
-    summary="A batch's quantities",
+    response_description="The batch.",
+    responses=errors({404: "No batch has this reference."}),
+    tags=["batches"],
+    summary="Read a batch's quantities",
+    description="How many units were `purchased`, how many are `allocated` to order "
+    "lines, and how many are still `available`. Served from the batches read model.",
 )
-async def get_batch(ref: PathId, request: Request) -> Response:
+async def get_batch(ref: BatchRef, request: Request) -> Response:
     batch = await views.batch(request.app.state.read_engine, ref)
     if batch is None:
         return error(404, f"Unknown batch {ref}")
@@ -85,14 +132,26 @@ async def get_batch(ref: PathId, request: Request) -> Response:
     "/batches/{ref}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.BatchAccepted,
-    responses=_errors(404, 409, 422),
+    response_description="Accepted: read the batch at `Location`.",
+    responses={
+        **located(202, "the batch, `/batches/{ref}`"),
+        **errors(
+            {
+                404: "No batch has this reference.",
+                409: "The write kept colliding with concurrent writes to the same sku (try again).",
+            }
+        ),
+    },
+    tags=["batches"],
     summary="Change a batch's purchased quantity",
-    description="Lines that no longer fit are deallocated and reallocated to other "
-    "batches where stock allows. Answers 202 with `Location: /batches/{ref}`.",
+    description="Sets how many units the batch holds, as when a shipment arrives short. "
+    "Order lines that no longer fit are deallocated and allocated again to other batches "
+    "of the sku where stock allows; lines no batch can take lose their allocation. "
+    "Answers 202 with `Location: /batches/{ref}`.",
 )
 @inject
 async def change_batch_quantity(
-    ref: PathId, body: schemas.QuantityIn, request: Request, response: Response, bus: Bus
+    ref: BatchRef, body: NewQuantity, request: Request, response: Response, bus: Bus
 ) -> schemas.BatchAccepted:
     await bus.handle(commands.ChangeBatchQuantity(ref, body.qty))
     response.headers["Location"] = _location(request, "get_batch", ref=ref)
@@ -103,16 +162,29 @@ async def change_batch_quantity(
     "/allocate",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.AllocationAccepted,
-    responses=_errors(400, 409, 422),
+    response_description="Accepted: read the order's allocations at `Location`.",
+    responses={
+        **located(202, "the order's allocations, `/allocations/{orderid}`"),
+        **errors(
+            {
+                400: "No batch of this sku was ever added: `Invalid sku ...`.",
+                409: "The order already holds a different quantity of this sku; or the "
+                "write kept colliding with concurrent writes to the same sku (try again).",
+            }
+        ),
+    },
+    tags=["allocations"],
     summary="Allocate an order line",
-    description="Answers 202 with `Location: /allocations/{orderid}`: read the "
-    "allocation there. An order out of stock is accepted but gets no allocation "
-    "(404 there). Sending the same line again changes nothing; the same order "
-    "asking for a different quantity of the sku is a 409.",
+    description="Allocates the line to a batch of its sku: warehouse stock first, then "
+    "the shipment arriving soonest. Answers 202 with `Location: /allocations/{orderid}`; "
+    "read the allocation there. A line no batch has stock for is accepted but is not "
+    "allocated: it is missing there.\n\n"
+    "Sending the same line again changes nothing; the same order asking for a different "
+    "quantity of the sku is a 409.",
 )
 @inject
 async def allocate(
-    body: schemas.AllocateIn, request: Request, response: Response, bus: Bus
+    body: NewLine, request: Request, response: Response, bus: Bus
 ) -> schemas.AllocationAccepted:
     await bus.handle(commands.Allocate(body.orderid, body.sku, body.qty))
     response.headers["Location"] = _location(request, "get_allocations", orderid=body.orderid)
@@ -122,10 +194,16 @@ async def allocate(
 @router.get(
     "/allocations/{orderid}",
     response_model=list[schemas.Allocation],
-    responses=_errors(404, 422),
-    summary="Where an order's lines are allocated",
+    response_description="One entry per allocated line: its sku and the batch it is in.",
+    responses=errors(
+        {404: "The order has no allocated lines: unknown, or every line out of stock."}
+    ),
+    tags=["allocations"],
+    summary="Read where an order's lines are allocated",
+    description="The batch each line of the order is allocated to, from the allocations "
+    "read model. This is where `POST /allocate` points its `Location`.",
 )
-async def get_allocations(orderid: PathId, request: Request) -> Response:
+async def get_allocations(orderid: OrderId, request: Request) -> Response:
     result = await views.allocations(request.app.state.read_engine, orderid)
     if not result:
         return error(404, f"No allocations for order {orderid}")
@@ -135,10 +213,14 @@ async def get_allocations(orderid: PathId, request: Request) -> Response:
 @router.get(
     "/allocations/{orderid}/{sku}",
     response_model=schemas.Allocation,
-    responses=_errors(404, 422),
-    summary="Where one line of an order is allocated",
+    response_description="The sku and the batch the line is in.",
+    responses=errors({404: "The order has no allocated line of this sku."}),
+    tags=["allocations"],
+    summary="Read where one line of an order is allocated",
+    description="The batch the order's line of `sku` is allocated to, from the "
+    "allocations read model.",
 )
-async def get_allocation(orderid: PathId, sku: PathId, request: Request) -> Response:
+async def get_allocation(orderid: OrderId, sku: Sku, request: Request) -> Response:
     result = await views.allocation(request.app.state.read_engine, orderid, sku)
     if result is None:
         return error(404, f"Order {orderid} has no allocation of {sku}")
@@ -148,11 +230,15 @@ async def get_allocation(orderid: PathId, sku: PathId, request: Request) -> Resp
 @router.get(
     "/products/{sku}",
     response_model=schemas.ProductOut,
-    responses=_errors(404, 422),
-    summary="Stock of a sku, now and per batch",
-    description="Served from a read model kept up to date by events.",
+    response_description="The sku's stock, and each batch in the order allocation uses them.",
+    responses=errors({404: "No batch of this sku was ever added."}),
+    tags=["products"],
+    summary="Read the stock of a sku, now and per batch",
+    description="Units available in the warehouse now, units arriving in shipments, and "
+    "what each batch has left. Served from the batches read model, which events keep "
+    "up to date.",
 )
-async def get_product(sku: PathId, request: Request) -> Response:
+async def get_product(sku: Sku, request: Request) -> Response:
     result = await views.product(request.app.state.read_engine, sku)
     if result is None:
         return error(404, f"Unknown sku {sku}")

@@ -5,6 +5,7 @@ from datetime import date
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.config import JsonDict
 
 MAX_ID_LENGTH = 255
 MAX_QTY = 1_000_000_000
@@ -41,6 +42,18 @@ Quantity = Annotated[int, Field(gt=0, le=MAX_QTY, strict=True)]
 NewQuantity = Annotated[int, Field(ge=0, le=MAX_QTY, strict=True)]
 Eta = Annotated[date | None, BeforeValidator(_iso_date)]
 
+# Examples that work as they stand, in this order: "Try it out" in /docs sends them.
+# FastAPI leaves nulls out of /openapi.json, so /docs shows the first without "eta".
+BATCH_EXAMPLE: JsonDict = {"ref": "batch-001", "sku": "SMALL-TABLE", "qty": 20, "eta": None}
+SHIPMENT_EXAMPLE: JsonDict = {
+    "ref": "batch-002",
+    "sku": "SMALL-TABLE",
+    "qty": 50,
+    "eta": "2031-06-30",
+}
+LINE_EXAMPLE: JsonDict = {"orderid": "order-001", "sku": "SMALL-TABLE", "qty": 2}
+QUANTITY_EXAMPLE: JsonDict = {"qty": 10}
+
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -48,31 +61,27 @@ class Request(BaseModel):
 
 class BatchIn(Request):
     ref: Identifier = Field(description="Batch reference, unique across skus.")
-    sku: Identifier
+    sku: Identifier = Field(description="The product the batch holds.")
     qty: Quantity = Field(description="Units purchased.")
-    eta: Eta = Field(None, description="Expected arrival; null for stock in the warehouse.")
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"ref": "batch-001", "sku": "SMALL-TABLE", "qty": 20, "eta": None}]
-        }
+    eta: Eta = Field(
+        None, description="Expected arrival; null or left out for stock in the warehouse."
     )
+
+    model_config = ConfigDict(json_schema_extra={"examples": [BATCH_EXAMPLE, SHIPMENT_EXAMPLE]})
 
 
 class AllocateIn(Request):
-    orderid: Identifier
-    sku: Identifier
-    qty: Quantity
+    orderid: Identifier = Field(description="The order the line belongs to.")
+    sku: Identifier = Field(description="The product ordered.")
+    qty: Quantity = Field(description="Units ordered.")
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"orderid": "order-001", "sku": "SMALL-TABLE", "qty": 2}]}
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [LINE_EXAMPLE]})
 
 
 class QuantityIn(Request):
     qty: NewQuantity = Field(description="The batch's new purchased quantity.")
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"qty": 10}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [QUANTITY_EXAMPLE]})
 
 
 class BatchCreated(BaseModel):
