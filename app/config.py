@@ -1,8 +1,8 @@
 """Settings, from the environment and an optional .env file."""
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -14,6 +14,11 @@ _ASYNC_DRIVERS = {
 }
 _SUPPORTED = {"postgresql+asyncpg", "sqlite+aiosqlite"}
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./allocation.db"
+MIN_TOKEN_LENGTH = 16
+# Passwords no deployment should run with, .env.example's among them.
+PLACEHOLDER_PASSWORDS = frozenset(
+    {"change-me", "changeme", "password", "secret", "example", "postgres", "allocation"}
+)
 
 
 def _with_async_driver(value: str) -> str:
@@ -27,6 +32,11 @@ def _with_async_driver(value: str) -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description="Outside development, settings that are unsafe to deploy are refused.",
+    )
+
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
         description="Write-side database (SQLAlchemy URL).",
@@ -35,10 +45,30 @@ class Settings(BaseSettings):
         None, description="Read-side database, e.g. a replica; defaults to DATABASE_URL."
     )
     db_pool_size: int = Field(10, ge=1, le=200, description="Connections per engine.")
+    db_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Seconds a request waits on the database (PostgreSQL): to connect, "
+        "for a pooled connection, for a statement's answer; then it answers 503.",
+    )
     write_retries: int = Field(
         8, ge=1, le=50, description="Attempts at a write that collides with another."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: JSON lines, or text when writing to a terminal."
+    )
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token every write must carry; unset leaves writes open."
+    )
+    max_body_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted."
+    )
+    root_path: str = Field(
+        "",
+        description="The path prefix a reverse proxy serves the API under, e.g. /allocation.",
+    )
 
     redis_url: str | None = Field(
         None, description="Redis for external events; unset turns them off."
@@ -73,10 +103,44 @@ class Settings(BaseSettings):
     def _read_url(cls, value: str | None) -> str | None:
         return _with_async_driver(value) if value else None
 
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _no_empty_token(cls, value: object) -> object:
+        return value or None
+
     @field_validator("redis_url", "smtp_host")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("root_path")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError("must start with '/', e.g. /allocation")
+        return value
+
+    @model_validator(mode="after")
+    def _safe_outside_development(self) -> Self:
+        if self.environment == "development":
+            return self
+        for name in ("database_url", "read_database_url", "redis_url"):
+            value = getattr(self, name)
+            password = make_url(value).password if value else None
+            if password is not None and password.lower() in PLACEHOLDER_PASSWORDS:
+                raise ValueError(
+                    f"{name.upper()} uses the placeholder password {password!r}; "
+                    f"set a real one (ENVIRONMENT={self.environment})"
+                )
+        if self.api_token is not None:
+            token = self.api_token.get_secret_value()
+            if token.lower() in PLACEHOLDER_PASSWORDS or len(token) < MIN_TOKEN_LENGTH:
+                raise ValueError(
+                    f"API_TOKEN is a placeholder or shorter than {MIN_TOKEN_LENGTH} "
+                    f"characters (ENVIRONMENT={self.environment}); e.g. openssl rand -hex 32"
+                )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

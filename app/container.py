@@ -64,12 +64,14 @@ class Container(containers.DeclarativeContainer):
         url=settings.provided.database_url,
         pool_size=settings.provided.db_pool_size,
         writer=True,
+        db_timeout=settings.provided.db_timeout,
     )
     read_engine = providers.Resource(
         database.engine_resource,
         url=settings.provided.effective_read_database_url,
         pool_size=settings.provided.db_pool_size,
         writer=False,
+        db_timeout=settings.provided.db_timeout,
     )
     redis = providers.Resource(redis_resource, url=settings.provided.redis_url)
 

@@ -7,13 +7,18 @@ from contextlib import asynccontextmanager
 
 from dependency_injector import providers
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import container as composition
+from app import logs
 from app.adapters import orm
+from app.adapters.schema import StartupError, check_database
 from app.config import Settings
 from app.container import Container
-from app.entrypoints.api import errors, health, openapi, routes
+from app.entrypoints.api import errors, health, metrics, openapi, routes
+from app.entrypoints.api.middleware import BodyLimit, RequestContext
 
+logger = logging.getLogger("app.main")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,41 +27,61 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     container = Container()
     if settings is not None:
         container.settings.override(providers.Object(settings))
+    settings = container.settings()
     container.wire(modules=[routes])
 
     @asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:
-        level = container.settings().log_level
-        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # no-op if configured
-        logging.getLogger("app").setLevel(level)
+        logs.configure(settings.log_level, settings.log_format)
         await composition.start(container)
+        try:
+            for engine in {container.engine(), container.read_engine()}:
+                await check_database(engine)
+        except StartupError as e:
+            logger.critical("cannot start: %s", e)
+            await composition.stop(container)
+            raise
         # The read routes take the engine from here: no container work per read.
         application.state.read_engine = container.read_engine()
         application.state.engine = container.engine()
         application.state.redis = container.redis()
         stop = asyncio.Event()
         relay = None
-        if container.settings().relay_enabled:
+        if settings.relay_enabled:
             relay = asyncio.create_task(container.relay().run(stop), name="outbox relay")
+        logger.info("serving (environment: %s)", settings.environment)
+        if settings.api_token is None:
+            logger.warning("API_TOKEN is not set: anyone who can reach the API can write")
         try:
             yield
         finally:
+            # uvicorn gets here on SIGTERM once in-flight requests have finished.
+            logger.info("shutting down: stopping the relay")
             stop.set()
             if relay is not None:
                 await relay
             await composition.stop(container)
+            logger.info("stopped")
 
-    app = FastAPI(
+    # Swagger UI's and ReDoc's files served by the app itself, not from a CDN:
+    # /docs works where the browser cannot reach the internet.
+    app = FastAPIOffline(
         title="Allocation service",
         version="1.0.0",
         description=openapi.DESCRIPTION,
         openapi_tags=openapi.TAGS,
+        root_path=settings.root_path,
         lifespan=lifespan,
     )
     app.state.container = container
+    token = settings.api_token
+    app.state.api_token = None if token is None else token.get_secret_value().encode()
     app.include_router(routes.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext)  # outermost: a 413 is logged and counted too
     return app
 
 

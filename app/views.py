@@ -15,7 +15,9 @@ from sqlalchemy import Select, bindparam, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.adapters.database import discard, is_unavailable, unavailable_reason
 from app.adapters.orm import allocations_view, batches_view
+from app.service_layer.unit_of_work import DatabaseUnavailable
 
 _a, _b = allocations_view.c, batches_view.c
 
@@ -44,24 +46,29 @@ def _compiled(query: Select[Any], dialect: Dialect) -> tuple[str, tuple[str, ...
 
 
 async def _fetch(engine: AsyncEngine, query: Select[Any], **params: Any) -> Sequence[Any]:
-    if engine.dialect.name != "postgresql":
-        async with engine.connect() as conn:
-            result: Sequence[Any] = (await conn.execute(query, params)).all()
-            return result
-    sql, names = _compiled(query, engine.dialect)
-    # Straight from the pool: the read engine runs in autocommit with no reset
-    # on return, so handing the connection back involves no I/O.
-    raw = await engine.raw_connection()
     try:
-        rows: Sequence[Any] = await raw.driver_connection.fetch(  # type: ignore[union-attr]
-            sql, *(params[name] for name in names)
-        )
-    except BaseException:
-        raw.invalidate()
+        if engine.dialect.name != "postgresql":
+            async with engine.connect() as conn:
+                result: Sequence[Any] = (await conn.execute(query, params)).all()
+                return result
+        sql, names = _compiled(query, engine.dialect)
+        # Straight from the pool: the read engine runs in autocommit with no
+        # reset on return, so handing the connection back involves no I/O.
+        raw = await engine.raw_connection()
+        try:
+            rows: Sequence[Any] = await raw.driver_connection.fetch(  # type: ignore[union-attr]
+                sql, *(params[name] for name in names)
+            )
+        except BaseException as e:
+            discard(engine, raw, e)
+            raise
+        finally:
+            raw.close()
+        return rows
+    except Exception as e:
+        if is_unavailable(e):
+            raise DatabaseUnavailable(unavailable_reason(e)) from e
         raise
-    finally:
-        raw.close()
-    return rows
 
 
 async def allocations(engine: AsyncEngine, orderid: str) -> list[dict[str, str]]:

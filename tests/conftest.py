@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,24 +18,47 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.adapters import orm
 from app.config import Settings
 from app.main import create_app
 from tests.databases import ROOT, alembic_upgrade, postgres_database
+from tests.pg_cluster import PostgresCluster, find_bindir, running_cluster
 
 
 def _required(variable: str) -> str:
     value = os.environ.get(variable)
     if value:
         return value
-    reason = f"{variable} is not set"
+    _unavailable(f"{variable} is not set")
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("REQUIRE_SERVICES"):
+        pytest.fail(f"{reason}, and REQUIRE_SERVICES says this run needs it")
+    pytest.skip(reason)
+
+
+def require_program(name: str, package: str, also: tuple[str, ...] = ()) -> str:
+    """The path of program ``name``, installed from Debian's ``package``.
+
+    Missing, the test skips, saying how to install it; with REQUIRE_SERVICES
+    set (as in CI) it fails instead.
+    """
+    found = shutil.which(name) or next((p for p in also if os.access(p, os.X_OK)), None)
+    if found:
+        return found
+    reason = f"{name} is not installed (apt-get install {package})"
     if os.environ.get("REQUIRE_SERVICES"):
         pytest.fail(f"{reason}, and REQUIRE_SERVICES says this run needs it")
     pytest.skip(reason)
@@ -57,6 +81,16 @@ async def redis_url() -> str:
     return url
 
 
+@pytest.fixture
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server of the test's own, to stop and start again (tests/pg_cluster.py)."""
+    bindir = find_bindir()
+    if bindir is None:
+        _unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
+    with running_cluster(bindir, free_port()) as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="session")
 async def new_postgres_database(postgres_server_url: str) -> AsyncIterator[str]:
     """A URL to a brand-new, empty database, dropped after the session."""
@@ -77,8 +111,14 @@ async def sqlite_url(tmp_path: Path) -> str:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
         await conn.run_sync(orm.metadata.create_all)
+        await conn.run_sync(_stamp)
     await engine.dispose()
     return url
+
+
+def _stamp(conn: Connection) -> None:
+    """Mark a database made from the metadata as migrated, as alembic would."""
+    MigrationContext.configure(conn).stamp(ScriptDirectory(str(ROOT / "alembic")), "head")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -1,20 +1,33 @@
 """Engines: how the service talks to SQLite and PostgreSQL."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from sqlalchemy import event
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 # serialization_failure, deadlock_detected, lock_not_available
 _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}
+# admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections; and
+# every connection_exception (class 08)
+_UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
 
 
-def build_engine(url: str, *, pool_size: int = 10, writer: bool = True) -> AsyncEngine:
-    """An engine for ``url``; nothing connects until it is first used."""
+def build_engine(
+    url: str, *, pool_size: int = 10, writer: bool = True, db_timeout: float | None = None
+) -> AsyncEngine:
+    """An engine for ``url``; nothing connects until it is first used.
+
+    ``db_timeout`` (PostgreSQL) bounds each wait on the database: to connect, for
+    a connection from the pool, for a statement's answer. None waits as long
+    as it takes, for migrations and tests.
+    """
     options: dict[str, Any] = {"pool_pre_ping": False}
     if make_url(url).get_backend_name() == "sqlite":
         options["connect_args"] = {"timeout": 30}
@@ -23,6 +36,11 @@ def build_engine(url: str, *, pool_size: int = 10, writer: bool = True) -> Async
         # would in asyncpg's own pool, instead of opening (and closing again)
         # a connection each.
         options.update(pool_size=pool_size, max_overflow=0)
+        if db_timeout is not None:
+            options.update(
+                pool_timeout=db_timeout,
+                connect_args={"timeout": db_timeout, "command_timeout": db_timeout},
+            )
         if not writer:
             # Reads are single statements: no BEGIN, no ROLLBACK on return to
             # the pool, a third of the round trips.
@@ -30,15 +48,63 @@ def build_engine(url: str, *, pool_size: int = 10, writer: bool = True) -> Async
     engine = create_async_engine(url, **options)
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine, writer=writer)
+    else:
+        _abort_invalidated(engine)
     return engine
 
 
-async def engine_resource(url: str, pool_size: int, writer: bool) -> AsyncIterator[AsyncEngine]:
-    engine = build_engine(url, pool_size=pool_size, writer=writer)
+async def engine_resource(
+    url: str, pool_size: int, writer: bool, db_timeout: float | None = None
+) -> AsyncIterator[AsyncEngine]:
+    engine = build_engine(url, pool_size=pool_size, writer=writer, db_timeout=db_timeout)
     try:
         yield engine
     finally:
         await engine.dispose()
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """``SELECT 1`` on a pooled connection; raises if the database does not answer.
+
+    On PostgreSQL it runs on the driver's connection, like the reads, so that
+    a connection that hangs is closed at once when the caller's timeout
+    cancels it (SQLAlchemy would first try to close it politely, waiting on
+    the server that does not answer).
+    """
+    if engine.dialect.name != "postgresql":
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return
+    raw = await engine.raw_connection()
+    try:
+        await raw.driver_connection.fetchval("SELECT 1")  # type: ignore[union-attr]
+    except BaseException as e:
+        discard(engine, raw, e)
+        raise
+    finally:
+        raw.close()
+
+
+def discard(engine: AsyncEngine, raw: PoolProxiedConnection, exc: BaseException) -> None:
+    """Take a connection that failed with ``exc`` out of the pool, without waiting on it.
+
+    If the server closed it, it closed the pool's others too: they are all
+    replaced on their next checkout, as SQLAlchemy does when it sees a
+    disconnect on its own path.
+    """
+    if raw.driver_connection.is_closed():  # type: ignore[union-attr]
+        engine.sync_engine.pool._invalidate(raw, exc)
+    else:
+        raw.invalidate(exc)
+
+
+def _abort_invalidated(engine: AsyncEngine) -> None:
+    # SQLAlchemy closes a connection it gives up on politely, waiting up to
+    # two seconds for the server; after a timeout the server is not
+    # answering. Drop it instead: the server rolls back when it notices.
+    @event.listens_for(engine.sync_engine, "invalidate")
+    def _invalidate(_: Any, record: ConnectionPoolEntry, __: BaseException | None) -> None:
+        record.driver_connection.terminate()  # type: ignore[union-attr]
 
 
 def _tune_sqlite(engine: AsyncEngine, *, writer: bool) -> None:
@@ -76,3 +142,44 @@ def is_retryable(exc: BaseException) -> bool:
             return True
         return "database is locked" in str(exc.orig)
     return False
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached now, not that the work is wrong.
+
+    A connection refused, reset or closed under us, a server shutting down or
+    starting up, no connection from the pool or no answer within the timeout.
+    Running the same work once the database is back would succeed.
+    """
+    for e in _chain(exc):
+        if isinstance(e, OSError | PoolTimeout | DisconnectionError):
+            return True  # OSError: refused, reset, unreachable, and TimeoutError
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return True
+        sqlstate = getattr(e, "sqlstate", None)
+        if isinstance(sqlstate, str) and (
+            sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES
+        ):
+            return True
+        if isinstance(e, asyncpg.InterfaceError) and "connection is closed" in str(e):
+            return True
+    return False
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """The driver's own word on why, one line, without SQL: for logs."""
+    # the innermost cause, but a timeout rather than the cancellation under it
+    root = [e for e in _chain(exc) if isinstance(e, Exception)][-1]
+    text = str(root).strip().splitlines()
+    return f"{type(root).__name__}: {text[0]}" if text else type(root).__name__
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it, through SQLAlchemy's wrapping, outermost first."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        orig = current.orig if isinstance(current, DBAPIError) else None
+        current = current.__cause__ or (orig if isinstance(orig, BaseException) else None)

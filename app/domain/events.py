@@ -1,12 +1,13 @@
 """Events: facts the Product aggregate reports. Past-tense names.
 
-Every event has an ``id`` of its own (consumers de-duplicate on it), and
-those about a product carry its ``version`` after the change that raised
-them, so that a projection can tell a stale event from a new one.
+Every event has an ``id`` of its own (consumers de-duplicate on it), the
+time it happened, and the id of the request that caused it, when there was
+one. Those about a product carry its ``version`` after the change that
+raised them, so that a projection can tell a stale event from a new one.
 """
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from uuid import uuid4
 
 
@@ -14,9 +15,15 @@ def _new_id() -> str:
     return uuid4().hex
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass(frozen=True)
 class Event:
     id: str = field(default_factory=_new_id, kw_only=True, compare=False)
+    occurred_at: datetime = field(default_factory=_now, kw_only=True, compare=False)
+    request_id: str | None = field(default=None, kw_only=True, compare=False)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,10 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from app import container as composition
+from app import logs
 from app.adapters import orm
 from app.adapters.rebuild import rebuild_views
+from app.adapters.schema import StartupError, check_database
 from app.container import Container
 from app.entrypoints.redis_consumer import RedisConsumer
 
@@ -29,17 +31,20 @@ def _run(work: Callable[[Container], Awaitable[T]]) -> T:
     async def main() -> T:
         orm.start_mappers()
         container = Container()
-        logging.basicConfig(
-            level=container.settings().log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        settings = container.settings()
+        logs.configure(settings.log_level, settings.log_format)
         await composition.start(container)
         try:
+            await check_database(container.engine())
             return await work(container)
         finally:
             await composition.stop(container)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except StartupError as e:
+        logger.critical("cannot start: %s", e)
+        raise typer.Exit(1) from None
 
 
 @cli.command()

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app import correlation
 from app.domain import commands
 from app.entrypoints.api.schemas import Identifier, NewQuantity
 from app.service_layer.handlers import UnknownBatch
@@ -67,6 +68,14 @@ class RedisConsumer:
                     await self.handle(message["data"])
 
     async def handle(self, data: bytes | str) -> None:
+        # Each message is its own piece of work, logged under an id of its own.
+        token = correlation.request_id.set(correlation.new_id())
+        try:
+            await self._handle(data)
+        finally:
+            correlation.request_id.reset(token)
+
+    async def _handle(self, data: bytes | str) -> None:
         try:
             message = ChangeBatchQuantityMessage.model_validate_json(data)
         except ValidationError as e:

@@ -99,6 +99,7 @@ async def publish_allocated_event(
             "qty": event.qty,
             "batchref": event.batchref,
             "event_id": event.id,
+            "request_id": event.request_id,
         },
     )
 

@@ -29,10 +29,16 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from app import correlation, metrics
 from app.adapters.outbox import utcnow
 from app.domain import commands, events
 from app.faults import Faults
-from app.service_layer.unit_of_work import AbstractUnitOfWork, AlreadyHandled, ConcurrencyError
+from app.service_layer.unit_of_work import (
+    AbstractUnitOfWork,
+    AlreadyHandled,
+    ConcurrencyError,
+    DatabaseUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,14 @@ class RetryPolicy:
     def redelivery_delay(self, attempts: int) -> timedelta:
         seconds = min(self.redelivery_base * 2 ** max(attempts - 1, 0), self.redelivery_max)
         return timedelta(seconds=seconds)
+
+
+def _log_failure(exc: Exception, message: str, *args: object) -> None:
+    """With the trace; but a database outage, which is no bug, in one line."""
+    if isinstance(exc, DatabaseUnavailable):
+        logger.warning(message + ": %s", *args, exc)
+    else:
+        logger.exception(message, *args)
 
 
 def handler_name(handler: Handler) -> str:
@@ -131,21 +145,29 @@ class MessageBus:
             event, attempts, handled, first = queue.popleft()
             errors: list[str] = []
             unrecorded: list[str] = []  # done, with nothing written to record it
-            for handler in self._event_handlers.get(type(event), ()):
-                name = handler_name(handler)
-                if name in handled:
-                    continue
-                try:
-                    more = await self._run(handler, event, handling=(event.id, name))
-                except Exception as e:
-                    logger.exception("handler %s failed on %r", name, event)
-                    errors.append(f"{name}: {type(e).__name__}: {e}")
-                else:
-                    if more is None:
-                        unrecorded.append(name)
+            # Whatever handles the event, and the events it raises, log under
+            # the id of the request that caused it.
+            token = correlation.request_id.set(event.request_id)
+            try:
+                for handler in self._event_handlers.get(type(event), ()):
+                    name = handler_name(handler)
+                    if name in handled:
+                        continue
+                    try:
+                        more = await self._run(handler, event, handling=(event.id, name))
+                    except Exception as e:
+                        _log_failure(e, "handler %s failed on %r", name, event)
+                        metrics.HANDLER_FAILURES.labels(name).inc()
+                        errors.append(f"{name}: {type(e).__name__}: {e}")
                     else:
-                        queue.extend((e, 0, frozenset(), False) for e in more)
-            await self._settle(event, attempts, errors, unrecorded)
+                        metrics.handled(name, event)
+                        if more is None:
+                            unrecorded.append(name)
+                        else:
+                            queue.extend((e, 0, frozenset(), False) for e in more)
+                await self._settle(event, attempts, errors, unrecorded)
+            finally:
+                correlation.request_id.reset(token)
             if first and errors:
                 delivered = False
         return delivered
@@ -167,7 +189,9 @@ class MessageBus:
                     return []
                 if not uow.committed:
                     return None
-                return list(uow.collect_new_events())
+                new = list(uow.collect_new_events())
+                metrics.committed(new)
+                return new
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _hand_back(self, queued: list[events.Event]) -> None:
@@ -175,8 +199,8 @@ class MessageBus:
             async with self._uow_factory() as uow:
                 await uow.outbox.release([event.id for event in queued])
                 await uow.commit()
-        except Exception:
-            logger.exception("could not hand back %d events; their lease will", len(queued))
+        except Exception as e:
+            _log_failure(e, "could not hand back %d events; their lease will", len(queued))
 
     async def _settle(
         self, event: events.Event, attempts: int, errors: list[str], unrecorded: list[str]
@@ -198,7 +222,7 @@ class MessageBus:
                         else:
                             await uow.outbox.complete(event.id)
                         await uow.commit()
-        except Exception:
+        except Exception as e:
             # The event's lease runs out and the relay delivers it again; its
             # finished handlers are recorded, so only the rest run.
-            logger.exception("could not record the delivery of %r", event)
+            _log_failure(e, "could not record the delivery of %r", event)

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from app import metrics
 from app.adapters.outbox import utcnow
 from app.service_layer.messagebus import MessageBus, UnitOfWorkFactory
+from app.service_layer.unit_of_work import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class Relay:
                 return done
             if not await bus.redeliver(item.event, item.attempts, item.handled, deadline):
                 self.failures += 1
+                metrics.RELAY_FAILURES.inc()
         return len(pending)
 
     async def _release(self, event_ids: list[str]) -> None:
@@ -72,8 +75,12 @@ class Relay:
         return removed
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set; errors are logged, never fatal."""
+        """Deliver until ``stop`` is set; errors are logged, never fatal.
+
+        A database outage is logged once, when it starts, and once when it ends.
+        """
         next_prune = utcnow()
+        database_down = False
         while not stop.is_set():
             delivered = 0
             try:
@@ -81,8 +88,21 @@ class Relay:
                 if utcnow() >= next_prune:
                     await self.prune()
                     next_prune = utcnow() + self._settings.prune_every
+            except DatabaseUnavailable as e:
+                if not database_down:
+                    logger.warning(
+                        "relay: the database is unavailable (%s); trying again every %gs",
+                        e,
+                        self._settings.poll_interval,
+                    )
+                database_down = True
             except Exception:
+                metrics.RELAY_FAILURES.inc()
                 logger.exception("relay pass failed; trying again shortly")
+            else:
+                if database_down:
+                    logger.info("relay: the database is back; delivering again")
+                database_down = False
             if delivered < self._settings.batch_size:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._settings.poll_interval)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.adapters.database import is_retryable
+from app import correlation
+from app.adapters.database import is_retryable, is_unavailable, unavailable_reason
 from app.adapters.outbox import AbstractOutbox, SqlAlchemyOutbox, utcnow
 from app.adapters.projections import AbstractReadModel, SqlAlchemyReadModel
 from app.adapters.repository import AbstractRepository, SqlAlchemyRepository
@@ -31,6 +33,14 @@ class ConcurrencyError(Exception):
 
 class AlreadyHandled(Exception):
     """Another delivery of this event already ran this handler; this one is void."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached now; nothing was committed, or it is unknown whether.
+
+    Not a collision: running the message again at once would fail the same
+    way, so it is not retried here; the caller may try again shortly.
+    """
 
 
 class AbstractUnitOfWork(abc.ABC):
@@ -58,7 +68,12 @@ class AbstractUnitOfWork(abc.ABC):
         await self.rollback()
 
     async def commit(self) -> None:
-        new = [e for product in self.products.seen for e in product.events]
+        request_id = correlation.request_id.get()
+        new = [
+            e if e.request_id or not request_id else replace(e, request_id=request_id)
+            for product in self.products.seen
+            for e in product.events
+        ]
         for product in self.products.seen:
             product.events.clear()
         if self.handling is not None:
@@ -107,12 +122,23 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        failure = exc
         try:
-            await super().__aexit__(exc_type, exc, tb)
-        finally:
-            await self.session.close()
-        if exc is not None and is_retryable(exc):
-            raise ConcurrencyError(str(exc)) from exc
+            try:
+                await super().__aexit__(exc_type, exc, tb)
+            finally:
+                await self.session.close()
+        except Exception as e:
+            # Rolling back on a connection the server dropped fails too.
+            if not is_unavailable(e):
+                raise
+            failure = e
+        if failure is None:
+            return
+        if is_unavailable(failure):
+            raise DatabaseUnavailable(unavailable_reason(failure)) from failure
+        if is_retryable(failure):
+            raise ConcurrencyError(str(failure)) from failure
 
     async def _commit(self) -> None:
         await self.session.commit()

@@ -5,6 +5,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.entrypoints.api.schemas import MAX_ID_LENGTH
 from tests.conftest import random_ref
 
 JSON = {"content-type": "application/json"}
@@ -148,7 +149,7 @@ async def test_a_bad_sentgets_a_4xx_with_a_message(
         ("POST", "/allocate", {"json": without(line(), "orderid")}, "orderid"),
         ("POST", "/allocate", {"json": line(sku=123)}, "sku"),
         ("POST", "/add_batch", {"json": batch(eta="yesterday")}, "eta"),
-        ("POST", "/add_batch", {"json": batch(ref=LONG)}, "ref"),
+        ("POST", "/add_batch", {"json": batch(ref="x" * (MAX_ID_LENGTH + 1))}, "ref"),
         ("POST", "/batches", {"json": batch(colour="red")}, "colour"),
         ("PATCH", "/batches/b-1", {"json": {"qty": -1}}, "qty"),
         ("GET", "/batches/a%00b", {}, "ref"),

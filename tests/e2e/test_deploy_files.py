@@ -4,6 +4,7 @@ No container engine runs here, so the image's own install and start
 commands are proven the next best way: in a clean virtual environment.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,10 +16,20 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.config import Settings
 from tests.conftest import free_port, wait_until_serving
 from tests.databases import ROOT
 
 BIN = Path(sys.executable).parent
+
+
+def image_command() -> list[str]:
+    """The Dockerfile's CMD (exec form)."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    cmd = [line for line in lines if line.startswith("CMD ")]
+    assert len(cmd) == 1, cmd
+    command: list[str] = json.loads(cmd[0].removeprefix("CMD "))
+    return command
 
 
 def run(*args: str | Path, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
@@ -67,20 +78,14 @@ def test_the_images_install_and_start_commands_work_in_a_clean_venv(tmp_path: Pa
     assert worker_help.returncode == 0, worker_help.stderr[-3000:]
 
     port = free_port()
+    command = image_command()
+    assert command[:2] == ["uvicorn", "app.main:app"], command
+    # The image listens on 0.0.0.0:8000; here, loopback and a free port.
+    command = [{"0.0.0.0": "127.0.0.1", "8000": str(port)}.get(arg, arg) for arg in command]
     server = subprocess.Popen(
-        [
-            bin_dir / "uvicorn",
-            "app.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--proxy-headers",
-            "--forwarded-allow-ips",
-            "*",
-        ],
+        [bin_dir / command[0], *command[1:]],
         cwd=srv,
-        env={**os.environ, "DATABASE_URL": database},
+        env={**os.environ, "DATABASE_URL": database, "FORWARDED_ALLOW_IPS": "127.0.0.1"},
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -95,3 +100,22 @@ def test_the_images_install_and_start_commands_work_in_a_clean_venv(tmp_path: Pa
     finally:
         server.terminate()
         server.wait(timeout=15)
+
+
+def test_env_example_lists_every_setting_with_a_comment() -> None:
+    listed: dict[str, str] = {}
+    comment = ""
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.startswith("#"):
+            comment = line
+        elif not line:
+            comment = ""
+        else:
+            name, _, value = line.partition("=")
+            assert comment, f"{name} has no comment above it"
+            listed[name] = value
+
+    assert {name.upper() for name in Settings.model_fields} <= listed.keys()
+    # The placeholders pass the settings' own checks.
+    given = {name: listed[name.upper()] for name in Settings.model_fields}
+    Settings.model_validate({name: value for name, value in given.items() if value})

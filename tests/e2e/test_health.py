@@ -5,8 +5,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import pytest
 from asgi_lifespan import LifespanManager
 
+from app.adapters.schema import StartupError
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import free_port
@@ -37,17 +39,14 @@ async def test_ready_when_the_database_answers(client: httpx.AsyncClient) -> Non
     }
 
 
-async def test_not_ready_while_the_database_is_unreachable() -> None:
+async def test_no_start_while_the_database_is_unreachable() -> None:
+    # Never "up but not ready" from the first moment: the process refuses to start.
     nowhere = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/allocation"
-    async with serving(Settings(database_url=nowhere, relay_enabled=False)) as client:
-        started = time.monotonic()
-        r = await client.get("/ready")
-        took = time.monotonic() - started
-
-        assert r.status_code == 503
-        assert r.json()["message"] == "not ready: database, read_database unreachable"
-        assert took < 3
-        assert (await client.get("/health")).status_code == 200
+    started = time.monotonic()
+    with pytest.raises(StartupError, match="cannot reach the database"):
+        async with serving(Settings(database_url=nowhere, relay_enabled=False)):
+            pass
+    assert time.monotonic() - started < 12
 
 
 async def test_not_ready_while_redis_is_unreachable(sqlite_url: str) -> None:

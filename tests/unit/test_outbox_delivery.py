@@ -136,11 +136,18 @@ def handled(outbox: FakeOutbox, event: events.Event) -> set[str]:
 
 
 def line_allocated(
-    orderid: str, sku: str, qty: int, batchref: str, event_id: str
+    orderid: str, sku: str, qty: int, batchref: str, event_id: str, request_id: str | None = None
 ) -> tuple[str, dict[str, Any]]:
     return (
         "line_allocated",
-        {"orderid": orderid, "sku": sku, "qty": qty, "batchref": batchref, "event_id": event_id},
+        {
+            "orderid": orderid,
+            "sku": sku,
+            "qty": qty,
+            "batchref": batchref,
+            "event_id": event_id,
+            "request_id": request_id,
+        },
     )
 
 

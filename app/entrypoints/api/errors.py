@@ -1,6 +1,8 @@
-"""How failures reach clients: one error body, ``{"message": ...}``, for every 4xx.
+"""How failures reach clients: one error body, ``{"message": ...}``, for every 4xx and 503.
 
-Domain and service-layer exceptions map to statuses here and nowhere else.
+Domain and service-layer exceptions map to statuses here and nowhere else. A
+database that cannot be reached is a 503 with ``Retry-After``, the same body,
+and nothing of the error itself: no SQL, no trace.
 """
 
 import logging
@@ -14,9 +16,11 @@ from starlette.exceptions import HTTPException
 
 from app.domain.model import DuplicateBatch, LineConflict
 from app.service_layer.handlers import InvalidSku, UnknownBatch
-from app.service_layer.unit_of_work import ConcurrencyError
+from app.service_layer.unit_of_work import ConcurrencyError, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
+
+RETRY_AFTER = 2  # seconds: about what a restarted database takes to accept connections
 
 STATUS_OF: dict[type[Exception], int] = {
     InvalidSku: 400,
@@ -30,6 +34,7 @@ def install(app: FastAPI) -> None:
     for exc_type, status in STATUS_OF.items():
         app.add_exception_handler(exc_type, _domain_error(status))
     app.add_exception_handler(ConcurrencyError, _conflict)
+    app.add_exception_handler(DatabaseUnavailable, _unavailable)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http_error)
 
@@ -51,6 +56,13 @@ def _domain_error(status: int) -> Any:
 async def _conflict(_: Request, exc: Exception) -> JSONResponse:
     logger.warning("write given up after repeated conflicts: %s", exc)
     return error(409, "The write collided with concurrent writes; try again")
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+    response = error(503, "The database is unavailable; try again shortly")
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -27,10 +27,15 @@ to read; a 422 adds `detail`, each invalid field as `{"loc", "msg", "type"}`.
 | status | when |
 |---|---|
 | 400 | an order line names a sku no batch was ever added for |
+| 401 | a write without the API token, when the service has one set |
 | 404 | no batch, order allocation or sku by that name |
 | 409 | the write contradicts what exists, or kept colliding with concurrent writes |
+| 413 | a request body over the size limit (64 KiB unless configured) |
 | 422 | invalid input: `message` names the first field, `detail` lists each |
 | 503 | the database is unavailable: retry after the seconds in `Retry-After` |
+
+**Writes** need `Authorization: Bearer <token>` when the service has an
+`API_TOKEN` set (use "Authorize" above); reads never do.
 
 Identifiers are 1 to 255 printable characters without `/`; quantities are
 integers from 1 to 1,000,000,000 (0 is allowed when changing a batch); dates
@@ -83,6 +88,28 @@ def errors(described: dict[int, str]) -> Responses:
     for status, description in sorted(statuses.items()):
         responses[status] = {"model": Error, "description": description}
     responses[503]["headers"] = _RETRY_AFTER
+    return responses
+
+
+UNAUTHORIZED = (
+    "The service has an API token set and the request did not carry it as "
+    "`Authorization: Bearer <token>` (or carried another)."
+)
+_CHALLENGE = {
+    "WWW-Authenticate": {
+        "description": 'How to authenticate: `Bearer realm="allocation"`.',
+        "schema": {"type": "string"},
+    }
+}
+
+
+TOO_LARGE = "The request body is larger than the limit (`MAX_BODY_BYTES`, 64 KiB by default)."
+
+
+def write_errors(described: dict[int, str]) -> Responses:
+    """``errors`` of a write route: with 401, for when API_TOKEN is set, and 413."""
+    responses = errors({401: UNAUTHORIZED, 413: TOO_LARGE, **described})
+    responses[401]["headers"] = _CHALLENGE
     return responses
 
 

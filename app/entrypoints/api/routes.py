@@ -14,12 +14,14 @@ from app.container import Container
 from app.domain import commands
 from app.entrypoints.api import schemas
 from app.entrypoints.api.errors import error
-from app.entrypoints.api.openapi import errors, located
+from app.entrypoints.api.openapi import errors, located, write_errors
+from app.entrypoints.api.security import require_writer
 from app.service_layer.messagebus import MessageBus
 
 router = APIRouter()
 
 Bus = Annotated[MessageBus, Depends(Provide[Container.bus])]
+WRITER = [Depends(require_writer)]  # with API_TOKEN set, writes need it
 
 
 def _body(examples: dict[str, JsonDict]) -> Any:
@@ -73,7 +75,7 @@ ADD_BATCH = (
     "Adding an identical batch again changes nothing and answers 201 again; a reference "
     "already used with another sku, quantity or eta is a 409."
 )
-BATCH_ERRORS = errors(
+BATCH_ERRORS = write_errors(
     {
         409: "The reference is already used with other details; or the write kept "
         "colliding with concurrent writes to the same sku (try again)."
@@ -84,6 +86,7 @@ BATCH_CREATED = located(201, "the batch, `/batches/{ref}`")
 
 @router.post(
     "/batches",
+    dependencies=WRITER,
     status_code=status.HTTP_201_CREATED,
     response_model=schemas.BatchCreated,
     response_description="Created: read the batch at `Location`.",
@@ -94,6 +97,7 @@ BATCH_CREATED = located(201, "the batch, `/batches/{ref}`")
 )
 @router.post(
     "/add_batch",
+    dependencies=WRITER,
     status_code=status.HTTP_201_CREATED,
     response_model=schemas.BatchCreated,
     response_description="Created: read the batch at `Location`.",
@@ -130,12 +134,13 @@ async def get_batch(ref: BatchRef, request: Request) -> Response:
 
 @router.patch(
     "/batches/{ref}",
+    dependencies=WRITER,
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.BatchAccepted,
     response_description="Accepted: read the batch at `Location`.",
     responses={
         **located(202, "the batch, `/batches/{ref}`"),
-        **errors(
+        **write_errors(
             {
                 404: "No batch has this reference.",
                 409: "The write kept colliding with concurrent writes to the same sku (try again).",
@@ -160,12 +165,13 @@ async def change_batch_quantity(
 
 @router.post(
     "/allocate",
+    dependencies=WRITER,
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.AllocationAccepted,
     response_description="Accepted: read the order's allocations at `Location`.",
     responses={
         **located(202, "the order's allocations, `/allocations/{orderid}`"),
-        **errors(
+        **write_errors(
             {
                 400: "No batch of this sku was ever added: `Invalid sku ...`.",
                 409: "The order already holds a different quantity of this sku; or the "

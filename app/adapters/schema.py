@@ -1,0 +1,41 @@
+"""Is the database there, and at the schema this code expects? Asked at startup."""
+
+import asyncio
+
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+# The newest migration (alembic's head). A test keeps the two equal.
+SCHEMA_VERSION = "0002"
+STARTUP_TIMEOUT = 10.0  # seconds the database has to answer at startup
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says why and what to do."""
+
+
+async def check_database(engine: AsyncEngine, seconds: float = STARTUP_TIMEOUT) -> None:
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        async with asyncio.timeout(seconds), engine.connect() as conn:
+            has_versions = await conn.run_sync(
+                lambda sync: inspect(sync).has_table("alembic_version")
+            )
+            version = None
+            if has_versions:
+                result = await conn.execute(text("SELECT version_num FROM alembic_version"))
+                version = result.scalar_one_or_none()
+    except TimeoutError:
+        raise StartupError(
+            f"cannot reach the database at {where}: no answer within {seconds:g}s"
+        ) from None
+    except Exception as e:
+        raise StartupError(
+            f"cannot reach the database at {where}: {type(e).__name__}: {e}"
+        ) from None
+    if version != SCHEMA_VERSION:
+        found = "no migrations" if version is None else f"migration {version}"
+        raise StartupError(
+            f"the database at {where} is not migrated: it has {found}, this code needs "
+            f"{SCHEMA_VERSION}. Run `alembic upgrade head` (or `make migrate`) first."
+        )

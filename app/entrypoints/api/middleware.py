@@ -1,0 +1,110 @@
+"""What wraps every request: its context (request id, log line, metrics) and a body limit.
+
+Plain ASGI middleware rather than ``BaseHTTPMiddleware``: they add nothing
+to a request but a header, a log record and two metric updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import correlation, metrics
+from app.entrypoints.api.errors import error
+
+logger = logging.getLogger("app.requests")
+
+HEADER = "X-Request-ID"
+_HEADER_KEY = HEADER.lower().encode()
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((v for k, v in scope["headers"] if k == _HEADER_KEY), None)
+        request_id = correlation.accept(incoming)
+        token = correlation.request_id.set(request_id)
+        status = 500  # unless a response starts
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append(HEADER, request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            # The route's template, not the path: one series per route, not per id.
+            template = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            metrics.REQUESTS.labels(method, template, status).inc()
+            metrics.REQUEST_SECONDS.labels(method, template, status).observe(seconds)
+            client = scope.get("client")
+            logger.info(
+                "%s %s %d %.1fms",
+                method,
+                scope["path"],
+                status,
+                seconds * 1000,
+                extra={
+                    "method": method,
+                    "path": scope["path"],
+                    "route": template,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "client": client[0] if client else None,
+                },
+            )
+            correlation.request_id.reset(token)
+
+
+class BodyLimit:
+    """413 for a request body over ``max_bytes``, declared or streamed.
+
+    A declared ``Content-Length`` over the limit is refused before the body
+    is read; a chunked body is counted as it arrives.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = error(413, self._message())
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI passes an HTTPException from reading the body through.
+                    raise HTTPException(413, detail=self._message())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return f"The request body is larger than {self.max_bytes} bytes"

@@ -1,0 +1,103 @@
+"""Prometheus metrics: what the service counts and times.
+
+One registry per process. Under ``uvicorn --workers N`` each worker counts
+on its own; set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory for
+prometheus-client's multiprocess mode, and /metrics answers for them all.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from app.domain import events
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["method", "route", "status"])
+REQUEST_SECONDS = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route", "status"],
+    buckets=_LATENCY_BUCKETS,
+)
+ALLOCATIONS = Counter("allocation_lines_allocated_total", "Order lines allocated to a batch")
+DEALLOCATIONS = Counter(
+    "allocation_lines_deallocated_total", "Order lines taken off a batch that shrank"
+)
+OUT_OF_STOCK = Counter("allocation_out_of_stock_total", "Order lines no batch could take")
+HANDLER_FAILURES = Counter(
+    "allocation_event_handler_failures_total",
+    "Event deliveries a handler failed; the event stays in the outbox",
+    ["handler"],
+)
+RELAY_FAILURES = Counter(
+    "allocation_relay_failures_total",
+    "Outbox relay passes that failed, and events it could not deliver whole",
+)
+PROJECTION_LAG = Histogram(
+    "allocation_projection_lag_seconds",
+    "From an event's commit to the read model showing it",
+    ["handler"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0),
+)
+OUTBOX_PENDING = Gauge(
+    "allocation_outbox_pending_events",
+    "Events not yet delivered to all their handlers",
+    multiprocess_mode="mostrecent",
+)
+OUTBOX_OLDEST = Gauge(
+    "allocation_outbox_oldest_pending_seconds",
+    "Age of the oldest undelivered event (0 when none)",
+    multiprocess_mode="mostrecent",
+)
+OUTBOX_FAILING = Gauge(
+    "allocation_outbox_failing_events",
+    "Undelivered events whose handlers failed at least once",
+    multiprocess_mode="mostrecent",
+)
+
+# The handlers that keep the read model: their delay is the projection lag.
+PROJECTIONS = frozenset(
+    {"update_batch_read_model", "add_allocation_to_read_model", "remove_allocation_from_read_model"}
+)
+
+_COUNTED: dict[type[events.Event], Counter] = {
+    events.Allocated: ALLOCATIONS,
+    events.Deallocated: DEALLOCATIONS,
+    events.OutOfStock: OUT_OF_STOCK,
+}
+
+
+def committed(new: list[events.Event]) -> None:
+    """Count what a commit did, from the events it raised."""
+    for event in new:
+        counter = _COUNTED.get(type(event))
+        if counter is not None:
+            counter.inc()
+
+
+def handled(handler: str, event: events.Event) -> None:
+    if handler in PROJECTIONS:
+        lag = (datetime.now(UTC) - event.occurred_at).total_seconds()
+        PROJECTION_LAG.labels(handler).observe(max(lag, 0.0))
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics of this process, or of all workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,187 @@
+"""A real uvicorn's life: how it starts, logs, refuses to start, and stops."""
+
+import asyncio
+import json
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.adapters.schema import SCHEMA_VERSION
+from tests.conftest import free_port, random_ref
+from tests.databases import ROOT, alembic_upgrade
+from tests.e2e.processes import Processes, fresh_database, run_cli, service_env, wait_for
+from tests.e2e.scenarios import add_batch
+
+pytestmark = pytest.mark.slow
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    """The log's JSON records (the process runner's own banner lines are not JSON)."""
+    records = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
+
+
+@pytest.fixture
+def migrated_sqlite(tmp_path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
+    alembic_upgrade(url)
+    return url
+
+
+async def test_logs_are_json_lines_one_per_request_with_its_id(
+    tmp_path: Path, migrated_sqlite: str
+) -> None:
+    async with Processes(tmp_path) as processes:
+        api = processes.api(service_env(migrated_sqlite))
+        await api.start_serving()
+        async with httpx.AsyncClient(base_url=api.url) as client:
+            r = await client.get("/batches/none-such", headers={"X-Request-ID": "lc-404"})
+            assert r.headers["x-request-id"] == "lc-404"
+            sku = random_ref("sku")
+            await client.post(
+                "/allocate",
+                json={"orderid": random_ref("order"), "sku": sku, "qty": 1},
+                headers={"X-Request-ID": "lc-400"},
+            )
+        await api.shut_down()
+
+    records = json_lines(api.output())
+    # Everything the process logged is JSON, uvicorn's own lines too.
+    assert any(r["logger"] == "uvicorn.error" for r in records), api.report()
+    requests = {r["request_id"]: r for r in records if r["logger"] == "app.requests"}
+    assert requests["lc-404"]["method"] == "GET"
+    assert requests["lc-404"]["path"] == "/batches/none-such"
+    assert requests["lc-404"]["status"] == 404
+    assert requests["lc-404"]["duration_ms"] > 0
+    assert requests["lc-400"]["status"] == 400
+    assert "time" in requests["lc-400"]
+    assert len([r for r in records if r["request_id"] == "lc-404"]) == 1
+    # uvicorn's access log is off: the request line above is the only one.
+    assert not any('"GET /batches/none-such' in r["message"] for r in records)
+
+
+async def test_startup_fails_fast_on_an_unmigrated_database(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    async with Processes(tmp_path) as processes:
+        api = processes.api(service_env(f"sqlite+aiosqlite:///{empty}"))
+        api.start()
+        code = await api.wait(within=20)
+
+    assert code != 0
+    assert "is not migrated" in api.output(), api.report()
+    assert "alembic upgrade head" in api.output(), api.report()
+
+
+async def test_startup_fails_fast_on_an_old_schema(tmp_path: Path, migrated_sqlite: str) -> None:
+    engine = create_async_engine(migrated_sqlite)
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    await engine.dispose()
+    async with Processes(tmp_path) as processes:
+        api = processes.api(service_env(migrated_sqlite))
+        api.start()
+        code = await api.wait(within=20)
+
+    assert code != 0
+    assert f"it has migration 0001, this code needs {SCHEMA_VERSION}" in api.output()
+
+
+async def test_startup_fails_fast_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    nowhere = f"postgresql+asyncpg://allocation:pw@127.0.0.1:{free_port()}/allocation"
+    async with Processes(tmp_path) as processes:
+        api = processes.api(service_env(nowhere))
+        api.start()
+        code = await api.wait(within=20)
+
+    assert code != 0
+    out = api.output()
+    assert "cannot reach the database at postgresql+asyncpg://allocation:***@" in out, out
+    assert "pw@" not in out
+
+
+async def test_the_worker_fails_fast_on_an_unmigrated_database(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+
+    result = await run_cli(service_env(f"sqlite+aiosqlite:///{empty}"), "worker", within=20)
+
+    assert result.returncode == 1
+    assert "is not migrated" in result.stderr
+
+
+async def test_production_refuses_a_placeholder_password(tmp_path: Path) -> None:
+    url = f"postgresql+asyncpg://allocation:change-me@127.0.0.1:{free_port()}/allocation"
+    async with Processes(tmp_path) as processes:
+        api = processes.api(service_env(url, environment="production"))
+        api.start()
+        code = await api.wait(within=20)
+
+    assert code != 0
+    assert "DATABASE_URL uses the placeholder password 'change-me'" in api.output()
+
+
+def test_the_schema_version_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory(str(ROOT / "alembic")).get_current_head() == SCHEMA_VERSION
+
+
+@pytest.fixture
+async def postgres(postgres_server_url: str) -> AsyncIterator[str]:
+    async with fresh_database(postgres_server_url) as url:
+        yield url
+
+
+@pytest.mark.postgres
+async def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path, postgres: str) -> None:
+    async with Processes(tmp_path) as processes:
+        api = processes.api(service_env(postgres))
+        await api.start_serving()
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+            sku = random_ref("sku")
+            await add_batch(client, random_ref("batch"), sku, 10)
+            engine = create_async_engine(postgres)
+            try:
+                async with engine.connect() as conn, conn.begin():
+                    # Hold the product's row lock: the allocation below waits on it.
+                    await conn.execute(
+                        text("SELECT 1 FROM products WHERE sku = :sku FOR UPDATE"), {"sku": sku}
+                    )
+                    orderid = random_ref("order")
+                    in_flight = asyncio.create_task(
+                        client.post("/allocate", json={"orderid": orderid, "sku": sku, "qty": 1})
+                    )
+
+                    async def waiting_on_the_lock() -> bool:
+                        waiting = await conn.execute(
+                            text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                        )
+                        return bool(waiting.scalar_one())
+
+                    await wait_for(waiting_on_the_lock, 10, "the allocation never started")
+                    api.send(signal.SIGTERM)
+                    await asyncio.sleep(0.5)
+                    assert api.running, "stopped before its request finished"
+                    assert not in_flight.done()
+                # The lock is gone: the request finishes, then the process stops.
+                r = await in_flight
+            finally:
+                await engine.dispose()
+        assert r.status_code == 202, r.text
+        code = await api.wait(within=15)
+
+    assert code in (0, -15), api.report()
+    messages = [r["message"] for r in json_lines(api.output())]
+    assert "shutting down: stopping the relay" in messages
+    assert "stopped" in messages, api.report()

@@ -1,0 +1,141 @@
+"""What an operator sees: request ids, the request log, and /metrics."""
+
+import logging
+import re
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.adapters import orm
+from tests.conftest import random_ref
+from tests.e2e.scenarios import add_batch, allocate
+
+
+async def test_a_request_id_is_made_up_and_echoed(client: httpx.AsyncClient) -> None:
+    first = await client.get("/health")
+    second = await client.get("/health")
+
+    assert re.fullmatch(r"[0-9a-f]{32}", first.headers["x-request-id"])
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+async def test_a_callers_request_id_is_kept(client: httpx.AsyncClient) -> None:
+    r = await client.get("/batches/nothing-here", headers={"X-Request-ID": "edge-7f3a:1"})
+
+    assert r.status_code == 404
+    assert r.headers["x-request-id"] == "edge-7f3a:1"
+
+
+@pytest.mark.parametrize("given", ["has spaces in it", "x" * 129, 'quote"d', ""])
+async def test_an_unusable_request_id_is_replaced(client: httpx.AsyncClient, given: str) -> None:
+    r = await client.get("/health", headers={"X-Request-ID": given})
+
+    assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+
+
+async def test_one_log_line_per_request_with_its_id(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.requests")
+    ref = random_ref("batch")
+
+    r = await client.get(f"/batches/{ref}", headers={"X-Request-ID": "req-one-line"})
+
+    lines = [rec for rec in caplog.records if rec.name == "app.requests"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line.method, line.path, line.route, line.status) == (  # type: ignore[attr-defined]
+        "GET",
+        f"/batches/{ref}",
+        "/batches/{ref}",
+        r.status_code,
+    )
+    assert line.duration_ms > 0  # type: ignore[attr-defined]
+    assert line.request_id == "req-one-line"  # type: ignore[attr-defined]
+
+
+async def test_the_request_id_follows_into_events_and_their_log_lines(
+    client: httpx.AsyncClient, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sku = random_ref("sku")
+    await add_batch(client, random_ref("batch"), sku, 1)
+    caplog.set_level(logging.INFO)
+
+    r = await client.post(
+        "/allocate",
+        json={"orderid": random_ref("order"), "sku": sku, "qty": 5},
+        headers={"X-Request-ID": "req-out-of-stock"},
+    )
+
+    assert r.status_code == 202
+    # The out-of-stock notice is logged by an event handler, under the request's id.
+    notices = [rec for rec in caplog.records if "out of stock" in rec.getMessage()]
+    assert [rec.request_id for rec in notices] == ["req-out-of-stock"]  # type: ignore[attr-defined]
+    # And the event itself, in the outbox, names the request.
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            payloads = (
+                await conn.execute(
+                    select(orm.outbox.c.payload).where(orm.outbox.c.type == "OutOfStock")
+                )
+            ).scalars()
+            ours = [p for p in payloads if p["sku"] == sku]
+    finally:
+        await engine.dispose()
+    assert [p["request_id"] for p in ours] == ["req-out-of-stock"]
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus's text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "")
+    match = re.search(rf"^{pattern} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_metrics_count_requests_allocations_and_out_of_stock(
+    client: httpx.AsyncClient,
+) -> None:
+    before = (await client.get("/metrics")).text
+    sku = random_ref("sku")
+    await add_batch(client, random_ref("batch"), sku, 10)
+    await allocate(client, random_ref("order"), sku, 4)
+    await allocate(client, random_ref("order"), sku, 40)  # out of stock
+    assert (await client.get(f"/products/{sku}")).status_code == 200
+
+    r = await client.get("/metrics")
+
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    after = r.text
+
+    def grew(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    allocate_202 = {"method": "POST", "route": "/allocate", "status": "202"}
+    assert grew("http_requests_total", **allocate_202) == 2
+    assert grew("http_request_duration_seconds_count", **allocate_202) == 2
+    assert grew("http_requests_total", method="GET", route="/products/{sku}", status="200") == 1
+    assert grew("allocation_lines_allocated_total") == 1
+    assert grew("allocation_out_of_stock_total") == 1
+    lag = {"handler": "add_allocation_to_read_model"}
+    assert grew("allocation_projection_lag_seconds_count", **lag) == 1
+    # Every event was delivered on the spot: the outbox holds nothing pending.
+    assert sample(after, "allocation_outbox_pending_events") == 0
+    assert sample(after, "allocation_outbox_oldest_pending_seconds") == 0
+    assert "allocation_relay_failures_total" in after
+
+
+async def test_metrics_name_the_route_not_the_path(client: httpx.AsyncClient) -> None:
+    for _ in range(3):
+        await client.get(f"/allocations/{random_ref('order')}")
+    await client.get("/no/such/route")
+
+    text = (await client.get("/metrics")).text
+
+    assert 'route="/allocations/{orderid}",status="404"' in text
+    assert 'route="unmatched",status="404"' in text
+    assert "order-" not in text

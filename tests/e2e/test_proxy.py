@@ -1,0 +1,144 @@
+"""Behind nginx, under a path prefix: the book's flow, Location headers and /docs.
+
+A real nginx (Debian's package) runs on loopback with the location block
+from deploy/nginx-location.conf, in front of a real uvicorn started as the
+README says: ROOT_PATH set, ``--proxy-headers --forwarded-allow-ips``.
+"""
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, random_ref, require_program
+from tests.databases import ROOT, alembic_upgrade
+from tests.e2e.processes import Api, Processes, Service, service_env
+from tests.e2e.test_lifecycle import json_lines
+
+pytestmark = pytest.mark.slow
+
+PREFIX = "/allocation"
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream allocation_api {{ server 127.0.0.1:{api_port}; keepalive 4; }}
+    server {{
+        listen 127.0.0.1:{port};
+        include {snippet};
+    }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def nginx() -> str:
+    return require_program("nginx", package="nginx", also=("/usr/sbin/nginx",))
+
+
+@pytest.fixture
+async def behind_nginx(nginx: str, tmp_path: Path) -> AsyncIterator[tuple[str, Api]]:
+    """(the proxy's URL with the prefix, the API behind it)."""
+    database = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
+    await asyncio.to_thread(alembic_upgrade, database)
+    async with Processes(tmp_path) as processes:
+        api = processes.api(service_env(database, root_path=PREFIX))
+        api.argv += ["--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"]
+        await api.start_serving()
+
+        port = free_port()
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(
+            NGINX_CONF.format(
+                tmp=tmp_path,
+                api_port=api.port,
+                port=port,
+                snippet=ROOT / "deploy" / "nginx-location.conf",
+            )
+        )
+        check = await asyncio.to_thread(
+            subprocess.run, [nginx, "-t", "-c", str(conf)], capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stderr
+        proxy = Service("nginx", [nginx, "-c", str(conf)], {}, tmp_path / "nginx.log")
+        processes.services.append(proxy)
+        proxy.start()
+        url = f"http://127.0.0.1:{port}{PREFIX}"
+        async with httpx.AsyncClient() as client:
+            for _ in range(100):
+                try:
+                    if (await client.get(f"{url}/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail(f"nginx never proxied /health\n{proxy.report()}\n{api.report()}")
+        yield url, api
+
+
+async def test_the_books_flow_through_the_proxy(behind_nginx: tuple[str, Api]) -> None:
+    url, _ = behind_nginx
+    ref, sku, orderid = random_ref("batch"), random_ref("sku"), random_ref("order")
+    async with httpx.AsyncClient(base_url=url) as client:
+        r = await client.post(
+            f"{url}/add_batch", json={"ref": ref, "sku": sku, "qty": 10, "eta": None}
+        )
+        assert r.status_code == 201, r.text
+        assert r.headers["location"] == f"{PREFIX}/batches/{ref}"
+
+        r = await client.post(f"{url}/allocate", json={"orderid": orderid, "sku": sku, "qty": 3})
+        assert r.status_code == 202, r.text
+        location = r.headers["location"]
+        assert location == f"{PREFIX}/allocations/{orderid}"
+
+        # The Location works as given, against the proxy's origin.
+        origin = url.removesuffix(PREFIX)
+        r = await client.get(origin + location)
+        assert r.status_code == 200, r.text
+        assert r.json() == [{"sku": sku, "batchref": ref}]
+
+
+async def test_docs_and_openapi_under_the_prefix(behind_nginx: tuple[str, Api]) -> None:
+    url, _ = behind_nginx
+    async with httpx.AsyncClient() as client:
+        docs = await client.get(f"{url}/docs")
+        spec = await client.get(f"{url}/openapi.json")
+
+    assert docs.status_code == 200
+    assert f"'{PREFIX}/openapi.json'" in docs.text or f'"{PREFIX}/openapi.json"' in docs.text
+    assert spec.status_code == 200
+    # Swagger UI's "Try it out" sends requests to the server listed here.
+    assert spec.json()["servers"] == [{"url": PREFIX}]
+
+
+async def test_the_callers_address_and_request_id_reach_the_log(
+    behind_nginx: tuple[str, Api],
+) -> None:
+    url, api = behind_nginx
+    async with httpx.AsyncClient() as client:
+        r = await client.get(
+            f"{url}/batches/none-such",
+            headers={"X-Forwarded-For": "203.0.113.9", "X-Request-ID": "via-proxy-1"},
+        )
+
+    assert r.status_code == 404
+    assert r.headers["x-request-id"] == "via-proxy-1"
+    await api.shut_down()
+    lines = [rec for rec in json_lines(api.output()) if rec["request_id"] == "via-proxy-1"]
+    assert [(rec["path"], rec["client"]) for rec in lines] == [
+        ("/batches/none-such", "203.0.113.9")
+    ]
