@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis for external events; unset turns them off."
     )
+    dead_letter_key: str = Field(
+        "allocation:dead-letters:change_batch_quantity",
+        min_length=1,
+        description="Redis list the change_batch_quantity messages that cannot be applied go to.",
+    )
     smtp_host: str | None = Field(None, description="Mail server; unset logs notices instead.")
     smtp_port: int = Field(25, ge=1, le=65535)
     smtp_from: str = Field("allocation@localhost", description="Sender of notices.")

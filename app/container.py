@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.adapters import database
+from app.adapters.dead_letters import RedisDeadLetters
 from app.adapters.notifications import (
     AbstractNotifications,
     EmailNotifications,
@@ -37,6 +38,10 @@ async def redis_resource(url: str | None) -> AsyncIterator[Redis | None]:
 
 def publisher(client: Redis | None, faults: Faults) -> AbstractPublisher:
     return NoPublisher() if client is None else RedisPublisher(client, faults)
+
+
+def dead_letters(client: Redis | None, key: str) -> RedisDeadLetters | None:
+    return None if client is None else RedisDeadLetters(client, key)
 
 
 def notifications(settings: Settings) -> AbstractNotifications:
@@ -77,6 +82,9 @@ class Container(containers.DeclarativeContainer):
 
     session_factory = providers.Singleton(async_sessionmaker, engine, expire_on_commit=False)
     publisher = providers.Singleton(publisher, client=redis, faults=faults)
+    dead_letters = providers.Singleton(
+        dead_letters, client=redis, key=settings.provided.dead_letter_key
+    )
     notifications = providers.Singleton(notifications, settings=settings)
     retry = providers.Singleton(RetryPolicy, attempts=settings.provided.write_retries)
     relay_settings = providers.Singleton(relay_settings, settings=settings)

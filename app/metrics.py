@@ -42,6 +42,11 @@ HANDLER_FAILURES = Counter(
     "Event deliveries a handler failed; the event stays in the outbox",
     ["handler"],
 )
+DEAD_LETTERS = Counter(
+    "allocation_dead_letters_total",
+    "External messages given up on and put on the dead-letter list",
+    ["reason"],
+)
 RELAY_FAILURES = Counter(
     "allocation_relay_failures_total",
     "Outbox relay passes that failed, and events it could not deliver whole",

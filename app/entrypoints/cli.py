@@ -10,14 +10,17 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import typer
+from redis.exceptions import RedisError
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from app import container as composition
 from app import logs
 from app.adapters import orm
+from app.adapters.dead_letters import RedisDeadLetters
 from app.adapters.rebuild import rebuild_views
 from app.adapters.schema import StartupError, check_database
 from app.container import Container
+from app.entrypoints import dead_letter_commands
 from app.entrypoints.redis_consumer import RedisConsumer
 
 cli = typer.Typer(help="The allocation service's worker and tools.", no_args_is_help=True)
@@ -27,7 +30,7 @@ T = TypeVar("T")
 FAILING_AFTER = 5  # attempts after which a pending event counts as failing
 
 
-def _run(work: Callable[[Container], Awaitable[T]]) -> T:
+def _run(work: Callable[[Container], Awaitable[T]], database: bool = True) -> T:
     async def main() -> T:
         orm.start_mappers()
         container = Container()
@@ -35,7 +38,8 @@ def _run(work: Callable[[Container], Awaitable[T]]) -> T:
         logs.configure(settings.log_level, settings.log_format)
         await composition.start(container)
         try:
-            await check_database(container.engine())
+            if database:
+                await check_database(container.engine())
             return await work(container)
         finally:
             await composition.stop(container)
@@ -57,11 +61,10 @@ def worker() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         tasks = [asyncio.create_task(container.relay().run(stop), name="relay")]
-        client = container.redis()
-        if client is None:
+        consumer = _consumer(container)
+        if consumer is None:
             logger.warning("REDIS_URL is not set: delivering the outbox only")
         else:
-            consumer = RedisConsumer(client, container.bus)
             tasks.append(asyncio.create_task(consumer.run(stop), name="consumer"))
         logger.info("worker started")
         await stop.wait()
@@ -128,6 +131,81 @@ def outbox() -> None:
             print(f"  {event.type} {event.id}: {event.attempts} attempts; {event.last_error}")
 
     _run(work)
+
+
+def _consumer(container: Container) -> RedisConsumer | None:
+    client, dead_letters = container.redis(), container.dead_letters()
+    if client is None or dead_letters is None:
+        return None
+    return RedisConsumer(client, container.bus, dead_letters)
+
+
+dead_letters_cli = typer.Typer(
+    help="change_batch_quantity messages that could not be applied: list, replay, drop.",
+    no_args_is_help=True,
+)
+cli.add_typer(dead_letters_cli, name="dead-letters")
+
+
+def _on_dead_letters(
+    work: Callable[[RedisDeadLetters, Container], Awaitable[int]], database: bool = False
+) -> None:
+    async def run(container: Container) -> int:
+        dead_letters = container.dead_letters()
+        if dead_letters is None:
+            typer.echo("REDIS_URL is not set: there is no dead-letter list", err=True)
+            return 1
+        if database:
+            await check_database(container.engine())
+        try:
+            return await work(dead_letters, container)
+        except (RedisError, OSError) as e:
+            typer.echo(f"cannot use Redis: {type(e).__name__}: {e}", err=True)
+            return 1
+
+    code = _run(run, database=False)
+    if code:
+        raise typer.Exit(code)
+
+
+def _one_or_all(letter_id: str | None, all_: bool) -> None:
+    if (letter_id is None) == (not all_):
+        typer.echo("give a dead letter's id, or --all", err=True)
+        raise typer.Exit(2)
+
+
+@dead_letters_cli.command("list")
+def list_dead_letters(
+    as_json: bool = typer.Option(False, "--json", help="Every entry in full, as JSON."),
+) -> None:
+    """Each dead letter: id, when it failed, attempts, error, the message's start."""
+    _on_dead_letters(lambda dead_letters, _: dead_letter_commands.show(dead_letters, as_json))
+
+
+@dead_letters_cli.command("replay")
+def replay_dead_letters(
+    letter_id: str | None = typer.Argument(None, metavar="ID"),
+    all_: bool = typer.Option(False, "--all", help="Every dead letter, one at a time."),
+) -> None:
+    """Apply dead letters again; one that fails again goes back on the list."""
+    _one_or_all(letter_id, all_)
+
+    async def work(dead_letters: RedisDeadLetters, container: Container) -> int:
+        consumer = _consumer(container)
+        assert consumer is not None  # there are dead letters, so there is Redis
+        return await dead_letter_commands.replay(dead_letters, consumer, letter_id)
+
+    _on_dead_letters(work, database=True)
+
+
+@dead_letters_cli.command("drop")
+def drop_dead_letters(
+    letter_id: str | None = typer.Argument(None, metavar="ID"),
+    all_: bool = typer.Option(False, "--all", help="Every dead letter."),
+) -> None:
+    """Remove dead letters for good."""
+    _one_or_all(letter_id, all_)
+    _on_dead_letters(lambda dead_letters, _: dead_letter_commands.drop(dead_letters, letter_id))
 
 
 def main() -> None:

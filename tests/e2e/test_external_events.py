@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +51,16 @@ class Stack:
     http: httpx.AsyncClient
     redis: Redis
     line_allocated: Subscriber
+    dead_letter_key: str
 
 
 @pytest.fixture
 async def stack(database: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
     """An API and a worker on the module's database, and a line_allocated subscriber."""
-    env = service_env(database, redis_url, relay_interval=0.2, outbox_lease=5)
+    dead_letter_key = f"test:dead-letters:{uuid.uuid4().hex}"
+    env = service_env(
+        database, redis_url, relay_interval=0.2, outbox_lease=5, dead_letter_key=dead_letter_key
+    )
     async with Processes(tmp_path) as processes:
         api, worker = processes.api(env), processes.worker(env)
         api.start()
@@ -68,8 +73,9 @@ async def stack(database: str, redis_url: str, tmp_path: Path) -> AsyncIterator[
                 httpx.AsyncClient(base_url=api.url, timeout=30) as http,
                 Subscriber(redis_url, "line_allocated") as line_allocated,
             ):
-                yield Stack(processes, api, worker, http, redis, line_allocated)
+                yield Stack(processes, api, worker, http, redis, line_allocated, dead_letter_key)
         finally:
+            await redis.delete(dead_letter_key)
             await redis.aclose()
 
 
@@ -132,7 +138,7 @@ async def test_change_batch_quantity_message_reallocates_and_publishes(stack: St
     ]
 
 
-async def test_worker_survives_malformed_messages_and_unknown_batches(stack: Stack) -> None:
+async def test_worker_dead_letters_malformed_messages_and_unknown_batches(stack: Stack) -> None:
     sku, ref = random_ref("sku"), random_ref("batch")
     await add_batch(stack.http, ref, sku, 10, None)
     unknown = random_ref("unknown")
@@ -162,9 +168,13 @@ async def test_worker_survives_malformed_messages_and_unknown_batches(stack: Sta
     )
     assert stack.worker.running, stack.processes.report()
     log = stack.worker.output()
-    assert log.count("ignoring malformed change_batch_quantity message") >= len(bad) - 1, log
+    assert log.count("dead-lettering malformed change_batch_quantity message") == len(bad) - 1, log
     assert f"Unknown batch {unknown}" in log, log
     assert "could not apply" not in log, log
+    # Each bad message is on the dead-letter list, as sent, in the order sent.
+    kept = [json.loads(d) for d in await stack.redis.lrange(stack.dead_letter_key, 0, -1)]
+    assert [d["message"] for d in kept] == bad, log
+    assert [d["reason"] for d in kept] == ["malformed"] * (len(bad) - 1) + ["unknown_batch"]
     # The bad messages changed nothing.
     r = await stack.http.get(f"/batches/{ref}")
     assert (r.json()["purchased"], r.json()["allocated"]) == (7, 0)

@@ -134,16 +134,18 @@ async def test_publishes_missed_while_redis_is_down_are_sent_once_it_is_back(
     assert await pending_count(engine) == 0
 
 
-async def test_the_consumer_reconnects_after_a_restart_and_survives_bad_messages(
+async def test_the_consumer_reconnects_after_a_restart_and_dead_letters_bad_messages(
     app_client: httpx.AsyncClient, redis_server: RedisServer
 ) -> None:
     container = container_of(app_client)
     read_engine = container.read_engine()
-    sku, ref = random_ref("sku"), random_ref("batch")
+    sku, ref, unknown = random_ref("sku"), random_ref("batch"), random_ref("nope")
     await container.bus().handle(commands.CreateBatch(ref, sku, 10, None))
     client = container.redis()
     assert client is not None
-    consumer = RedisConsumer(client, container.bus, reconnect_delay=0.05)
+    dead_letters = container.dead_letters()
+    assert dead_letters is not None
+    consumer = RedisConsumer(client, container.bus, dead_letters, reconnect_delay=0.05)
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop), name="test consumer")
 
@@ -170,12 +172,17 @@ async def test_the_consumer_reconnects_after_a_restart_and_survives_bad_messages
 
         async with Redis.from_url(redis_server.url) as client:
             await client.publish(CHANNEL, b"{not json")
-            await client.publish(CHANNEL, json.dumps({"batchref": random_ref("nope"), "qty": 5}))
+            await client.publish(CHANNEL, json.dumps({"batchref": unknown, "qty": 5}))
             await client.publish(CHANNEL, json.dumps({"batchref": ref, "qty": 7}))
         await eventually(applied, "the consumer to apply the quantity change")
 
         assert consumer.counts["malformed"] == 1
         assert consumer.counts["unknown_batch"] == 1
+        kept = await dead_letters.entries()
+        assert [(d.reason, d.message) for d in kept] == [
+            ("malformed", "{not json"),
+            ("unknown_batch", json.dumps({"batchref": unknown, "qty": 5})),
+        ]
         batch = await views.batch(read_engine, ref)
         assert batch is not None
         assert batch["purchased"] == 7

@@ -1,0 +1,150 @@
+"""The dead-letter list: external messages the service gave up on, kept in Redis.
+
+Each entry is one JSON document in a Redis list, oldest first. The message is
+kept whole: as text when it is UTF-8, else base64 (``encoding`` says which).
+Taking an entry out is one ``LREM`` of its exact JSON, so of two operators
+replaying the same entry at once only one gets it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import uuid4
+
+from redis.asyncio import Redis
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR = 1000  # characters of an error message kept
+
+
+def utcnow_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    channel: str
+    message: str
+    encoding: Literal["utf-8", "base64"]
+    reason: str  # malformed, unknown_batch or failed
+    error_type: str
+    error: str
+    attempts: int
+    failed_at: str  # ISO 8601, UTC
+    request_id: str | None
+
+    @classmethod
+    def of(
+        cls,
+        channel: str,
+        data: bytes | str,
+        reason: str,
+        error_type: str,
+        error: str,
+        attempts: int,
+        request_id: str | None,
+    ) -> DeadLetter:
+        encoding: Literal["utf-8", "base64"] = "utf-8"
+        try:
+            text = data if isinstance(data, str) else data.decode("utf-8")
+        except UnicodeDecodeError:
+            assert isinstance(data, bytes)
+            text, encoding = base64.b64encode(data).decode("ascii"), "base64"
+        if len(error) > MAX_ERROR:
+            error = error[: MAX_ERROR - 3] + "..."
+        return cls(
+            id=uuid4().hex,
+            channel=channel,
+            message=text,
+            encoding=encoding,
+            reason=reason,
+            error_type=error_type,
+            error=error,
+            attempts=attempts,
+            failed_at=utcnow_iso(),
+            request_id=request_id,
+        )
+
+    def again(self, failure: DeadLetter) -> DeadLetter:
+        """This entry, failed once more: ``failure``'s error, the attempts added up."""
+        return replace(failure, id=self.id, attempts=self.attempts + failure.attempts)
+
+    def raw(self) -> bytes:
+        """The message exactly as it was received."""
+        if self.encoding == "base64":
+            return base64.b64decode(self.message)
+        return self.message.encode("utf-8")
+
+    def preview(self, width: int = 60) -> str:
+        text = self.message if self.encoding == "utf-8" else f"base64:{self.message}"
+        text = text.replace("\n", "\\n")
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    def as_dict(self) -> dict[str, Any]:
+        fields = asdict(self)
+        fields["error"] = {"type": fields.pop("error_type"), "message": fields["error"]}
+        return fields
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: bytes | str) -> DeadLetter:
+        """ValueError unless ``text`` is an entry of the list."""
+        try:
+            fields = json.loads(text)
+            error = fields.pop("error")
+            letter = cls(**fields, error_type=str(error["type"]), error=str(error["message"]))
+            letter.raw()
+        except (TypeError, KeyError, AttributeError, UnicodeError, binascii.Error) as e:
+            raise ValueError(f"not a dead letter: {e}") from e
+        return letter
+
+
+class RedisDeadLetters:
+    def __init__(self, client: Redis, key: str) -> None:
+        self._client = client
+        self.key = key
+
+    async def add(self, letter: DeadLetter) -> None:
+        await self._client.rpush(self.key, letter.to_json())
+
+    async def entries(self) -> list[DeadLetter]:
+        return [letter for _, letter in await self._stored()]
+
+    async def take(self, letter_id: str) -> DeadLetter | None:
+        """Remove the entry and return it; None if it is not there (or just taken)."""
+        for raw, letter in await self._stored():
+            if letter.id == letter_id:
+                # The exact bytes stored (redis-py's annotation says str; it sends bytes as is).
+                removed = await self._client.lrem(self.key, 1, raw)  # type: ignore[arg-type]
+                return letter if removed else None
+        return None
+
+    async def clear(self) -> int:
+        """Remove every entry; how many there were."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.llen(self.key)
+            pipe.delete(self.key)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def _stored(self) -> list[tuple[bytes | str, DeadLetter]]:
+        stored = await self._client.lrange(self.key, 0, -1)
+        letters = []
+        for raw in stored:
+            try:
+                letters.append((raw, DeadLetter.from_json(raw)))
+            except ValueError as e:
+                logger.warning(
+                    "%s holds an entry that is no dead letter (%s): %.200r", self.key, e, raw
+                )
+        return letters

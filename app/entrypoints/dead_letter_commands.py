@@ -1,0 +1,78 @@
+"""``allocation dead-letters``: what the operator sees and does with the dead-letter list.
+
+Each function prints its report and returns the exit code: 0 when all went
+well, 1 when an id is unknown or a replayed message failed again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from app.adapters.dead_letters import DeadLetter, RedisDeadLetters
+from app.entrypoints.redis_consumer import RedisConsumer
+
+
+def _error(letter: DeadLetter) -> str:
+    return f"{letter.error_type}: {letter.error}".replace("\n", " ")
+
+
+async def show(dead_letters: RedisDeadLetters, as_json: bool) -> int:
+    letters = await dead_letters.entries()
+    if as_json:
+        print(json.dumps([letter.as_dict() for letter in letters], indent=2, ensure_ascii=False))
+        return 0
+    if not letters:
+        print(f"no dead letters on {dead_letters.key}")
+        return 0
+    for letter in letters:
+        error = _error(letter)
+        error = error if len(error) <= 80 else error[:77] + "..."
+        print(
+            f"{letter.id}  {letter.failed_at}  attempts={letter.attempts}  "
+            f"{error}  {letter.preview()}"
+        )
+    print(f"{len(letters)} dead letter{'s' if len(letters) != 1 else ''} on {dead_letters.key}")
+    return 0
+
+
+async def replay(
+    dead_letters: RedisDeadLetters, consumer: RedisConsumer, letter_id: str | None
+) -> int:
+    """Take each entry off the list and apply it as the worker would."""
+    ids = [letter_id] if letter_id else [letter.id for letter in await dead_letters.entries()]
+    if not ids:
+        print(f"no dead letters on {dead_letters.key}")
+    code = 0
+    for id_ in ids:
+        # Whoever takes the entry off the list replays it; anyone else finds it gone.
+        letter = await dead_letters.take(id_)
+        if letter is None:
+            print(f"{id_}: no such dead letter (replayed or dropped meanwhile?)", file=sys.stderr)
+            code = 1
+            continue
+        outcome = await consumer.handle(letter.raw(), earlier=letter)
+        if outcome.dead_letter is None:
+            print(f"{id_}: applied")
+            continue
+        code = 1
+        again = outcome.dead_letter
+        where = (
+            f"back on the list, {again.attempts} attempts"
+            if outcome.kept
+            else "could not put it back on the list: logged in full"
+        )
+        print(f"{id_}: failed again ({_error(again)}); {where}")
+    return code
+
+
+async def drop(dead_letters: RedisDeadLetters, letter_id: str | None) -> int:
+    if letter_id is None:
+        count = await dead_letters.clear()
+        print(f"dropped {count} dead letter{'s' if count != 1 else ''}")
+        return 0
+    if await dead_letters.take(letter_id) is None:
+        print(f"{letter_id}: no such dead letter", file=sys.stderr)
+        return 1
+    print("dropped 1 dead letter")
+    return 0
