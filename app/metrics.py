@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -83,6 +84,20 @@ _COUNTED: dict[type[events.Event], Counter] = {
     events.Deallocated: DEALLOCATIONS,
     events.OutOfStock: OUT_OF_STOCK,
 }
+
+
+_request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def request_answered(method: str, route: str, status: int, seconds: float) -> None:
+    # labels() takes a lock and builds a key each time: keep each series' pair.
+    series = _request_series.get((method, route, status))
+    if series is None:
+        labels = (method, route, str(status))
+        series = (REQUESTS.labels(*labels), REQUEST_SECONDS.labels(*labels))
+        _request_series[(method, route, status)] = series
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def committed(new: list[events.Event]) -> None:

@@ -9,7 +9,9 @@ ratio measured within this one run, next to its target.
 
 Environment: BENCH_DATABASE_URL, a PostgreSQL server on which the bench
 creates and drops a database of its own; BENCH_REDIS_URL, empty for
-external events off; BENCH_WORKERS, 2 by default.
+external events off; BENCH_WORKERS, 2 by default; BENCH_LOG_LEVEL, INFO
+by default, as deployed: one JSON log line per request, to a file;
+BENCH_ONLY=reads stops after the first read comparison (a minute or two).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ HERE = ROOT / "bench"
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 WORKERS = os.environ.get("BENCH_WORKERS", "2")
+LOG_LEVEL = os.environ.get("BENCH_LOG_LEVEL", "INFO")
+ONLY = os.environ.get("BENCH_ONLY", "")
 ROUNDS, SECONDS = 3, 5  # read comparisons: alternated rounds of this many seconds
 SKUS, ORDERS_PER_SKU = 1000, 10  # ten thousand rows in allocations_view
 EXTRA_ROWS = 1_000_000
@@ -375,7 +379,12 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="allocation-bench-"))
     say(f"logs in {tmp}")
     async with fresh_database() as db:
-        service_env = {"DATABASE_URL": db, "REDIS_URL": REDIS, "LOG_LEVEL": "ERROR"}
+        service_env = {
+            "DATABASE_URL": db,
+            "REDIS_URL": REDIS,
+            "LOG_LEVEL": LOG_LEVEL,
+            "LOG_FORMAT": "json",
+        }
         bare_env = {"BARE_DSN": db.replace("postgresql+asyncpg://", "postgresql://")}
         with (
             serve("app.main:app", service_env, tmp / "service.log") as ours,
@@ -401,6 +410,9 @@ async def main() -> None:
                     f"bare {floor.p99_ms:.1f} ms; "
                     f"answers not 200: {mine.counts['non_2xx']}"
                 )
+                if ONLY == "reads":
+                    report.print()
+                    return
 
                 say(f"adding {EXTRA_ROWS} rows to allocations_view")
                 await add_extra_rows(db)

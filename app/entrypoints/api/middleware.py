@@ -51,25 +51,30 @@ class RequestContext:
             # The route's template, not the path: one series per route, not per id.
             template = getattr(route, "path", "unmatched")
             method = scope["method"]
-            metrics.REQUESTS.labels(method, template, status).inc()
-            metrics.REQUEST_SECONDS.labels(method, template, status).observe(seconds)
-            client = scope.get("client")
-            logger.info(
-                "%s %s %d %.1fms",
-                method,
-                scope["path"],
-                status,
-                seconds * 1000,
-                extra={
-                    "method": method,
-                    "path": scope["path"],
-                    "route": template,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 2),
-                    "client": client[0] if client else None,
-                },
-            )
+            metrics.request_answered(method, template, status, seconds)
+            if logger.isEnabledFor(logging.INFO):
+                _log_request(scope, method, template, status, seconds)
             correlation.request_id.reset(token)
+
+
+def _log_request(scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
+    client = scope.get("client")
+    milliseconds = seconds * 1000
+    logger.info(
+        "%s %s %d %.1fms",
+        method,
+        scope["path"],
+        status,
+        milliseconds,
+        extra={
+            "method": method,
+            "path": scope["path"],
+            "route": route,
+            "status": status,
+            "duration_ms": round(milliseconds, 2),
+            "client": client[0] if client else None,
+        },
+    )
 
 
 class BodyLimit:
