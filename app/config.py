@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     outbox_retention: float = Field(
         86400.0, gt=0, description="Seconds a delivered event is kept in the outbox."
     )
+    idempotency_ttl: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds a write's Idempotency-Key and its answer are kept; after "
+        "that the key is new again.",
+    )
 
     @field_validator("database_url")
     @classmethod

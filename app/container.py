@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.adapters import database
 from app.adapters.dead_letters import RedisDeadLetters
+from app.adapters.idempotency import SqlAlchemyIdempotencyKeys
 from app.adapters.notifications import (
     AbstractNotifications,
     EmailNotifications,
@@ -18,6 +19,7 @@ from app.adapters.notifications import (
 from app.adapters.publisher import AbstractPublisher, NoPublisher, RedisPublisher
 from app.config import Settings
 from app.domain import commands, events
+from app.entrypoints.api.idempotency import Idempotency
 from app.faults import Faults
 from app.service_layer import handlers
 from app.service_layer.messagebus import MessageBus, RetryPolicy
@@ -88,6 +90,12 @@ class Container(containers.DeclarativeContainer):
     notifications = providers.Singleton(notifications, settings=settings)
     retry = providers.Singleton(RetryPolicy, attempts=settings.provided.write_retries)
     relay_settings = providers.Singleton(relay_settings, settings=settings)
+    idempotency_keys = providers.Singleton(
+        SqlAlchemyIdempotencyKeys,
+        engine=engine,
+        ttl=providers.Factory(timedelta, seconds=settings.provided.idempotency_ttl),
+    )
+    idempotency = providers.Singleton(Idempotency, keys=idempotency_keys)
 
     uow = providers.Factory(
         SqlAlchemyUnitOfWork,

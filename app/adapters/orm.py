@@ -129,6 +129,22 @@ processed_messages = Table(
     Column("processed_at", DateTime, nullable=False),
 )
 
+# Idempotency-Key of a write, and its answer once there is one (NULL status:
+# the request is still running). ``fingerprint`` is a sha256 of the method,
+# path and validated body.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("idempotency_key", String(REF), primary_key=True),
+    Column("request", String(100), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("body", Text, nullable=True),
+    Column("location", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("expires_at", DateTime, nullable=False, index=True),
+)
+
 mapper_registry = registry(metadata=metadata)
 
 

@@ -120,6 +120,38 @@ async def test_a_write_documents_its_location(
     assert "Location" in success["description"]
 
 
+IDEMPOTENT = [("/add_batch", "post"), ("/batches", "post"), ("/allocate", "post")]
+
+
+@pytest.mark.parametrize(("path", "method"), IDEMPOTENT)
+async def test_a_post_write_documents_its_idempotency_key(
+    openapi: dict[str, Any], path: str, method: str
+) -> None:
+    operation = openapi["paths"][path][method]
+    [parameter] = [p for p in operation["parameters"] if p["name"] == "Idempotency-Key"]
+    assert (parameter["in"], parameter["required"]) == ("header", False)
+    assert "422" in parameter["description"]
+    assert "409" in parameter["description"]
+    assert parameter["schema"]["maxLength"] == 255
+    responses = operation["responses"]
+    assert "Idempotency-Key" in responses["422"]["description"]
+    assert "in progress" in responses["409"]["description"]
+    assert set(responses["409"]["headers"]) == {"Retry-After"}
+    [success] = [s for s in responses if s.startswith("2")]
+    assert set(responses[success]["headers"]) == {"Location", "Idempotent-Replayed"}
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [(path, method) for path, method, _ in ROUTES if (path, method) not in IDEMPOTENT],
+)
+async def test_other_routes_take_no_idempotency_key(
+    openapi: dict[str, Any], path: str, method: str
+) -> None:
+    parameters = openapi["paths"][path][method].get("parameters", [])
+    assert "Idempotency-Key" not in {p["name"] for p in parameters}
+
+
 @pytest.mark.parametrize(("path", "method"), WRITES)
 async def test_a_request_body_has_a_schema_with_a_complete_example(
     openapi: dict[str, Any], path: str, method: str

@@ -37,6 +37,10 @@ to read; a 422 adds `detail`, each invalid field as `{"loc", "msg", "type"}`.
 **Writes** need `Authorization: Bearer <token>` when the service has an
 `API_TOKEN` set (use "Authorize" above); reads never do.
 
+**Retrying a POST** is safe with an `Idempotency-Key` header: a repeat with the
+same key and body gets the first answer (marked `Idempotent-Replayed: true`)
+and does not run again. The same key with another body is a 422.
+
 Identifiers are 1 to 255 printable characters without `/`; quantities are
 integers from 1 to 1,000,000,000 (0 is allowed when changing a batch); dates
 are `YYYY-MM-DD`.
@@ -111,6 +115,35 @@ def write_errors(described: dict[int, str]) -> Responses:
     responses = errors({401: UNAUTHORIZED, 413: TOO_LARGE, **described})
     responses[401]["headers"] = _CHALLENGE
     return responses
+
+
+KEY_REUSED = (
+    " Or the `Idempotency-Key` was used before with another body, or on another route: "
+    "use a new key for a new request."
+)
+KEY_IN_PROGRESS = (
+    " Or a request with this `Idempotency-Key` is still in progress: send it again after "
+    "the seconds in `Retry-After`."
+)
+_REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the recorded answer to an earlier request "
+        "with the same `Idempotency-Key`.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+
+
+def idempotent(responses: Responses) -> Responses:
+    """``responses`` of a write that takes an ``Idempotency-Key``, with what the key adds."""
+    result = {status: dict(response) for status, response in responses.items()}
+    for status, response in result.items():
+        if str(status).startswith("2"):
+            response["headers"] = {**response.get("headers", {}), **_REPLAYED}
+    result[409]["description"] += KEY_IN_PROGRESS
+    result[409]["headers"] = {**result[409].get("headers", {}), **_RETRY_AFTER}
+    result[422]["description"] += KEY_REUSED
+    return result
 
 
 def located(status: int, where: str) -> Responses:

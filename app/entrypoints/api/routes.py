@@ -6,7 +6,7 @@ from urllib.parse import quote
 import orjson
 from dependency_injector.wiring import Provide, inject
 from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel
 from pydantic.config import JsonDict
 
 from app import views
@@ -14,13 +14,15 @@ from app.container import Container
 from app.domain import commands
 from app.entrypoints.api import schemas
 from app.entrypoints.api.errors import error
-from app.entrypoints.api.openapi import errors, located, write_errors
+from app.entrypoints.api.idempotency import Idempotency, IdempotencyKey
+from app.entrypoints.api.openapi import errors, idempotent, located, write_errors
 from app.entrypoints.api.security import require_writer
 from app.service_layer.messagebus import MessageBus
 
 router = APIRouter()
 
 Bus = Annotated[MessageBus, Depends(Provide[Container.bus])]
+Once = Annotated[Idempotency, Depends(Provide[Container.idempotency])]
 WRITER = [Depends(require_writer)]  # with API_TOKEN set, writes need it
 
 
@@ -61,6 +63,15 @@ def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+def _written(status_code: int, body: BaseModel, location: str) -> Response:
+    return Response(
+        body.model_dump_json(),
+        status_code=status_code,
+        media_type="application/json",
+        headers={"Location": location},
+    )
+
+
 def _location(request: Request, name: str, **params: str) -> str:
     # Ids may hold "?", "#", "%" or non-ASCII letters: each is quoted as one path segment.
     quoted = {key: quote(value, safe="") for key, value in params.items()}
@@ -90,7 +101,7 @@ BATCH_CREATED = located(201, "the batch, `/batches/{ref}`")
     status_code=status.HTTP_201_CREATED,
     response_model=schemas.BatchCreated,
     response_description="Created: read the batch at `Location`.",
-    responses={**BATCH_CREATED, **BATCH_ERRORS},
+    responses=idempotent({**BATCH_CREATED, **BATCH_ERRORS}),
     tags=["batches"],
     summary="Add a batch of stock",
     description=ADD_BATCH,
@@ -101,18 +112,21 @@ BATCH_CREATED = located(201, "the batch, `/batches/{ref}`")
     status_code=status.HTTP_201_CREATED,
     response_model=schemas.BatchCreated,
     response_description="Created: read the batch at `Location`.",
-    responses={**BATCH_CREATED, **BATCH_ERRORS},
+    responses=idempotent({**BATCH_CREATED, **BATCH_ERRORS}),
     tags=["batches"],
     summary="Add a batch of stock (the book's route)",
     description="The book's name for `POST /batches`, and the same in every way.\n\n" + ADD_BATCH,
 )
 @inject
 async def add_batch(
-    body: NewBatch, request: Request, response: Response, bus: Bus
-) -> schemas.BatchCreated:
-    await bus.handle(commands.CreateBatch(body.ref, body.sku, body.qty, body.eta))
-    response.headers["Location"] = _location(request, "get_batch", ref=body.ref)
-    return schemas.BatchCreated(ref=body.ref)
+    body: NewBatch, request: Request, bus: Bus, once: Once, key: IdempotencyKey = None
+) -> Response:
+    async def create() -> Response:
+        await bus.handle(commands.CreateBatch(body.ref, body.sku, body.qty, body.eta))
+        location = _location(request, "get_batch", ref=body.ref)
+        return _written(201, schemas.BatchCreated(ref=body.ref), location)
+
+    return await once(key, request, body, create)
 
 
 @router.get(
@@ -169,16 +183,18 @@ async def change_batch_quantity(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.AllocationAccepted,
     response_description="Accepted: read the order's allocations at `Location`.",
-    responses={
-        **located(202, "the order's allocations, `/allocations/{orderid}`"),
-        **write_errors(
-            {
-                400: "No batch of this sku was ever added: `Invalid sku ...`.",
-                409: "The order already holds a different quantity of this sku; or the "
-                "write kept colliding with concurrent writes to the same sku (try again).",
-            }
-        ),
-    },
+    responses=idempotent(
+        {
+            **located(202, "the order's allocations, `/allocations/{orderid}`"),
+            **write_errors(
+                {
+                    400: "No batch of this sku was ever added: `Invalid sku ...`.",
+                    409: "The order already holds a different quantity of this sku; or the "
+                    "write kept colliding with concurrent writes to the same sku (try again).",
+                }
+            ),
+        }
+    ),
     tags=["allocations"],
     summary="Allocate an order line",
     description="Allocates the line to a batch of its sku: warehouse stock first, then "
@@ -190,11 +206,14 @@ async def change_batch_quantity(
 )
 @inject
 async def allocate(
-    body: NewLine, request: Request, response: Response, bus: Bus
-) -> schemas.AllocationAccepted:
-    await bus.handle(commands.Allocate(body.orderid, body.sku, body.qty))
-    response.headers["Location"] = _location(request, "get_allocations", orderid=body.orderid)
-    return schemas.AllocationAccepted(orderid=body.orderid)
+    body: NewLine, request: Request, bus: Bus, once: Once, key: IdempotencyKey = None
+) -> Response:
+    async def allocate_line() -> Response:
+        await bus.handle(commands.Allocate(body.orderid, body.sku, body.qty))
+        location = _location(request, "get_allocations", orderid=body.orderid)
+        return _written(202, schemas.AllocationAccepted(orderid=body.orderid), location)
+
+    return await once(key, request, body, allocate_line)
 
 
 @router.get(

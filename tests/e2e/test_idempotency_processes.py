@@ -1,0 +1,81 @@
+"""One Idempotency-Key sent at once to two API processes on one database: one command."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import random_ref
+from tests.e2e.processes import Api, Processes, fresh_database, query, service_env
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+ROUNDS = 10  # keys of each kind
+SENDS = 3  # copies of each request to each API, all at once
+
+
+@pytest.fixture
+async def database(postgres_server_url: str) -> AsyncIterator[str]:
+    async with fresh_database(postgres_server_url) as url:
+        yield url
+
+
+async def send_everywhere(
+    http: httpx.AsyncClient, apis: list[Api], path: str, body: dict[str, object]
+) -> list[httpx.Response]:
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    return await asyncio.gather(
+        *(
+            http.post(f"{api.url}{path}", json=body, headers=headers)
+            for _ in range(SENDS)
+            for api in apis
+        )
+    )
+
+
+def assert_one_answer(answers: list[httpx.Response], status: int, location: str) -> None:
+    assert {(r.status_code, r.headers["location"], r.content) for r in answers} == {
+        (status, location, answers[0].content)
+    }, [(r.status_code, r.text) for r in answers]
+    # One request ran the command; every other one got its recorded answer.
+    assert sum("idempotent-replayed" not in r.headers for r in answers) == 1
+
+
+async def test_concurrent_repeats_on_two_processes_run_the_command_once(
+    database: str, tmp_path: Path
+) -> None:
+    async with Processes(tmp_path) as processes:
+        apis = [processes.api(service_env(database), name=f"api-{n}") for n in (1, 2)]
+        await asyncio.gather(*(api.start_serving() for api in apis))
+        refs, orderids = [], []
+        async with httpx.AsyncClient(timeout=30) as http:
+            for _ in range(ROUNDS):
+                ref, sku, orderid = random_ref("batch"), random_ref("sku"), random_ref("order")
+                batch = {"ref": ref, "sku": sku, "qty": 100, "eta": None}
+                answers = await send_everywhere(http, apis, "/batches", batch)
+                assert_one_answer(answers, 201, f"/batches/{ref}")
+
+                line = {"orderid": orderid, "sku": sku, "qty": 2}
+                answers = await send_everywhere(http, apis, "/allocate", line)
+                assert_one_answer(answers, 202, f"/allocations/{orderid}")
+                refs.append(ref)
+                orderids.append(orderid)
+
+        events = Counter(
+            (kind, payload.get("ref") or payload.get("orderid"))
+            for kind, payload in await query(database, "SELECT type, payload FROM outbox")
+            if kind in {"BatchCreated", "Allocated"}
+        )
+        expected = [("BatchCreated", ref) for ref in refs]
+        expected += [("Allocated", orderid) for orderid in orderids]
+        assert events == Counter(expected), processes.report()
+        answered = await query(
+            database, "SELECT status, count(*) FROM idempotency_keys GROUP BY status"
+        )
+        assert sorted(answered) == [(201, ROUNDS), (202, ROUNDS)]
