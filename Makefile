@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint migrate install bench system-deps
+.PHONY: run test lint migrate install bench system-deps soak fuzz
 
 $(BIN)/activate: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ run: migrate
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The API fuzzed against its own /openapi.json at length (tests/e2e/test_fuzz.py;
+# `make test` runs the same tests briefly).
+FUZZ_EXAMPLES ?= 500
+FUZZ_STEPS    ?= 200
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_STEPS=$(FUZZ_STEPS) $(BIN)/pytest tests/e2e/test_fuzz.py $(PYTEST_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -46,3 +53,9 @@ lint: install
 bench: install
 	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/run.py
+
+# Minutes of mixed load with Redis restarted under it (SOAK_SECONDS, 180 by
+# default); PostgreSQL from TEST_DATABASE_URL. Prints its figures.
+soak: install
+	TEST_DATABASE_URL=$${TEST_DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres} \
+	$(BIN)/pytest -m soak -s tests/soak $(PYTEST_ARGS)

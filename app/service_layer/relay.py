@@ -89,6 +89,7 @@ class Relay:
                     await self.prune()
                     next_prune = utcnow() + self._settings.prune_every
             except DatabaseUnavailable as e:
+                metrics.RELAY_FAILURES.inc()
                 if not database_down:
                     logger.warning(
                         "relay: the database is unavailable (%s); trying again every %gs",
