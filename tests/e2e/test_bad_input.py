@@ -194,3 +194,30 @@ async def test_a_rejected_sentchanges_nothing(client: httpx.AsyncClient) -> None
     assert (await client.get(f"/allocations/{orderid}")).status_code == 404
     unchanged = (await client.get(f"/batches/{ref}")).json()
     assert (unchanged["purchased"], unchanged["allocated"]) == (5, 0)
+
+
+async def test_a_json_body_that_is_not_utf8_is_invalid_input(client: httpx.AsyncClient) -> None:
+    body = b'{"orderid": "o\xff1", "sku": "LAMP", "qty": 1}'
+    r = await client.post("/allocate", content=body, headers=JSON)
+
+    assert r.status_code == 422, r.text
+    assert "not valid JSON" in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "allowed"),
+    [
+        ("PUT", "/batches/b-1", "GET, PATCH"),
+        ("DELETE", "/batches/b-1", "GET, PATCH"),
+        ("GET", "/allocate", "POST"),
+        ("POST", "/allocations/o-1", "GET"),
+    ],
+)
+async def test_a_wrong_method_is_a_405_that_allows_every_method_of_the_path(
+    client: httpx.AsyncClient, method: str, url: str, allowed: str
+) -> None:
+    r = await client.request(method, url)
+
+    assert r.status_code == 405
+    assert r.headers["allow"] == allowed
+    assert isinstance(r.json()["message"], str)

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from app.domain.model import DuplicateBatch, LineConflict
 from app.service_layer.handlers import InvalidSku, UnknownBatch
@@ -65,12 +66,33 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's 400 for a JSON body that is not UTF-8: invalid input like any other.
+        return error(422, "The request body is not valid JSON (it is not UTF-8 text)")
     response = error(exc.status_code, str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        response.headers["Allow"] = _allowed_methods(request)
     return response
+
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> str:
+    # Starlette names only the first route that matched the path; GET and PATCH
+    # /batches/{ref} are two routes, and Allow must list both.
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
 
 
 async def _invalid(_: Request, exc: Exception) -> JSONResponse:
