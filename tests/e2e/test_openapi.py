@@ -216,3 +216,32 @@ async def test_swagger_ui_is_served(client: httpx.AsyncClient) -> None:
     assert r.headers["content-type"].startswith("text/html")
     assert "swagger" in r.text.lower()
     assert "/openapi.json" in r.text
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status", "targets"),
+    [
+        ("/batches", "post", "201", {"/batches/{ref}", "/products/{sku}", "/allocate"}),
+        ("/add_batch", "post", "201", {"/batches/{ref}", "/products/{sku}", "/allocate"}),
+        ("/batches/{ref}", "patch", "202", {"/batches/{ref}"}),
+        (
+            "/allocate",
+            "post",
+            "202",
+            {"/allocations/{orderid}", "/allocations/{orderid}/{sku}", "/products/{sku}"},
+        ),
+    ],
+)
+async def test_a_write_links_to_the_calls_that_can_follow_it(
+    openapi: dict[str, Any], path: str, method: str, status: str, targets: set[str]
+) -> None:
+    linked: set[str] = set()
+    for link in openapi["paths"][path][method]["responses"][status]["links"].values():
+        assert link["description"]
+        target_path, target_method = link["operationRef"].removeprefix("#/paths/").split("/")
+        target_path = target_path.replace("~1", "/").replace("~0", "~")
+        target = openapi["paths"][target_path][target_method]
+        names = {p["name"] for p in target.get("parameters", []) if p["in"] == "path"}
+        assert set(link.get("parameters", {})) == names, link
+        linked.add(target_path)
+    assert linked == targets

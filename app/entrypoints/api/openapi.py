@@ -146,7 +146,70 @@ def idempotent(responses: Responses) -> Responses:
     return result
 
 
-def located(status: int, where: str) -> Responses:
-    """The ``Location`` header of a write's answer, naming where to read the result."""
+def located(status: int, where: str, links: dict[str, Any] | None = None) -> Responses:
+    """The ``Location`` header of a write's answer, naming where to read the result.
+
+    ``links`` are the calls that can follow, with the values they take from this one.
+    """
     header = {"description": f"Where to read the result: {where}.", "schema": {"type": "string"}}
-    return {status: {"headers": {"Location": header}}}
+    response: dict[str, Any] = {"headers": {"Location": header}}
+    if links:
+        response["links"] = links
+    return {status: response}
+
+
+def _link(
+    method: str,
+    path: str,
+    description: str,
+    parameters: dict[str, str] | None = None,
+    body: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    link: dict[str, Any] = {
+        "operationRef": f"#/paths/{pointer}/{method}",
+        "description": description,
+    }
+    if parameters:
+        link["parameters"] = parameters
+    if body:
+        link["requestBody"] = body
+    return link
+
+
+_BATCH_SKU = {"sku": "$request.body#/sku"}
+AFTER_BATCH_ADDED = {
+    "GetBatch": _link(
+        "get", "/batches/{ref}", "Read the batch just added.", {"ref": "$request.body#/ref"}
+    ),
+    "ChangeBatchQuantity": _link(
+        "patch", "/batches/{ref}", "Change its purchased quantity.", {"ref": "$request.body#/ref"}
+    ),
+    "GetProduct": _link("get", "/products/{sku}", "Read the stock of its sku.", _BATCH_SKU),
+    "Allocate": _link(
+        "post",
+        "/allocate",
+        "Allocate an order line of all of it.",
+        body={**_BATCH_SKU, "qty": "$request.body#/qty"},
+    ),
+}
+AFTER_BATCH_CHANGED = {
+    "GetBatch": _link(
+        "get", "/batches/{ref}", "Read the batch's quantities now.", {"ref": "$request.path.ref"}
+    ),
+}
+_ORDER = {"orderid": "$request.body#/orderid"}
+AFTER_ALLOCATION = {
+    "GetAllocations": _link(
+        "get", "/allocations/{orderid}", "Read where the order's lines are allocated.", _ORDER
+    ),
+    "GetAllocation": _link(
+        "get",
+        "/allocations/{orderid}/{sku}",
+        "Read where this line is allocated.",
+        {**_ORDER, "sku": "$request.body#/sku"},
+    ),
+    "GetProduct": _link(
+        "get", "/products/{sku}", "Read the stock of the sku.", {"sku": "$request.body#/sku"}
+    ),
+}

@@ -15,7 +15,15 @@ from app.domain import commands
 from app.entrypoints.api import schemas
 from app.entrypoints.api.errors import error
 from app.entrypoints.api.idempotency import Idempotency, IdempotencyKey
-from app.entrypoints.api.openapi import errors, idempotent, located, write_errors
+from app.entrypoints.api.openapi import (
+    AFTER_ALLOCATION,
+    AFTER_BATCH_ADDED,
+    AFTER_BATCH_CHANGED,
+    errors,
+    idempotent,
+    located,
+    write_errors,
+)
 from app.entrypoints.api.security import require_writer
 from app.service_layer.messagebus import MessageBus
 
@@ -92,7 +100,7 @@ BATCH_ERRORS = write_errors(
         "colliding with concurrent writes to the same sku (try again)."
     }
 )
-BATCH_CREATED = located(201, "the batch, `/batches/{ref}`")
+BATCH_CREATED = located(201, "the batch, `/batches/{ref}`", AFTER_BATCH_ADDED)
 
 
 @router.post(
@@ -153,7 +161,7 @@ async def get_batch(ref: BatchRef, request: Request) -> Response:
     response_model=schemas.BatchAccepted,
     response_description="Accepted: read the batch at `Location`.",
     responses={
-        **located(202, "the batch, `/batches/{ref}`"),
+        **located(202, "the batch, `/batches/{ref}`", AFTER_BATCH_CHANGED),
         **write_errors(
             {
                 404: "No batch has this reference.",
@@ -185,7 +193,7 @@ async def change_batch_quantity(
     response_description="Accepted: read the order's allocations at `Location`.",
     responses=idempotent(
         {
-            **located(202, "the order's allocations, `/allocations/{orderid}`"),
+            **located(202, "the order's allocations, `/allocations/{orderid}`", AFTER_ALLOCATION),
             **write_errors(
                 {
                     400: "No batch of this sku was ever added: `Invalid sku ...`.",
