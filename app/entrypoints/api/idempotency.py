@@ -79,7 +79,8 @@ IdempotencyKey = Annotated[
         alias=HEADER,
         description=DESCRIPTION,
         json_schema_extra={"minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": _PATTERN},
-        openapi_examples={"a UUID": {"value": "0b5f3c1e-7d2a-4f6e-9c8b-1a2d3e4f5a6b"}},
+        # No example: "Try it out" would send the same key with every body
+        # a person tries, and each after the first would be a 422.
     ),
     AfterValidator(_printable_ascii),
 ]
