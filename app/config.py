@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis for external events; unset turns them off."
     )
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port on which `allocation worker` serves /metrics; unset serves none.",
+    )
     dead_letter_key: str = Field(
         "allocation:dead-letters:change_batch_quantity",
         min_length=1,

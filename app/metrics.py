@@ -20,6 +20,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 
 from app.domain import events
@@ -112,6 +113,11 @@ def handled(handler: str, event: events.Event) -> None:
     if handler in PROJECTIONS:
         lag = (datetime.now(UTC) - event.occurred_at).total_seconds()
         PROJECTION_LAG.labels(handler).observe(max(lag, 0.0))
+
+
+def serve(port: int) -> None:
+    """Serve this process's metrics over HTTP, from a thread (for the worker)."""
+    start_http_server(port)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from app import container as composition
-from app import logs
+from app import logs, metrics
 from app.adapters import orm
 from app.adapters.dead_letters import RedisDeadLetters
 from app.adapters.rebuild import rebuild_views
@@ -60,6 +60,12 @@ def worker() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        port = container.settings().worker_metrics_port
+        if port is not None:
+            # The worker's own counts (dead letters, relay failures, projection
+            # lag of what it delivers), in a thread of prometheus-client's.
+            metrics.serve(port)
+            logger.info("metrics on port %d", port)
         tasks = [asyncio.create_task(container.relay().run(stop), name="relay")]
         consumer = _consumer(container)
         if consumer is None:

@@ -2,14 +2,17 @@
 
 import logging
 import re
+from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.adapters import orm
-from tests.conftest import random_ref
+from tests.conftest import free_port, random_ref
+from tests.e2e.processes import Processes, service_env, wait_for
 from tests.e2e.scenarios import add_batch, allocate
 
 
@@ -139,3 +142,31 @@ async def test_metrics_name_the_route_not_the_path(client: httpx.AsyncClient) ->
     assert 'route="/allocations/{orderid}",status="404"' in text
     assert 'route="unmatched",status="404"' in text
     assert "order-" not in text
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_the_worker_serves_its_own_metrics(
+    redis_url: str, tmp_path: Path, sqlite_url: str
+) -> None:
+    port = free_port()
+    env = service_env(
+        sqlite_url,
+        redis_url,
+        worker_metrics_port=port,
+        dead_letter_key=random_ref("dead-letters"),
+    )
+    async with Processes(tmp_path) as processes, httpx.AsyncClient() as http:
+        worker = processes.worker(env)
+        await worker.start_listening()
+        redis = Redis.from_url(redis_url)
+        try:
+            await redis.publish("change_batch_quantity", b"{not json")
+        finally:
+            await redis.aclose()
+
+        async def counted() -> bool:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            return sample(text, "allocation_dead_letters_total", reason="malformed") >= 1
+
+        await wait_for(counted, 20, processes.report)
