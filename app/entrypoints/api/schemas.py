@@ -40,7 +40,17 @@ Identifier = Annotated[
 ]
 Quantity = Annotated[int, Field(gt=0, le=MAX_QTY, strict=True)]
 NewQuantity = Annotated[int, Field(ge=0, le=MAX_QTY, strict=True)]
-Eta = Annotated[date | None, BeforeValidator(_iso_date)]
+# Shipments dated from the past (the book's are) to well beyond any real one.
+EARLIEST_ETA, LATEST_ETA = date(1970, 1, 1), date(2199, 12, 31)
+
+
+def _eta_in_range(value: date | None) -> date | None:
+    if value is not None and not EARLIEST_ETA <= value <= LATEST_ETA:
+        raise ValueError(f"must be between {EARLIEST_ETA} and {LATEST_ETA}")
+    return value
+
+
+Eta = Annotated[date | None, BeforeValidator(_iso_date), AfterValidator(_eta_in_range)]
 
 # Examples that work as they stand, in this order: "Try it out" in /docs sends them.
 # FastAPI leaves nulls out of /openapi.json, so /docs shows the first without "eta".
@@ -64,7 +74,9 @@ class BatchIn(Request):
     sku: Identifier = Field(description="The product the batch holds.")
     qty: Quantity = Field(description="Units purchased.")
     eta: Eta = Field(
-        None, description="Expected arrival; null or left out for stock in the warehouse."
+        None,
+        description="Expected arrival, 1970-01-01 to 2199-12-31; null or left out for "
+        "stock in the warehouse.",
     )
 
     model_config = ConfigDict(json_schema_extra={"examples": [BATCH_EXAMPLE, SHIPMENT_EXAMPLE]})
