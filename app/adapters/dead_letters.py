@@ -2,8 +2,12 @@
 
 Each entry is one JSON document in a Redis list, oldest first. The message is
 kept whole: as text when it is UTF-8, else base64 (``encoding`` says which).
-Taking an entry out is one ``LREM`` of its exact JSON, so of two operators
-replaying the same entry at once only one gets it.
+Dropping an entry is one ``LREM`` of its exact JSON. Replaying one first
+claims it with a lock of its own (``SET NX`` with an expiry), so of two
+operators replaying it at once only one applies it, and leaves it on the
+list until it has been applied, or has failed again and its new entry is
+stored: a replay killed half-way loses nothing, and once the claim expires
+the entry can be replayed again.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from redis.asyncio import Redis
 logger = logging.getLogger(__name__)
 
 MAX_ERROR = 1000  # characters of an error message kept
+CLAIM_SECONDS = 300  # a replay's hold on its entry; then another may replay it
 
 
 def utcnow_iso() -> str:
@@ -109,6 +114,13 @@ class DeadLetter:
         return letter
 
 
+@dataclass(frozen=True)
+class Claim:
+    letter: DeadLetter
+    raw: bytes | str  # the entry exactly as stored, to remove it by
+    lock: str
+
+
 class RedisDeadLetters:
     def __init__(self, client: Redis, key: str) -> None:
         self._client = client
@@ -128,6 +140,23 @@ class RedisDeadLetters:
                 removed = await self._client.lrem(self.key, 1, raw)  # type: ignore[arg-type]
                 return letter if removed else None
         return None
+
+    async def claim(self, letter_id: str) -> Claim | None:
+        """Lock the entry for a replay; None if it is not there or already claimed."""
+        for raw, letter in await self._stored():
+            if letter.id == letter_id:
+                lock = f"{self.key}:replaying:{letter_id}"
+                if not await self._client.set(lock, "1", nx=True, ex=CLAIM_SECONDS):
+                    return None
+                return Claim(letter, raw, lock)
+        return None
+
+    async def settle(self, claim: Claim) -> None:
+        """The claimed entry is dealt with (applied, or stored again): take it off."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.lrem(self.key, 1, claim.raw)  # type: ignore[arg-type]
+            pipe.delete(claim.lock)
+            await pipe.execute()
 
     async def clear(self) -> int:
         """Remove every entry; how many there were."""

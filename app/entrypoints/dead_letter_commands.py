@@ -39,19 +39,23 @@ async def show(dead_letters: RedisDeadLetters, as_json: bool) -> int:
 async def replay(
     dead_letters: RedisDeadLetters, consumer: RedisConsumer, letter_id: str | None
 ) -> int:
-    """Take each entry off the list and apply it as the worker would."""
+    """Apply each entry as the worker would; take it off the list once that is settled."""
     ids = [letter_id] if letter_id else [letter.id for letter in await dead_letters.entries()]
     if not ids:
         print(f"no dead letters on {dead_letters.key}")
     code = 0
     for id_ in ids:
-        # Whoever takes the entry off the list replays it; anyone else finds it gone.
-        letter = await dead_letters.take(id_)
-        if letter is None:
+        # Whoever claims the entry replays it; anyone else finds it taken. It
+        # stays on the list until the replay is settled.
+        claim = await dead_letters.claim(id_)
+        if claim is None:
             print(f"{id_}: no such dead letter (replayed or dropped meanwhile?)", file=sys.stderr)
             code = 1
             continue
+        letter = claim.letter
         outcome = await consumer.handle(letter.raw(), earlier=letter)
+        if outcome.dead_letter is None or outcome.kept:
+            await dead_letters.settle(claim)  # applied, or its new entry is stored
         if outcome.dead_letter is None:
             print(f"{id_}: applied")
             continue
@@ -60,7 +64,7 @@ async def replay(
         where = (
             f"back on the list, {again.attempts} attempts"
             if outcome.kept
-            else "could not put it back on the list: logged in full"
+            else "its new error could not be stored; it stays on the list as it was"
         )
         print(f"{id_}: failed again ({_error(again)}); {where}")
     return code

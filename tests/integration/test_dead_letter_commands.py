@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 
 from app import views
 from app.domain import commands
@@ -173,3 +174,32 @@ async def test_list_shows_each_entry_in_a_line_or_all_of_it_as_json(
     listed = json.loads(capsys.readouterr().out)
     assert listed == [malformed.as_dict(), missing.as_dict()]
     assert listed[1]["message"] == missing.message
+
+
+async def test_a_replay_killed_half_way_loses_nothing(
+    service: Service, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref = random_ref("batch")
+    letter = await service.dead_letter(change(ref, 7))
+    await add_batch(service, ref)
+
+    # A replay claims the entry and dies before settling it, as under SIGKILL.
+    claim = await service.dead_letters.claim(letter.id)
+    assert claim is not None
+    assert await service.dead_letters.entries() == [letter]
+    # While its claim lasts, no one else replays the entry...
+    assert await command.replay(service.dead_letters, service.consumer, letter.id) == 1
+    assert await purchased(service, ref) == 10
+    # ...and once the claim runs out, the entry replays as any other.
+    client = Redis.from_url(redis_url)
+    try:
+        assert await client.pexpire(claim.lock, 1)
+        await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    capsys.readouterr()
+
+    assert await command.replay(service.dead_letters, service.consumer, letter.id) == 0
+    assert capsys.readouterr().out == f"{letter.id}: applied\n"
+    assert await service.dead_letters.entries() == []
+    assert await purchased(service, ref) == 7
