@@ -163,6 +163,11 @@ def is_unavailable(exc: BaseException) -> bool:
             return True
         if isinstance(e, asyncpg.InterfaceError) and "connection is closed" in str(e):
             return True
+        if isinstance(e, asyncpg.InternalClientError):
+            # The connection's protocol state is broken, as when the server's
+            # shutdown notice reached an idle pooled connection before its
+            # socket closed; a fresh connection is the remedy.
+            return True
     return False
 
 

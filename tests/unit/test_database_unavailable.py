@@ -60,6 +60,9 @@ UNAVAILABLE = [
     wrapped(asyncpg.TooManyConnectionsError("sorry, too many clients already")),
     invalidated(asyncpg.InterfaceError("connection is closed")),
     asyncpg.InterfaceError("connection is closed"),  # the read path meets it unwrapped
+    # An idle pooled connection that took the server's shutdown notice before
+    # its socket closed: the next query finds it still "consuming an error".
+    asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
     wrapped(ConnectionRefusedError(111, "Connection refused"), OperationalError),
 ]
 NOT_UNAVAILABLE = [
