@@ -33,6 +33,7 @@ from app.adapters import orm
 from app.config import Settings
 from app.main import create_app
 from tests.databases import ROOT, alembic_upgrade, postgres_database
+from tests.integration.event_helpers import RedisServer
 from tests.pg_cluster import PostgresCluster, find_bindir, running_cluster
 
 
@@ -136,6 +137,17 @@ async def client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             yield c
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server of the test's own on a free port, to stop and start at will."""
+    server = RedisServer(free_port(), tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 def random_ref(prefix: str) -> str:

@@ -293,6 +293,27 @@ async def query(database_url: str, sql: str, **params: Any) -> list[tuple[Any, .
         await engine.dispose()
 
 
+async def snapshot(http: httpx.AsyncClient, paths: list[str]) -> dict[str, tuple[int, Any]]:
+    """Each path's status and JSON body, read eight at a time."""
+    limit = asyncio.Semaphore(8)
+
+    async def read(path: str) -> tuple[int, Any]:
+        async with limit:
+            r = await http.get(path)
+        return r.status_code, r.json()
+
+    answers = await asyncio.gather(*(read(path) for path in paths))
+    return dict(zip(paths, answers, strict=True))
+
+
+async def allocations_of(
+    http: httpx.AsyncClient, orderids: list[str]
+) -> dict[str, tuple[int, Any]]:
+    """Each order's ``GET /allocations/{orderid}`` answer: status and body."""
+    answers = await snapshot(http, [f"/allocations/{orderid}" for orderid in orderids])
+    return dict(zip(orderids, answers.values(), strict=True))
+
+
 async def outbox_pending(database_url: str) -> int:
     rows = await query(database_url, "SELECT count(*) FROM outbox WHERE completed_at IS NULL")
     count: int = rows[0][0]

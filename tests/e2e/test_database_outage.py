@@ -32,6 +32,7 @@ from tests.e2e.processes import (
     query,
     run_cli,
     service_env,
+    snapshot,
     wait_for,
 )
 from tests.pg_cluster import PostgresCluster
@@ -229,18 +230,6 @@ async def client(n: int, http: httpx.AsyncClient, load: Load) -> None:
             await send("get_allocations", orderid, "GET", f"/allocations/{orderid}")
         else:
             await send("get_product", sku, "GET", f"/products/{sku}")
-
-
-async def snapshot(http: httpx.AsyncClient, paths: list[str]) -> dict[str, tuple[int, Any]]:
-    limit = asyncio.Semaphore(8)
-
-    async def read(path: str) -> tuple[int, Any]:
-        async with limit:
-            r = await http.get(path)
-        return r.status_code, r.json()
-
-    answers = await asyncio.gather(*(read(path) for path in paths))
-    return dict(zip(paths, answers, strict=True))
 
 
 async def test_an_outage_under_load_answers_503_fast_and_loses_nothing_acknowledged(

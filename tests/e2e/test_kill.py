@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from tests.conftest import random_ref
 from tests.e2e.processes import (
     Processes,
+    allocations_of,
     describe,
     fresh_database,
     outbox_pending,
@@ -125,18 +126,6 @@ async def client(n: int, http: httpx.AsyncClient, redis: Redis, load: Load) -> N
             load.ops.append(op)
             await redis.publish("change_batch_quantity", json.dumps({"batchref": ref, "qty": qty}))
             op.ended, op.outcome = time.monotonic(), "published"
-
-
-async def snapshot(http: httpx.AsyncClient, orderids: list[str]) -> dict[str, tuple[int, Any]]:
-    limit = asyncio.Semaphore(8)
-
-    async def read(orderid: str) -> tuple[int, Any]:
-        async with limit:
-            r = await http.get(f"/allocations/{orderid}")
-        return r.status_code, r.json()
-
-    answers = await asyncio.gather(*(read(o) for o in orderids))
-    return dict(zip(orderids, answers, strict=True))
 
 
 async def test_killing_the_api_under_load_loses_nothing(
@@ -243,14 +232,14 @@ async def test_killing_the_api_under_load_loses_nothing(
 
             # -- every order reads the same before and after rebuilding the views
             orderids = sorted(load.orders)
-            before = await snapshot(http, orderids)
+            before = await allocations_of(http, orderids)
             result = await run_cli(env, "rebuild-views")
             assert result.returncode == 0, describe(result)
             assert result.stdout.strip() == "views rebuilt", describe(result)
             assert re.search(r"^allocations_view: (\d+)/\1 rows$", result.stderr, re.M), describe(
                 result
             )
-            after = await snapshot(http, orderids)
+            after = await allocations_of(http, orderids)
             changed = {o: (before[o], after[o]) for o in orderids if before[o] != after[o]}
             assert not changed, f"views differ from the write model: {changed}"
 

@@ -14,11 +14,11 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, random_ref, require_program
-from tests.databases import ROOT, alembic_upgrade
-from tests.e2e.processes import Api, Processes, Service, service_env
+from tests.databases import ROOT
+from tests.e2e.processes import Api, Processes, Service, fresh_database, service_env
 from tests.e2e.test_lifecycle import json_lines
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 PREFIX = "/allocation"
 
@@ -50,11 +50,11 @@ def nginx() -> str:
 
 
 @pytest.fixture
-async def behind_nginx(nginx: str, tmp_path: Path) -> AsyncIterator[tuple[str, Api]]:
-    """(the proxy's URL with the prefix, the API behind it)."""
-    database = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
-    await asyncio.to_thread(alembic_upgrade, database)
-    async with Processes(tmp_path) as processes:
+async def behind_nginx(
+    nginx: str, postgres_server_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[str, Api]]:
+    """(the proxy's URL with the prefix, the API behind it, on PostgreSQL)."""
+    async with fresh_database(postgres_server_url) as database, Processes(tmp_path) as processes:
         api = processes.api(service_env(database, root_path=PREFIX))
         api.argv += ["--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"]
         await api.start_serving()

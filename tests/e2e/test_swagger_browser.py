@@ -1,7 +1,7 @@
 """Swagger UI in a real browser: add a batch, allocate a line, read the allocation back.
 
 It drives Debian's chromium (``apt-get install chromium``) through Playwright,
-against a real uvicorn on a fresh SQLite database. ``SWAGGER_SCREENSHOT=PATH``
+against a real uvicorn on PostgreSQL. ``SWAGGER_SCREENSHOT=PATH``
 also saves the final screen there: that is how the README's picture is made.
 """
 
@@ -11,21 +11,16 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 from playwright.sync_api import Locator, Page, Route, expect, sync_playwright
 
-from tests.conftest import free_port, random_ref, wait_until_serving
-from tests.databases import ROOT, alembic_upgrade
-from tests.e2e.processes import service_env
+from tests.conftest import random_ref
+from tests.databases import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -54,31 +49,10 @@ def chromium() -> str:
     return str(CHROMIUM)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    database = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
-    alembic_upgrade(database)
-    port = free_port()
-    with (tmp_path / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
-            cwd=ROOT,
-            env=service_env(database),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(url, process, time.monotonic() + 30)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-
-
 def test_a_person_allocates_and_reads_the_allocation_back_in_swagger_ui(
-    chromium: str, server: str, tmp_path: Path
+    chromium: str, uvicorn_url: str, tmp_path: Path
 ) -> None:
+    server = uvicorn_url  # a real uvicorn, two workers, on PostgreSQL
     ref, sku, orderid = random_ref("batch"), random_ref("SMALL-TABLE"), random_ref("order")
     screenshot = tmp_path / "swagger-flow.png"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,7 +23,7 @@ from app.container import Container
 from app.domain import commands
 from app.entrypoints.redis_consumer import CHANNEL, RedisConsumer
 from app.main import create_app
-from tests.conftest import free_port, random_ref
+from tests.conftest import random_ref
 from tests.integration.event_helpers import (
     RedisServer,
     allocated_row,
@@ -45,16 +44,6 @@ BEFORE, DURING = 5, 7
 async def events_postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
     async with private_postgres_database(postgres_server_url) as url:
         yield url
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

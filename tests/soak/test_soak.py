@@ -28,16 +28,16 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import free_port, random_ref
+from tests.conftest import random_ref
 from tests.e2e.processes import (
     Processes,
     Service,
+    allocations_of,
     describe,
     fresh_database,
     outbox_pending,
@@ -141,16 +141,6 @@ async def database(postgres_server_url: str) -> AsyncIterator[str]:
         yield url
 
 
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
 async def test_soak(database: str, redis_server: RedisServer, tmp_path: Path) -> None:
     env = service_env(database, redis_server.url, relay_interval=0.5)
     async with (
@@ -209,10 +199,10 @@ async def test_soak(database: str, redis_server: RedisServer, tmp_path: Path) ->
 
             # -- the views equal a rebuild, and no batch is oversold
             orderids = sorted(load.orders)
-            before = await snapshot(http, orderids)
+            before = await allocations_of(http, orderids)
             result = await run_cli(env, "rebuild-views")
             assert result.returncode == 0, describe(result)
-            after = await snapshot(http, orderids)
+            after = await allocations_of(http, orderids)
             differ = [o for o in orderids if before[o] != after[o]]
             # A batch never holds more than it has, and its counter agrees
             # with the lines allocated to it.
@@ -253,15 +243,3 @@ async def test_soak(database: str, redis_server: RedisServer, tmp_path: Path) ->
     for name in early:
         growth = late[name] / early[name]
         assert growth <= MEMORY_GROWTH_LIMIT, f"{name}: {early[name]:.0f} -> {late[name]:.0f} MB"
-
-
-async def snapshot(http: httpx.AsyncClient, orderids: list[str]) -> dict[str, tuple[int, Any]]:
-    limit = asyncio.Semaphore(8)
-
-    async def read(orderid: str) -> tuple[int, Any]:
-        async with limit:
-            r = await http.get(f"/allocations/{orderid}")
-        return r.status_code, r.json()
-
-    answers = await asyncio.gather(*(read(o) for o in orderids))
-    return dict(zip(orderids, answers, strict=True))
