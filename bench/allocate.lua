@@ -34,6 +34,6 @@ done = function(summary, latency, requests)
   for _, t in ipairs(threads) do
     a = a + t:get("accepted"); c = c + t:get("client_errors"); s = s + t:get("server_errors")
   end
-  io.write(string.format("p99_ms=%.2f accepted=%d client_errors=%d server_errors=%d\n",
-    latency:percentile(99) / 1000, a, c, s))
+  io.write(string.format("p50_ms=%.2f p99_ms=%.2f accepted=%d client_errors=%d server_errors=%d\n",
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, a, c, s))
 end
