@@ -91,14 +91,11 @@ class Settings(BaseSettings):
 
     relay_enabled: bool = Field(True, description="Run the outbox relay in the API process.")
     relay_interval: float = Field(
-        1.0, gt=0, le=3600, description="Seconds between looks at an empty outbox."
-    )
-    outbox_lease: float = Field(
-        30.0,
+        1.0,
         gt=0,
-        le=86400,
-        description="Seconds an event belongs to the process delivering it; after "
-        "that another relay may deliver it.",
+        le=3600,
+        description="Seconds between the relay's looks at the outbox for events "
+        "its own process did not just store (another's, or due again after a failure).",
     )
     outbox_retention: float = Field(
         86400.0, gt=0, description="Seconds a delivered event is kept in the outbox."

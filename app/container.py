@@ -6,7 +6,6 @@ from functools import partial
 
 from dependency_injector import containers, providers
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.adapters import database
 from app.adapters.dead_letters import RedisDeadLetters
@@ -20,11 +19,11 @@ from app.adapters.publisher import AbstractPublisher, NoPublisher, RedisPublishe
 from app.config import Settings
 from app.domain import commands, events
 from app.entrypoints.api.idempotency import Idempotency
-from app.faults import Faults
 from app.service_layer import handlers
+from app.service_layer.delivery import AfterCommitHandlers, Backoff, Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
-from app.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+from app.service_layer.unit_of_work import InlineHandlers, SqlAlchemyUnitOfWork
 
 
 async def redis_resource(url: str | None) -> AsyncIterator[Redis | None]:
@@ -38,8 +37,8 @@ async def redis_resource(url: str | None) -> AsyncIterator[Redis | None]:
         await client.aclose()
 
 
-def publisher(client: Redis | None, faults: Faults) -> AbstractPublisher:
-    return NoPublisher() if client is None else RedisPublisher(client, faults)
+def publisher(client: Redis | None) -> AbstractPublisher:
+    return NoPublisher() if client is None else RedisPublisher(client)
 
 
 def dead_letters(client: Redis | None, key: str) -> RedisDeadLetters | None:
@@ -57,14 +56,12 @@ def notifications(settings: Settings) -> AbstractNotifications:
 def relay_settings(settings: Settings) -> RelaySettings:
     return RelaySettings(
         poll_interval=settings.relay_interval,
-        lease=timedelta(seconds=settings.outbox_lease),
         retention=timedelta(seconds=settings.outbox_retention),
     )
 
 
 class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(Settings)
-    faults = providers.Singleton(Faults)  # armed by tests only
 
     engine = providers.Resource(
         database.engine_resource,
@@ -82,8 +79,7 @@ class Container(containers.DeclarativeContainer):
     )
     redis = providers.Resource(redis_resource, url=settings.provided.redis_url)
 
-    session_factory = providers.Singleton(async_sessionmaker, engine, expire_on_commit=False)
-    publisher = providers.Singleton(publisher, client=redis, faults=faults)
+    publisher = providers.Singleton(publisher, client=redis)
     dead_letters = providers.Singleton(
         dead_letters, client=redis, key=settings.provided.dead_letter_key
     )
@@ -97,13 +93,68 @@ class Container(containers.DeclarativeContainer):
     )
     idempotency = providers.Singleton(Idempotency, keys=idempotency_keys)
 
-    uow = providers.Factory(
-        SqlAlchemyUnitOfWork,
-        session_factory=session_factory,
-        faults=faults,
-        lease=relay_settings.provided.lease,
+    # Event handlers, under the names they are known by (stored, for the
+    # after-commit ones: a name outlives its function's). Built once.
+    # Inline: in the transaction that raised the event; they write only this database.
+    inline_handlers: providers.Singleton[InlineHandlers] = providers.Singleton(
+        dict,
+        providers.Dict(
+            {
+                events.BatchCreated: providers.Dict(
+                    add_batch_to_read_model=providers.Object(handlers.add_batch_to_read_model),
+                ),
+                events.BatchQuantityChanged: providers.Dict(
+                    resize_batch_in_read_model=providers.Object(
+                        handlers.resize_batch_in_read_model
+                    ),
+                ),
+                events.Allocated: providers.Dict(
+                    add_allocation_to_read_model=providers.Object(
+                        handlers.add_allocation_to_read_model
+                    ),
+                ),
+                events.Deallocated: providers.Dict(
+                    remove_allocation_from_read_model=providers.Object(
+                        handlers.remove_allocation_from_read_model
+                    ),
+                    reallocate=providers.Object(handlers.reallocate),
+                ),
+            }
+        ),
+    )
+    # After the commit, from the outbox: they reach outside this database.
+    after_commit_handlers: providers.Singleton[AfterCommitHandlers] = providers.Singleton(
+        dict,
+        providers.Dict(
+            {
+                events.Allocated: providers.Dict(
+                    publish_allocated_event=providers.Factory(
+                        partial, handlers.publish_allocated_event, publisher=publisher
+                    ),
+                ),
+                events.OutOfStock: providers.Dict(
+                    send_out_of_stock_notification=providers.Factory(
+                        partial,
+                        handlers.send_out_of_stock_notification,
+                        notifications=notifications,
+                    ),
+                ),
+            }
+        ),
     )
 
+    uow = providers.Factory(
+        SqlAlchemyUnitOfWork,
+        engine=engine,
+        inline=inline_handlers,
+        after_commit=after_commit_handlers,
+    )
+    delivery = providers.Singleton(
+        Delivery,
+        uow_factory=uow.provider,
+        handlers=after_commit_handlers,
+        backoff=providers.Singleton(Backoff),
+    )
     command_handlers = providers.Dict(
         {
             commands.CreateBatch: providers.Object(handlers.add_batch),
@@ -111,44 +162,14 @@ class Container(containers.DeclarativeContainer):
             commands.ChangeBatchQuantity: providers.Object(handlers.change_batch_quantity),
         }
     )
-    event_handlers = providers.Dict(
-        {
-            events.BatchCreated: providers.List(
-                providers.Object(handlers.update_batch_read_model),
-            ),
-            events.BatchQuantityChanged: providers.List(
-                providers.Object(handlers.update_batch_read_model),
-            ),
-            events.Allocated: providers.List(
-                providers.Object(handlers.add_allocation_to_read_model),
-                providers.Factory(partial, handlers.publish_allocated_event, publisher=publisher),
-            ),
-            events.Deallocated: providers.List(
-                providers.Object(handlers.remove_allocation_from_read_model),
-                providers.Object(handlers.reallocate),
-            ),
-            events.OutOfStock: providers.List(
-                providers.Factory(
-                    partial,
-                    handlers.send_out_of_stock_notification,
-                    notifications=notifications,
-                ),
-            ),
-        }
-    )
-
     bus = providers.Factory(
         MessageBus,
         uow_factory=uow.provider,
         command_handlers=command_handlers,
-        event_handlers=event_handlers,
         retry=retry,
-        faults=faults,
-        lease=relay_settings.provided.lease,
+        delivery=delivery,
     )
-    relay = providers.Singleton(
-        Relay, uow_factory=uow.provider, bus_factory=bus.provider, settings=relay_settings
-    )
+    relay = providers.Singleton(Relay, delivery=delivery, settings=relay_settings)
 
 
 _ASYNC_RESOURCES = ("engine", "read_engine", "redis")

@@ -11,7 +11,6 @@ from fastapi_offline import FastAPIOffline
 
 from app import container as composition
 from app import logs
-from app.adapters import orm
 from app.adapters.schema import StartupError, check_database
 from app.config import Settings
 from app.container import Container
@@ -23,7 +22,6 @@ logger = logging.getLogger("app.main")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; nothing connects until its lifespan starts."""
-    orm.start_mappers()
     container = Container()
     if settings is not None:
         container.settings.override(providers.Object(settings))

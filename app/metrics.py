@@ -53,9 +53,14 @@ RELAY_FAILURES = Counter(
     "allocation_relay_failures_total",
     "Outbox relay passes that failed, and events it could not deliver whole",
 )
-PROJECTION_LAG = Histogram(
-    "allocation_projection_lag_seconds",
-    "From an event's commit to the read model showing it",
+PRUNE_FAILURES = Counter(
+    "allocation_outbox_prune_failures_total",
+    "Passes at pruning delivered events that failed; the outbox grows meanwhile",
+)
+DELIVERY_LAG = Histogram(
+    "allocation_event_delivery_lag_seconds",
+    "From an event to an after-commit handler finishing with it (read models "
+    "have none: they change in the event's own transaction)",
     ["handler"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0),
 )
@@ -69,15 +74,16 @@ OUTBOX_OLDEST = Gauge(
     "Age of the oldest undelivered event (0 when none)",
     multiprocess_mode="mostrecent",
 )
+OUTBOX_OLDEST_DELIVERED = Gauge(
+    "allocation_outbox_oldest_delivered_seconds",
+    "Age of the oldest delivered event still kept; well past OUTBOX_RETENTION, "
+    "pruning is not keeping up",
+    multiprocess_mode="mostrecent",
+)
 OUTBOX_FAILING = Gauge(
     "allocation_outbox_failing_events",
     "Undelivered events whose handlers failed at least once",
     multiprocess_mode="mostrecent",
-)
-
-# The handlers that keep the read model: their delay is the projection lag.
-PROJECTIONS = frozenset(
-    {"update_batch_read_model", "add_allocation_to_read_model", "remove_allocation_from_read_model"}
 )
 
 _COUNTED: dict[type[events.Event], Counter] = {
@@ -109,10 +115,9 @@ def committed(new: list[events.Event]) -> None:
             counter.inc()
 
 
-def handled(handler: str, event: events.Event) -> None:
-    if handler in PROJECTIONS:
-        lag = (datetime.now(UTC) - event.occurred_at).total_seconds()
-        PROJECTION_LAG.labels(handler).observe(max(lag, 0.0))
+def delivered(handler: str, event: events.Event) -> None:
+    lag = (datetime.now(UTC) - event.occurred_at).total_seconds()
+    DELIVERY_LAG.labels(handler).observe(max(lag, 0.0))
 
 
 def serve(port: int) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Collection
+from datetime import datetime
 from typing import Any
 
 from app.adapters.notifications import AbstractNotifications
@@ -12,8 +13,7 @@ from app.adapters.projections import AbstractReadModel
 from app.adapters.publisher import AbstractPublisher
 from app.adapters.repository import AbstractRepository
 from app.domain import events, model
-from app.faults import Faults
-from app.service_layer.unit_of_work import AbstractUnitOfWork
+from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers
 
 
 class FakeRepository(AbstractRepository):
@@ -38,23 +38,17 @@ class FakeReadModel(AbstractReadModel):
     def __init__(self, products: dict[str, model.Product]) -> None:
         self._products = products
         self.allocations: dict[tuple[str, str], str | None] = {}
+        self._versions: dict[tuple[str, str], int] = {}
         self.batches: dict[str, dict[str, object]] = {}
 
-    async def allocation_refreshed(self, orderid: str, sku: str) -> None:
-        product = self._products.get(sku)
-        if product is None:
-            return
-        self.allocations[(orderid, sku)] = next(
-            (
-                b.reference
-                for b in product.batches
-                for line in b.allocations
-                if line.orderid == orderid
-            ),
-            None,
-        )
+    async def allocation_changed(
+        self, orderid: str, sku: str, batchref: str | None, version: int
+    ) -> None:
+        if self._versions.get((orderid, sku), -1) < version:
+            self.allocations[(orderid, sku)] = batchref
+            self._versions[(orderid, sku)] = version
 
-    async def batch_refreshed(self, ref: str) -> None:
+    async def batch_changed(self, ref: str) -> None:
         for product in self._products.values():
             for b in product.batches:
                 if b.reference == ref:
@@ -87,34 +81,30 @@ class FakeOutbox(AbstractOutbox):
     rows: dict[str, OutboxRow] = field(default_factory=dict)
     handled: set[tuple[str, str]] = field(default_factory=set)
 
-    async def add(self, new: list[events.Event], available_at: datetime) -> None:
+    async def add(self, new: list[events.Event]) -> None:
         for e in new:
-            self.rows[e.id] = OutboxRow(e, available_at)
+            self.rows[e.id] = OutboxRow(e, utcnow())
 
-    async def record_handled(self, event_id: str, handler: str) -> bool:
-        if (event_id, handler) in self.handled:
-            return False
-        self.handled.add((event_id, handler))
-        return True
-
-    async def claim(self, limit: int, lease: timedelta) -> list[Pending]:
+    async def claim(self, limit: int) -> list[Pending]:
         now = utcnow()
         due = [r for r in self.rows.values() if not r.completed and r.available_at <= now]
-        claimed = []
-        for row in due[:limit]:
-            row.available_at = now + lease
-            done = frozenset(h for i, h in self.handled if i == row.event.id)
-            claimed.append(Pending(row.event, row.attempts, done))
-        return claimed
+        return [
+            Pending(
+                row.event,
+                row.attempts,
+                frozenset(h for i, h in self.handled if i == row.event.id),
+            )
+            for row in due[:limit]
+        ]
 
-    async def release(self, event_ids: list[str]) -> None:
+    async def delivered(self, event_ids: list[str]) -> None:
         for event_id in event_ids:
-            self.rows[event_id].available_at = utcnow()
+            self.rows[event_id].completed = True
 
-    async def complete(self, event_id: str) -> None:
-        self.rows[event_id].completed = True
-
-    async def failed(self, event_id: str, error: str, retry_at: datetime) -> None:
+    async def retry_later(
+        self, event_id: str, error: str, retry_at: datetime, finished: list[str]
+    ) -> None:
+        self.handled.update((event_id, name) for name in finished)
         row = self.rows[event_id]
         row.attempts += 1
         row.last_error = error
@@ -122,7 +112,8 @@ class FakeOutbox(AbstractOutbox):
 
     async def stats(self, failing_after: int) -> OutboxStats:
         pending = [r for r in self.rows.values() if not r.completed]
-        return OutboxStats(len(pending), sum(r.attempts >= failing_after for r in pending), None)
+        failing = sum(r.attempts >= failing_after for r in pending)
+        return OutboxStats(len(pending), failing, None, None)
 
     async def failing(self, failing_after: int, limit: int) -> list[FailingEvent]:
         rows = [r for r in self.rows.values() if not r.completed and r.attempts >= failing_after]
@@ -132,8 +123,11 @@ class FakeOutbox(AbstractOutbox):
             for r in rows[:limit]
         ]
 
-    async def prune(self, before: datetime) -> int:
+    async def prune(self, before: datetime, limit: int) -> int:
         return 0
+
+    async def reclaim_space(self) -> None:
+        pass
 
     def pending(self) -> list[events.Event]:
         return [r.event for r in self.rows.values() if not r.completed]
@@ -150,14 +144,17 @@ class FakeStore:
 
 
 class FakeUnitOfWork(AbstractUnitOfWork):
-    def __init__(self, store: FakeStore, faults: Faults | None = None) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        store: FakeStore,
+        inline: InlineHandlers | None = None,
+        after_commit: Collection[type[events.Event]] = (),
+    ) -> None:
+        super().__init__(inline, after_commit)
         self.store = store
         self.products = FakeRepository(store.products)
         self.read_model = store.read_model
         self.outbox = store.outbox
-        self.faults = faults or Faults()
-        self.lease = timedelta(seconds=30)
 
     async def _commit(self) -> None:
         self.store.commits += 1
@@ -170,17 +167,27 @@ class FakeNotifications(AbstractNotifications):
     def __init__(self) -> None:
         self.sent: list[str] = []
 
-    async def send_out_of_stock(self, sku: str) -> None:
+    async def send_out_of_stock(self, sku: str, event_id: str) -> None:
         self.sent.append(sku)
 
 
 class FakePublisher(AbstractPublisher):
-    """Fails where the Redis publisher would, at the "publish" step of ``faults``."""
-
-    def __init__(self, faults: Faults | None = None) -> None:
+    def __init__(self) -> None:
         self.published: list[tuple[str, dict[str, Any]]] = []
-        self._faults = faults or Faults()
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
-        self._faults.check("publish")
+        self.published.append((channel, payload))
+
+
+class FailingPublisher(AbstractPublisher):
+    """Fails the next ``times`` publishes, as Redis would while it is down."""
+
+    def __init__(self, times: int = 1) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+        self.times = times
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        if self.times > 0:
+            self.times -= 1
+            raise ConnectionError("publisher down")
         self.published.append((channel, payload))

@@ -1,16 +1,21 @@
 """Engines: how the service talks to SQLite and PostgreSQL."""
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+import abc
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, TypeAlias
 
 import asyncpg  # type: ignore[import-untyped]
+import orjson
 from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.sql.base import Executable
 
 # serialization_failure, deadlock_detected, lock_not_available
 _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}
@@ -133,14 +138,16 @@ def is_retryable(exc: BaseException) -> bool:
     Integrity errors count: two requests creating the same row at once is a
     collision, and the handler run again sees the other's row.
     """
-    if isinstance(exc, StaleDataError | IntegrityError):
-        return True
-    if isinstance(exc, DBAPIError):
-        cause = exc.orig.__cause__ if exc.orig is not None else None
-        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
-        if sqlstate in _RETRYABLE_SQLSTATES:
+    for e in _chain(exc):
+        if isinstance(e, StaleDataError | IntegrityError):
             return True
-        return "database is locked" in str(exc.orig)
+        sqlstate = getattr(e, "sqlstate", None)
+        if isinstance(sqlstate, str) and (
+            sqlstate in _RETRYABLE_SQLSTATES or sqlstate.startswith("23")
+        ):
+            return True
+        if isinstance(e, DBAPIError) and "database is locked" in str(e.orig):
+            return True
     return False
 
 
@@ -188,3 +195,181 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         yield current
         orig = current.orig if isinstance(current, DBAPIError) else None
         current = current.__cause__ or (orig if isinstance(orig, BaseException) else None)
+
+
+Params: TypeAlias = Mapping[str, Any]
+
+
+class Transaction(abc.ABC):
+    """One transaction on one connection of the writer engine, opened at its first statement.
+
+    It runs Core statements built once. On PostgreSQL they are compiled once
+    per process and run on the asyncpg connection itself, as the reads are:
+    SQLAlchemy's execution layer would cost more CPU than the write's own
+    work. On SQLite they go through SQLAlchemy, which holds the write lock
+    from the first statement (BEGIN IMMEDIATE).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @abc.abstractmethod
+    async def execute(self, statement: Executable, params: Params | None = None) -> int:
+        """Run ``statement``; returns how many rows it touched."""
+
+    @abc.abstractmethod
+    async def execute_many(self, statement: Executable, rows: Sequence[Params]) -> None: ...
+
+    @abc.abstractmethod
+    async def fetch(self, statement: Executable, params: Params | None = None) -> Sequence[Any]:
+        """The rows ``statement`` returns, each indexable by position."""
+
+    async def scalar(self, statement: Executable, params: Params | None = None) -> Any:
+        rows = await self.fetch(statement, params)
+        return rows[0][0] if rows else None
+
+    @abc.abstractmethod
+    async def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Roll back what was not committed, and give the connection back."""
+
+
+def transaction(engine: AsyncEngine) -> Transaction:
+    if engine.dialect.name == "postgresql":
+        return _AsyncpgTransaction(engine)
+    return _SqlAlchemyTransaction(engine)
+
+
+class _SqlAlchemyTransaction(Transaction):
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self._conn: AsyncConnection | None = None
+
+    async def _connection(self) -> AsyncConnection:
+        if self._conn is None:
+            self._conn = await self.engine.connect()
+            await self._conn.begin()
+        return self._conn
+
+    async def execute(self, statement: Executable, params: Params | None = None) -> int:
+        conn = await self._connection()
+        result = await conn.execute(statement, params)
+        return int(result.rowcount)
+
+    async def execute_many(self, statement: Executable, rows: Sequence[Params]) -> None:
+        conn = await self._connection()
+        await conn.execute(statement, [dict(row) for row in rows])
+
+    async def fetch(self, statement: Executable, params: Params | None = None) -> Sequence[Any]:
+        conn = await self._connection()
+        rows: Sequence[Any] = (await conn.execute(statement, params)).all()
+        return rows
+
+    async def commit(self) -> None:
+        if self._conn is not None:
+            await self._conn.commit()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()  # rolls back what is uncommitted
+
+
+class _AsyncpgTransaction(Transaction):
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self._raw: PoolProxiedConnection | None = None
+        self._driver: Any = None
+        self._open = False
+
+    async def _connection(self) -> Any:
+        if self._driver is None:
+            self._raw = await self.engine.raw_connection()
+            self._driver = self._raw.driver_connection
+            await self._run(self._driver.execute, "BEGIN")
+            self._open = True
+        return self._driver
+
+    async def _run(self, method: Any, *args: Any) -> Any:
+        try:
+            return await method(*args)
+        except BaseException as e:
+            if self._raw is not None and (is_unavailable(e) or not isinstance(e, Exception)):
+                # A connection cut or cancelled mid-statement is not given back.
+                discard(self.engine, self._raw, e)
+                self._open = False
+            raise
+
+    async def execute(self, statement: Executable, params: Params | None = None) -> int:
+        driver = await self._connection()
+        compiled = _compiled(statement, self.engine.dialect)
+        status: str = await self._run(driver.execute, compiled.sql, *_args(compiled, params or {}))
+        count = status.rsplit(" ", 1)[-1]
+        return int(count) if count.isdigit() else 0
+
+    async def execute_many(self, statement: Executable, rows: Sequence[Params]) -> None:
+        driver = await self._connection()
+        compiled = _compiled(statement, self.engine.dialect)
+        await self._run(driver.executemany, compiled.sql, [_args(compiled, row) for row in rows])
+
+    async def fetch(self, statement: Executable, params: Params | None = None) -> Sequence[Any]:
+        driver = await self._connection()
+        compiled = _compiled(statement, self.engine.dialect)
+        rows: Sequence[Any] = await self._run(
+            driver.fetch, compiled.sql, *_args(compiled, params or {})
+        )
+        return rows
+
+    async def commit(self) -> None:
+        if self._open:
+            await self._run(self._driver.execute, "COMMIT")
+            self._open = False
+
+    async def close(self) -> None:
+        raw, self._raw, self._driver = self._raw, None, None
+        if raw is None:
+            return
+        try:
+            if self._open:
+                self._open = False
+                await raw.driver_connection.execute("ROLLBACK")  # type: ignore[union-attr]
+        except BaseException as e:
+            discard(self.engine, raw, e)
+            raise
+        finally:
+            raw.close()
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]  # of the parameters, in order
+    defaults: dict[str, Any]  # values the statement itself gives
+
+
+@cache
+def _compiled(statement: Executable, dialect: Dialect) -> _Compiled:
+    compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+    names = tuple(compiled.positiontup or ())
+    defaults = {
+        name: compiled.binds[name].value
+        for name in names
+        if compiled.binds[name].value is not None or not compiled.binds[name].required
+    }
+    return _Compiled(str(compiled), names, defaults)
+
+
+def _args(compiled: _Compiled, params: Mapping[str, Any]) -> list[Any]:
+    # JSON columns: the dialect's codec for asyncpg takes the text.
+    return [
+        orjson.dumps(v).decode()
+        if isinstance(v := params[name] if name in params else compiled.defaults[name], dict | list)
+        else v
+        for name in compiled.names
+    ]

@@ -3,6 +3,7 @@
 import abc
 import logging
 from email.message import EmailMessage
+from email.utils import formatdate
 
 import aiosmtplib
 
@@ -11,7 +12,8 @@ logger = logging.getLogger(__name__)
 
 class AbstractNotifications(abc.ABC):
     @abc.abstractmethod
-    async def send_out_of_stock(self, sku: str) -> None: ...
+    async def send_out_of_stock(self, sku: str, event_id: str) -> None:
+        """Tell of ``sku`` running out; the same ``event_id`` means the same notice."""
 
 
 class EmailNotifications(AbstractNotifications):
@@ -26,11 +28,14 @@ class EmailNotifications(AbstractNotifications):
         self._recipient = recipient
         self._timeout = timeout
 
-    async def send_out_of_stock(self, sku: str) -> None:
+    async def send_out_of_stock(self, sku: str, event_id: str) -> None:
         message = EmailMessage()
         message["From"] = self._sender
         message["To"] = self._recipient
         message["Subject"] = f"Out of stock: {sku}"
+        message["Date"] = formatdate(localtime=False)
+        # Sent again after a crash, it is recognisably the same message.
+        message["Message-ID"] = f"<{event_id}@allocation.out-of-stock>"
         message.set_content(
             f"An order for {sku} could not be allocated: no batch has enough stock left.\n"
         )
@@ -40,5 +45,5 @@ class EmailNotifications(AbstractNotifications):
 class LogNotifications(AbstractNotifications):
     """Used while no mail server is configured: the notice goes to the log."""
 
-    async def send_out_of_stock(self, sku: str) -> None:
+    async def send_out_of_stock(self, sku: str, event_id: str) -> None:
         logger.warning("out of stock: %s (no SMTP_HOST set, so no email is sent)", sku)

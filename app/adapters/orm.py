@@ -1,6 +1,8 @@
-"""Tables, and the imperative mapping of the domain onto the write tables."""
+"""Tables: the write model's, the read side's projections, the outbox's.
 
-from typing import Any
+The domain knows nothing of them: the repository reads and writes the
+aggregate with Core statements on these tables (app.adapters.repository).
+"""
 
 from sqlalchemy import (
     JSON,
@@ -15,11 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    event,
 )
-from sqlalchemy.orm import registry, relationship
-
-from app.domain import model
 
 REF = 255  # longest reference, sku or order id, in characters
 
@@ -144,42 +142,3 @@ idempotency_keys = Table(
     Column("created_at", DateTime, nullable=False),
     Column("expires_at", DateTime, nullable=False, index=True),
 )
-
-mapper_registry = registry(metadata=metadata)
-
-
-def start_mappers() -> None:
-    """Map the domain classes onto the write tables; safe to call repeatedly."""
-    if mapper_registry.mappers:
-        return
-    lines_mapper = mapper_registry.map_imperatively(model.OrderLine, order_lines)
-    batches_mapper = mapper_registry.map_imperatively(
-        model.Batch,
-        batches,
-        properties={
-            "allocations": relationship(
-                lines_mapper,
-                secondary=allocations,
-                collection_class=set,
-                # Never loaded implicitly: the repository decides which lines
-                # a command needs (see app.domain.model).
-                lazy="raise",
-                cascade="all, delete-orphan",
-                single_parent=True,
-            ),
-        },
-    )
-    mapper_registry.map_imperatively(
-        model.Product,
-        products,
-        version_id_col=products.c.version_number,
-        version_id_generator=False,
-        properties={
-            "batches": relationship(batches_mapper, lazy="raise", order_by=batches.c.id),
-        },
-    )
-    event.listen(model.Product, "load", _receive_load)
-
-
-def _receive_load(product: model.Product, _: Any) -> None:
-    product.events = []

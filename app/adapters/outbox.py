@@ -1,23 +1,35 @@
 """The outbox: events stored with the change that raised them, until delivered.
 
-It also keeps the ledger of which handler has processed which event, so that
-a redelivered event runs only the handlers that have not finished.
+It also keeps the ledger of which after-commit handler has finished with
+which event, for events that one handler failed and another did not: their
+redelivery runs only the unfinished ones.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Insert, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Delete,
+    Insert,
+    Select,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.adapters import orm
+from app.adapters.database import Transaction
 from app.domain import events
 
 EVENT_TYPES: dict[str, type[events.Event]] = {
@@ -45,7 +57,7 @@ def deserialise(type_name: str, payload: dict[str, Any]) -> events.Event:
 
 @dataclass(frozen=True)
 class Pending:
-    """An event claimed for redelivery, and the handlers that already processed it."""
+    """A claimed event, how often delivering it failed, and its handlers that finished."""
 
     event: events.Event
     attempts: int
@@ -57,6 +69,7 @@ class OutboxStats:
     pending: int
     failing: int
     oldest_pending_age: float | None  # seconds
+    oldest_delivered_age: float | None  # seconds: past the retention, pruning lags
 
 
 @dataclass(frozen=True)
@@ -69,26 +82,26 @@ class FailingEvent:
 
 class AbstractOutbox(abc.ABC):
     @abc.abstractmethod
-    async def add(self, new: list[events.Event], available_at: datetime) -> None:
-        """Store events in the current transaction."""
+    async def add(self, new: list[events.Event]) -> None:
+        """Store events in the current transaction, due for delivery at once."""
 
     @abc.abstractmethod
-    async def record_handled(self, event_id: str, handler: str) -> bool:
-        """Record that ``handler`` processed the event; False if it already had."""
+    async def claim(self, limit: int) -> list[Pending]:
+        """Up to ``limit`` due events, oldest first, held until this transaction ends.
+
+        On PostgreSQL they are row-locked, and skipped by every other claim
+        until then: if this process dies, the server ends the transaction
+        and they are due again at once.
+        """
 
     @abc.abstractmethod
-    async def claim(self, limit: int, lease: timedelta) -> list[Pending]:
-        """Take up to ``limit`` undelivered events that nobody holds, for ``lease``."""
+    async def delivered(self, event_ids: list[str]) -> None: ...
 
     @abc.abstractmethod
-    async def release(self, event_ids: list[str]) -> None:
-        """Make claimed events due again at once."""
-
-    @abc.abstractmethod
-    async def complete(self, event_id: str) -> None: ...
-
-    @abc.abstractmethod
-    async def failed(self, event_id: str, error: str, retry_at: datetime) -> None: ...
+    async def retry_later(
+        self, event_id: str, error: str, retry_at: datetime, finished: list[str]
+    ) -> None:
+        """Count a failed delivery; record the handlers that ``finished`` with the event."""
 
     @abc.abstractmethod
     async def stats(self, failing_after: int) -> OutboxStats: ...
@@ -98,15 +111,77 @@ class AbstractOutbox(abc.ABC):
         """The undelivered events tried most often, with their last error."""
 
     @abc.abstractmethod
-    async def prune(self, before: datetime) -> int:
-        """Forget delivered events, and the ledger of events no longer kept."""
+    async def prune(self, before: datetime, limit: int) -> int:
+        """Forget up to ``limit`` events delivered before ``before``, and their ledger."""
+
+    @abc.abstractmethod
+    async def reclaim_space(self) -> None:
+        """Make what pruning freed reusable, where the database does not by itself."""
 
 
-_COMPLETE = (
-    update(orm.outbox)
-    .where(orm.outbox.c.id == bindparam("event_id"))
-    .values(completed_at=bindparam("now"), last_error=None)
-)
+class _Statements:
+    """Built once: compiling a statement costs more than running it here."""
+
+    def __init__(self) -> None:
+        o, p = orm.outbox.c, orm.processed_messages.c
+        # (Parameters of INSERT and UPDATE may not be named as the table's columns.)
+        self.add: Insert = insert(orm.outbox).values(
+            {name: bindparam(f"new_{name}") for name in _ADDED}
+        )
+        self.claim: Select[Any] = (
+            select(o.id, o.type, o.payload, o.attempts)
+            .where(o.completed_at.is_(None), o.available_at <= bindparam("now"))
+            .order_by(o.available_at)
+            .limit(bindparam("limit"))
+            # SQLite has a single writer and ignores the clause.
+            .with_for_update(skip_locked=True)
+        )
+        self.handled: Select[Any] = select(p.handler).where(p.message_id == bindparam("id"))
+        self.delivered: Update = (
+            update(orm.outbox)
+            .where(o.id == bindparam("event_id"))
+            .values(completed_at=bindparam("now"), last_error=None)
+        )
+        self.retry_later: Update = (
+            update(orm.outbox)
+            .where(o.id == bindparam("event_id"))
+            .values(
+                attempts=o.attempts + 1,
+                last_error=bindparam("error"),
+                available_at=bindparam("retry_at"),
+            )
+        )
+        prunable = (
+            select(o.id)
+            .where(o.completed_at < bindparam("before"))
+            .order_by(o.completed_at)
+            .limit(bindparam("limit"))
+        )
+        self.prune_ledger: Delete = delete(orm.processed_messages).where(
+            p.message_id.in_(prunable.scalar_subquery())
+        )
+        self.prune_events: Delete = delete(orm.outbox).where(o.id.in_(prunable.scalar_subquery()))
+        self.stats: Select[Any] = select(  # type: ignore[assignment]
+            func.count(),
+            func.count().filter(o.attempts >= bindparam("failing_after")),
+            func.min(o.created_at),
+        ).where(o.completed_at.is_(None))
+        # The completed_at index answers this at once, however many rows there are.
+        self.oldest_delivered: Select[Any] = select(func.min(o.completed_at))
+        self.failing: Select[Any] = (
+            select(o.id, o.type, o.attempts, o.last_error)
+            .where(o.completed_at.is_(None), o.attempts >= bindparam("failing_after"))
+            .order_by(o.attempts.desc(), o.created_at)
+            .limit(bindparam("limit"))
+        )
+
+
+_ADDED = ("id", "type", "payload", "sku", "version", "created_at", "available_at")
+
+
+@cache
+def _statements() -> _Statements:
+    return _Statements()
 
 
 @cache
@@ -117,126 +192,100 @@ def _record(dialect_name: str) -> Insert:
 
 
 class SqlAlchemyOutbox(AbstractOutbox):
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
 
-    async def add(self, new: list[events.Event], available_at: datetime) -> None:
+    async def add(self, new: list[events.Event]) -> None:
         if not new:
             return
         now = utcnow()
         rows = [
             {
-                "id": e.id,
-                "type": type(e).__name__,
-                "payload": serialise(e),
-                "sku": getattr(e, "sku", None),
-                "version": getattr(e, "version", None),
-                "created_at": now,
-                "available_at": available_at,
+                "new_id": e.id,
+                "new_type": type(e).__name__,
+                "new_payload": serialise(e),
+                "new_sku": getattr(e, "sku", None),
+                "new_version": getattr(e, "version", None),
+                "new_created_at": now,
+                "new_available_at": now,
             }
             for e in new
         ]
-        await self.session.execute(insert(orm.outbox), rows)
+        if len(rows) == 1:
+            await self._tx.execute(_statements().add, rows[0])
+        else:
+            await self._tx.execute_many(_statements().add, rows)
 
-    async def record_handled(self, event_id: str, handler: str) -> bool:
-        result = await self.session.execute(
-            _record(self.session.get_bind().dialect.name),
-            {"message_id": event_id, "handler": handler, "processed_at": utcnow()},
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+    async def claim(self, limit: int) -> list[Pending]:
+        statements = _statements()
+        rows = await self._tx.fetch(statements.claim, {"now": utcnow(), "limit": limit})
+        claimed = []
+        for event_id, type_name, payload, attempts in rows:
+            handled: frozenset[str] = frozenset()
+            if attempts:  # only a failed delivery records handlers
+                found = await self._tx.fetch(statements.handled, {"id": event_id})
+                handled = frozenset(handler for (handler,) in found)
+            claimed.append(Pending(deserialise(type_name, payload), attempts, handled))
+        return claimed
 
-    async def claim(self, limit: int, lease: timedelta) -> list[Pending]:
-        o = orm.outbox.c
-        now = utcnow()
-        # SKIP LOCKED lets several relays claim side by side on PostgreSQL;
-        # SQLite has a single writer and ignores the clause.
-        due = (
-            select(o.id)
-            .where(o.completed_at.is_(None), o.available_at <= now)
-            .order_by(o.available_at, o.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        ids = list(await self.session.scalars(due))
-        if not ids:
-            return []
-        await self.session.execute(
-            update(orm.outbox).where(o.id.in_(ids)).values(available_at=now + lease)
-        )
-        rows = (
-            await self.session.execute(
-                select(o.id, o.type, o.payload, o.attempts)
-                .where(o.id.in_(ids))
-                .order_by(o.created_at)
+    async def delivered(self, event_ids: list[str]) -> None:
+        if event_ids:
+            now = utcnow()
+            await self._tx.execute_many(
+                _statements().delivered,
+                [{"event_id": event_id, "now": now} for event_id in event_ids],
             )
-        ).all()
-        p = orm.processed_messages.c
-        handled: dict[str, set[str]] = {}
-        for message_id, handler in await self.session.execute(
-            select(p.message_id, p.handler).where(p.message_id.in_(ids))
-        ):
-            handled.setdefault(message_id, set()).add(handler)
-        return [
-            Pending(
-                event=deserialise(r.type, r.payload),
-                attempts=r.attempts,
-                handled=frozenset(handled.get(r.id, ())),
+
+    async def retry_later(
+        self, event_id: str, error: str, retry_at: datetime, finished: list[str]
+    ) -> None:
+        if finished:
+            now = utcnow()
+            await self._tx.execute_many(
+                _record(self._tx.dialect),
+                [{"message_id": event_id, "handler": h, "processed_at": now} for h in finished],
             )
-            for r in rows
-        ]
-
-    async def release(self, event_ids: list[str]) -> None:
-        o = orm.outbox.c
-        await self.session.execute(
-            update(orm.outbox)
-            .where(o.id.in_(event_ids), o.completed_at.is_(None))
-            .values(available_at=utcnow())
-        )
-
-    async def complete(self, event_id: str) -> None:
-        await self.session.execute(_COMPLETE, {"event_id": event_id, "now": utcnow()})
-
-    async def failed(self, event_id: str, error: str, retry_at: datetime) -> None:
-        o = orm.outbox.c
-        await self.session.execute(
-            update(orm.outbox)
-            .where(o.id == event_id, o.completed_at.is_(None))
-            .values(attempts=o.attempts + 1, last_error=error[:2000], available_at=retry_at)
+        await self._tx.execute(
+            _statements().retry_later,
+            {"event_id": event_id, "error": error[:2000], "retry_at": retry_at},
         )
 
     async def stats(self, failing_after: int) -> OutboxStats:
-        o = orm.outbox.c
-        row = (
-            await self.session.execute(
-                select(
-                    func.count(),
-                    func.count().filter(o.attempts >= failing_after),
-                    func.min(o.created_at),
-                ).where(o.completed_at.is_(None))
-            )
-        ).one()
-        pending, failing, oldest = row
-        age = (utcnow() - oldest).total_seconds() if oldest is not None else None
-        return OutboxStats(pending=pending, failing=failing, oldest_pending_age=age)
+        statements = _statements()
+        [(pending, failing, oldest)] = await self._tx.fetch(
+            statements.stats, {"failing_after": failing_after}
+        )
+        oldest_delivered = await self._tx.scalar(statements.oldest_delivered)
+        now = utcnow()
+        return OutboxStats(
+            pending=pending,
+            failing=failing,
+            oldest_pending_age=_age(now, oldest),
+            oldest_delivered_age=_age(now, oldest_delivered),
+        )
 
     async def failing(self, failing_after: int, limit: int) -> list[FailingEvent]:
-        o = orm.outbox.c
-        rows = await self.session.execute(
-            select(o.id, o.type, o.attempts, o.last_error)
-            .where(o.completed_at.is_(None), o.attempts >= failing_after)
-            .order_by(o.attempts.desc(), o.created_at)
-            .limit(limit)
+        rows = await self._tx.fetch(
+            _statements().failing, {"failing_after": failing_after, "limit": limit}
         )
-        return [FailingEvent(r.id, r.type, r.attempts, r.last_error) for r in rows]
+        return [FailingEvent(*row) for row in rows]
 
-    async def prune(self, before: datetime) -> int:
-        o, p = orm.outbox.c, orm.processed_messages.c
-        result = await self.session.execute(
-            delete(orm.outbox).where(o.completed_at.is_not(None), o.completed_at < before)
-        )
-        await self.session.execute(
-            delete(orm.processed_messages).where(
-                p.processed_at < before, p.message_id.not_in(select(o.id))
-            )
-        )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+    async def prune(self, before: datetime, limit: int) -> int:
+        statements = _statements()
+        params = {"before": before, "limit": limit}
+        await self._tx.execute(statements.prune_ledger, params)
+        return await self._tx.execute(statements.prune_events, params)
+
+    async def reclaim_space(self) -> None:
+        engine = self._tx.engine
+        if engine.dialect.name != "postgresql":
+            return  # SQLite reuses freed pages as it goes
+        # VACUUM, which cannot run inside a transaction: the tables stay
+        # bounded even where autovacuum is off.
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.exec_driver_sql("VACUUM outbox, processed_messages")
+
+
+def _age(now: datetime, then: datetime | None) -> float | None:
+    return None if then is None else (now - then).total_seconds()

@@ -1,59 +1,49 @@
-"""Keeping the read side's projection tables up to date.
+"""The read side's projection tables, changed by each event in the transaction that raised it.
 
-An event says which rows changed; the row is then copied from the write
-model as it stands, with the product version it reflects, by an upsert that
-leaves a row of a newer version alone. Replayed, late or reordered events
-therefore converge on the write model's state. A deallocated line stays as a
-row with no batchref (a tombstone), so that its version is kept.
+Each change is computed from the event alone, never read back from the
+write model: the events of one product come in order, exactly once, under
+its lock. The allocation rows carry the product version they reflect, and
+their upsert leaves a row of a newer version alone, so ``rebuild-views``
+and the events converge. A deallocated line stays as a row with no
+batchref (a tombstone), so that its version is kept.
 """
 
 import abc
+from datetime import date
 from functools import cache
+from typing import Any
 
-from sqlalchemy import Insert, Table, bindparam, select
+from sqlalchemy import Insert, Table, Update, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.adapters import orm
+from app.adapters.database import Transaction
 
 
 class AbstractReadModel(abc.ABC):
     @abc.abstractmethod
-    async def allocation_refreshed(self, orderid: str, sku: str) -> None:
-        """Copy where the order's line of ``sku`` sits now (if anywhere)."""
+    async def allocation_changed(
+        self, orderid: str, sku: str, batchref: str | None, version: int
+    ) -> None:
+        """The order's line of ``sku`` sits in ``batchref`` now (None: in none)."""
 
     @abc.abstractmethod
-    async def batch_refreshed(self, ref: str) -> None:
-        """Copy batch ``ref`` as the write model has it now."""
+    async def batch_added(
+        self, ref: str, sku: str, eta: date | None, qty: int, version: int
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def batch_resized(self, ref: str, qty: int, version: int) -> None:
+        """The batch holds ``qty`` units now."""
+
+    @abc.abstractmethod
+    async def batch_allocated(self, ref: str, qty: int, version: int) -> None:
+        """``qty`` more units of the batch are allocated (fewer, if negative)."""
 
 
-_b, _p, _line, _a = orm.batches.c, orm.products.c, orm.order_lines.c, orm.allocations.c
-_VERSION = select(_p.version_number).where(_p.sku == bindparam("sku"))
-_BATCHREF = (
-    select(_b.reference)
-    .join(orm.allocations, _a.batch_id == _b.id)
-    .join(orm.order_lines, _line.id == _a.orderline_id)
-    .where(_line.orderid == bindparam("orderid"), _line.sku == bindparam("sku"))
-)
-_BATCH = (
-    select(
-        _b.reference,
-        _b.sku,
-        _b.eta,
-        _b.purchased_quantity.label("purchased"),
-        _b.allocated_quantity.label("allocated"),
-        _p.version_number.label("version"),
-    )
-    .join(orm.products, _p.sku == _b.sku)
-    .where(_b.reference == bindparam("ref"))
-)
-
-
-@cache
 def _upsert(table: Table, dialect_name: str) -> Insert:
     """INSERT, or UPDATE unless the row already reflects a version as new."""
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    stmt = dialect.insert(table)
+    stmt = (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
     keys = {c.name for c in table.primary_key}
     upsert: Insert = stmt.on_conflict_do_update(
         index_elements=sorted(keys),
@@ -63,26 +53,53 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
     return upsert
 
 
-class SqlAlchemyReadModel(AbstractReadModel):
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def allocation_refreshed(self, orderid: str, sku: str) -> None:
-        # The version is read before the line, so the row is never labelled
-        # newer than what it shows.
-        version = await self.session.scalar(_VERSION, {"sku": sku})
-        if version is None:
-            return
-        batchref = await self.session.scalar(_BATCHREF, {"orderid": orderid, "sku": sku})
-        await self.session.execute(
-            _upsert(orm.allocations_view, self._dialect()),
-            {"orderid": orderid, "sku": sku, "batchref": batchref, "version": version},
+class _Statements:
+    def __init__(self, dialect_name: str) -> None:
+        v = orm.batches_view.c
+        self.allocation = _upsert(orm.allocations_view, dialect_name)
+        self.batch = _upsert(orm.batches_view, dialect_name)
+        by_ref = update(orm.batches_view).where(v.reference == bindparam("ref"))
+        self.resize: Update = by_ref.values(
+            purchased=bindparam("qty"), version=bindparam("new_version")
+        )
+        self.allocate: Update = by_ref.values(
+            allocated=v.allocated + bindparam("qty"), version=bindparam("new_version")
         )
 
-    async def batch_refreshed(self, ref: str) -> None:
-        row = (await self.session.execute(_BATCH, {"ref": ref})).one_or_none()
-        if row is not None:
-            await self.session.execute(_upsert(orm.batches_view, self._dialect()), row._asdict())
 
-    def _dialect(self) -> str:
-        return self.session.get_bind().dialect.name
+@cache
+def _statements(dialect_name: str) -> _Statements:
+    return _Statements(dialect_name)
+
+
+class SqlAlchemyReadModel(AbstractReadModel):
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    async def allocation_changed(
+        self, orderid: str, sku: str, batchref: str | None, version: int
+    ) -> None:
+        await self._run("allocation", orderid=orderid, sku=sku, batchref=batchref, version=version)
+
+    async def batch_added(
+        self, ref: str, sku: str, eta: date | None, qty: int, version: int
+    ) -> None:
+        await self._run(
+            "batch",
+            reference=ref,
+            sku=sku,
+            eta=eta,
+            purchased=qty,
+            allocated=0,
+            version=version,
+        )
+
+    async def batch_resized(self, ref: str, qty: int, version: int) -> None:
+        await self._run("resize", ref=ref, qty=qty, new_version=version)
+
+    async def batch_allocated(self, ref: str, qty: int, version: int) -> None:
+        await self._run("allocate", ref=ref, qty=qty, new_version=version)
+
+    async def _run(self, name: str, **params: Any) -> None:
+        statement = getattr(_statements(self._tx.dialect), name)
+        await self._tx.execute(statement, params)

@@ -7,8 +7,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from app.faults import Faults
-
 logger = logging.getLogger(__name__)
 
 
@@ -18,12 +16,10 @@ class AbstractPublisher(abc.ABC):
 
 
 class RedisPublisher(AbstractPublisher):
-    def __init__(self, client: Redis, faults: Faults) -> None:
+    def __init__(self, client: Redis) -> None:
         self._client = client
-        self._faults = faults
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
-        self._faults.check("publish")
         await self._client.publish(channel, json.dumps(payload))
 
 

@@ -1,14 +1,22 @@
-"""The Product repository: the only way the service layer reaches the aggregate."""
+"""The Product repository: the only way the service layer reaches the aggregate.
+
+A product is loaded row-locked (on PostgreSQL; SQLite has a single writer)
+with its batches, and with just the order lines the command needs: the one
+an order holds (so that allocating it again changes nothing), or every line
+of a batch whose quantity changes. ``save`` writes back what changed since.
+"""
+
+from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
-from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy import bindparam, delete, insert, select, update
 
 from app.adapters import orm
+from app.adapters.database import Transaction
 from app.domain import model
 
 
@@ -39,6 +47,10 @@ class AbstractRepository(abc.ABC):
         return product
 
     @abc.abstractmethod
+    async def save(self) -> None:
+        """Write what changed in the products seen; before commit, and before a query."""
+
+    @abc.abstractmethod
     def _add(self, product: model.Product) -> None: ...
 
     @abc.abstractmethod
@@ -48,92 +60,211 @@ class AbstractRepository(abc.ABC):
     async def _get_by_batchref(self, ref: str) -> model.Product | None: ...
 
 
-class _Queries:
-    """The repository's statements, built once (after the mappers exist)."""
-
+class _Statements:
     def __init__(self) -> None:
         p, b, line, a = orm.products.c, orm.batches.c, orm.order_lines.c, orm.allocations.c
-        # The row lock on the product serialises writers of one sku in the
-        # database (PostgreSQL); SQLite already has a single writer.
-        self.product = (
-            select(model.Product)
-            .where(p.sku == bindparam("sku"))
-            .with_for_update(of=orm.products)
-            .execution_options(populate_existing=True)
-        )
+        # The product's row lock serialises its writers. The batches are read
+        # after it is granted, by a statement of their own: one joined to the
+        # locked row would see them as they were before the wait.
+        self.product = select(p.version_number).where(p.sku == bindparam("sku")).with_for_update()
         self.batches = (
-            select(model.Batch)
+            select(b.id, b.reference, b.purchased_quantity, b.allocated_quantity, b.eta)
             .where(b.sku == bindparam("sku"))
             .order_by(b.id)
-            .execution_options(populate_existing=True)
         )
         self.line_of_order = (
-            select(a.batch_id, model.OrderLine)
+            select(a.batch_id, line.id, line.qty)
             .join(orm.order_lines, line.id == a.orderline_id)
             .where(line.orderid == bindparam("orderid"), line.sku == bindparam("sku"))
         )
         self.sku_of_batch = select(b.sku).where(b.reference == bindparam("ref"))
         self.lines_of_batch = (
-            select(model.OrderLine)
+            select(line.id, line.orderid, line.qty)
             .join(orm.allocations, a.orderline_id == line.id)
             .where(a.batch_id == bindparam("batch_id"))
         )
+        # (Parameters of INSERT and UPDATE may not be named as the table's columns.)
+        self.add_product = insert(orm.products).values(
+            sku=bindparam("product"), version_number=bindparam("version")
+        )
+        self.set_version = (
+            update(orm.products)
+            .where(p.sku == bindparam("product"))
+            .values(version_number=bindparam("version"))
+        )
+        self.add_batch = (
+            insert(orm.batches)
+            .values(
+                reference=bindparam("ref"),
+                sku=bindparam("product"),
+                purchased_quantity=bindparam("purchased"),
+                allocated_quantity=bindparam("allocated"),
+                eta=bindparam("arrives"),
+            )
+            .returning(b.id)
+        )
+        self.set_quantities = (
+            update(orm.batches)
+            .where(b.id == bindparam("batch_id"))
+            .values(
+                purchased_quantity=bindparam("purchased"),
+                allocated_quantity=bindparam("allocated"),
+            )
+        )
+        self.add_line = (
+            insert(orm.order_lines)
+            .values(orderid=bindparam("order"), sku=bindparam("product"), qty=bindparam("units"))
+            .returning(line.id)
+        )
+        self.allocate = insert(orm.allocations).values(
+            orderline_id=bindparam("line_id"), batch_id=bindparam("to_batch")
+        )
+        self.deallocate = delete(orm.allocations).where(a.orderline_id == bindparam("line_id"))
+        self.remove_line = delete(orm.order_lines).where(line.id == bindparam("line_id"))
 
 
 @cache
-def _queries() -> _Queries:
-    return _Queries()
+def _statements() -> _Statements:
+    return _Statements()
+
+
+@dataclass
+class _Stored:
+    """A product as the database has it in this transaction: what ``save`` compares to."""
+
+    version: int | None  # None: not stored yet
+    batch_ids: dict[str, int] = field(default_factory=dict)
+    quantities: dict[str, tuple[int, int]] = field(default_factory=dict)
+    line_ids: dict[tuple[str, model.OrderLine], int] = field(default_factory=dict)
+    orders: set[str] = field(default_factory=set)  # whose line is loaded
 
 
 class SqlAlchemyRepository(AbstractRepository):
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, tx: Transaction) -> None:
         super().__init__()
-        self.session = session
+        self._tx = tx
+        self._products: dict[str, model.Product] = {}
+        self._stored: dict[str, _Stored] = {}
 
     def _add(self, product: model.Product) -> None:
-        self.session.add(product)
+        self._products[product.sku] = product
+        self._stored[product.sku] = _Stored(version=None)
 
     async def _get(self, sku: str, orderid: str | None) -> model.Product | None:
-        product = await self._lock(sku)
-        if product is None:
-            return None
-        held: dict[int, set[model.OrderLine]] = {}
-        if orderid is not None:
-            rows = await self.session.execute(
-                _queries().line_of_order, {"orderid": orderid, "sku": sku}
-            )
-            for batch_id, line in rows:
-                held.setdefault(batch_id, set()).add(line)
-        self._set_loaded_lines(product.batches, held)
+        product = self._products.get(sku) or await self._load(sku)
+        if product is not None and orderid is not None:
+            stored = self._stored[sku]
+            if orderid not in stored.orders:
+                await self._load_line(product, stored, orderid)
         return product
 
     async def _get_by_batchref(self, ref: str) -> model.Product | None:
-        sku = await self.session.scalar(_queries().sku_of_batch, {"ref": ref})
-        if sku is None:
+        sku = await self._tx.scalar(_statements().sku_of_batch, {"ref": ref})
+        product = None if sku is None else self._products.get(sku) or await self._load(sku)
+        if product is None:
             return None
-        product = await self._lock(sku)
-        if product is None:  # pragma: no cover - batches.sku is a foreign key
-            return None
-        batch_id = next(_batch_id(b) for b in product.batches if b.reference == ref)
-        lines = await self.session.scalars(_queries().lines_of_batch, {"batch_id": batch_id})
-        self._set_loaded_lines(product.batches, {batch_id: set(lines)})
+        await self.save()  # the lines as this transaction has them
+        stored = self._stored[product.sku]
+        batch = next(b for b in product.batches if b.reference == ref)
+        rows = await self._tx.fetch(
+            _statements().lines_of_batch, {"batch_id": stored.batch_ids[ref]}
+        )
+        for line_id, orderid, qty in rows:
+            line = model.OrderLine(orderid, product.sku, qty)
+            if (ref, line) not in stored.line_ids:
+                batch.allocations.add(line)
+                stored.line_ids[(ref, line)] = line_id
+                stored.orders.add(orderid)
         return product
 
-    async def _lock(self, sku: str) -> model.Product | None:
-        product = (await self.session.scalars(_queries().product, {"sku": sku})).one_or_none()
-        if product is not None:
-            batches = await self.session.scalars(_queries().batches, {"sku": sku})
-            set_committed_value(product, "batches", list(batches))
+    async def _load(self, sku: str) -> model.Product | None:
+        version = await self._tx.scalar(_statements().product, {"sku": sku})
+        if version is None:
+            return None
+        stored = _Stored(version=version)
+        batches = []
+        for batch_id, ref, purchased, allocated, eta in await self._tx.fetch(
+            _statements().batches, {"sku": sku}
+        ):
+            batch = model.Batch(ref, sku, purchased, eta)
+            batch.allocated_quantity = allocated
+            batches.append(batch)
+            stored.batch_ids[ref] = batch_id
+            stored.quantities[ref] = (purchased, allocated)
+        product = model.Product(sku, batches, version_number=stored.version or 0)
+        self._products[sku] = product
+        self._stored[sku] = stored
         return product
 
-    @staticmethod
-    def _set_loaded_lines(
-        batches: Iterable[model.Batch], lines: dict[int, set[model.OrderLine]]
-    ) -> None:
-        for batch in batches:
-            set_committed_value(batch, "allocations", lines.get(_batch_id(batch), set()))
+    async def _load_line(self, product: model.Product, stored: _Stored, orderid: str) -> None:
+        await self.save()
+        stored.orders.add(orderid)
+        refs = {batch_id: ref for ref, batch_id in stored.batch_ids.items()}
+        rows = await self._tx.fetch(
+            _statements().line_of_order, {"orderid": orderid, "sku": product.sku}
+        )
+        for batch_id, line_id, qty in rows:
+            ref = refs[batch_id]
+            line = model.OrderLine(orderid, product.sku, qty)
+            next(b for b in product.batches if b.reference == ref).allocations.add(line)
+            stored.line_ids[(ref, line)] = line_id
+
+    async def save(self) -> None:
+        for sku, product in self._products.items():
+            await self._save(product, self._stored[sku])
+
+    async def _save(self, product: model.Product, stored: _Stored) -> None:
+        statements, tx = _statements(), self._tx
+        if stored.version is None:
+            await tx.execute(
+                statements.add_product, {"product": product.sku, "version": product.version_number}
+            )
+        elif stored.version != product.version_number:
+            await tx.execute(
+                statements.set_version, {"product": product.sku, "version": product.version_number}
+            )
+        stored.version = product.version_number
+
+        held = {(b.reference, line) for b in product.batches for line in b.allocations}
+        for key in [k for k in stored.line_ids if k not in held]:
+            line_id = stored.line_ids.pop(key)
+            await tx.execute(statements.deallocate, {"line_id": line_id})
+            await tx.execute(statements.remove_line, {"line_id": line_id})
+
+        for batch in product.batches:
+            ref = batch.reference
+            quantities = (batch.purchased_quantity, batch.allocated_quantity)
+            if ref not in stored.batch_ids:
+                stored.batch_ids[ref] = await tx.scalar(statements.add_batch, _row(batch))
+            elif stored.quantities[ref] != quantities:
+                await tx.execute(
+                    statements.set_quantities,
+                    {
+                        "batch_id": stored.batch_ids[ref],
+                        "purchased": quantities[0],
+                        "allocated": quantities[1],
+                    },
+                )
+            stored.quantities[ref] = quantities
+            for line in batch.allocations:
+                if (ref, line) in stored.line_ids:
+                    continue
+                line_id = await tx.scalar(
+                    statements.add_line,
+                    {"order": line.orderid, "product": line.sku, "units": line.qty},
+                )
+                await tx.execute(
+                    statements.allocate, {"line_id": line_id, "to_batch": stored.batch_ids[ref]}
+                )
+                stored.line_ids[(ref, line)] = line_id
+                stored.orders.add(line.orderid)
 
 
-def _batch_id(batch: model.Batch) -> int:
-    batch_id: int = batch.id  # type: ignore[attr-defined]  # mapped primary key
-    return batch_id
+def _row(batch: model.Batch) -> dict[str, Any]:
+    return {
+        "ref": batch.reference,
+        "product": batch.sku,
+        "purchased": batch.purchased_quantity,
+        "allocated": batch.allocated_quantity,
+        "arrives": batch.eta,
+    }

@@ -15,7 +15,6 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from app import container as composition
 from app import logs, metrics
-from app.adapters import orm
 from app.adapters.dead_letters import RedisDeadLetters
 from app.adapters.rebuild import rebuild_views
 from app.adapters.schema import StartupError, check_database
@@ -28,11 +27,11 @@ logger = logging.getLogger("app.cli")
 T = TypeVar("T")
 
 FAILING_AFTER = 5  # attempts after which a pending event counts as failing
+PRUNE_SLACK = 300.0  # seconds past the retention before pruning counts as behind
 
 
 def _run(work: Callable[[Container], Awaitable[T]], database: bool = True) -> T:
     async def main() -> T:
-        orm.start_mappers()
         container = Container()
         settings = container.settings()
         logs.configure(settings.log_level, settings.log_format)
@@ -123,20 +122,32 @@ async def _rebuild(
 
 @cli.command()
 def outbox() -> None:
-    """How many events wait for delivery, how many keep failing, the oldest's age."""
+    """How many events wait for delivery, how many keep failing, whether pruning keeps up."""
 
     async def work(container: Container) -> None:
         async with container.uow() as uow:
             stats = await uow.outbox.stats(failing_after=FAILING_AFTER)
             failing = await uow.outbox.failing(failing_after=FAILING_AFTER, limit=10)
-        age = "-" if stats.oldest_pending_age is None else f"{stats.oldest_pending_age:.1f}s"
+        retention = container.settings().outbox_retention
         print(f"pending: {stats.pending}")
         print(f"failing: {stats.failing}  (attempted {FAILING_AFTER} times or more)")
-        print(f"oldest pending: {age}")
+        print(f"oldest pending: {_seconds(stats.oldest_pending_age)}")
+        print(f"oldest delivered: {_seconds(stats.oldest_delivered_age)}  (kept {retention:g}s)")
         for event in failing:
             print(f"  {event.type} {event.id}: {event.attempts} attempts; {event.last_error}")
+        behind = stats.oldest_delivered_age or 0.0
+        if behind > retention + PRUNE_SLACK:
+            print(
+                f"pruning is behind: events delivered {behind - retention:.0f}s past the "
+                "retention are still kept; see the relay's log "
+                "(allocation_outbox_prune_failures_total in /metrics)"
+            )
 
     _run(work)
+
+
+def _seconds(age: float | None) -> str:
+    return "-" if age is None else f"{age:.1f}s"
 
 
 def _consumer(container: Container) -> RedisConsumer | None:

@@ -1,8 +1,10 @@
 """Handlers: one per command, and the reactions to each event.
 
-Every handler takes its message and a fresh unit of work; anything else it
-needs is bound in app.container. Event handlers may run more than once for
-one event (delivery is at least once), so each is idempotent.
+A command handler takes its command and a fresh unit of work. An event's
+inline handlers take the event and the unit of work whose commit is running
+them; its after-commit handlers take the event alone. Anything else a
+handler needs is bound in app.container. After-commit handlers may see an
+event more than once (delivery is at least once).
 """
 
 from __future__ import annotations
@@ -56,41 +58,48 @@ async def change_batch_quantity(cmd: commands.ChangeBatchQuantity, uow: Abstract
         await uow.commit()
 
 
+# Inline: run by the unit of work's commit, in its transaction (see
+# app.service_layer.unit_of_work). They neither open nor commit it.
+
+
 async def reallocate(event: events.Deallocated, uow: AbstractUnitOfWork) -> None:
+    product = await uow.products.get(event.sku, orderid=event.orderid)
+    if product is None:  # pragma: no cover - the product raised the event
+        return
     try:
-        await allocate(commands.Allocate(event.orderid, event.sku, event.qty), uow)
+        product.allocate(model.OrderLine(event.orderid, event.sku, event.qty))
     except model.LineConflict as e:
         # The order was allocated again, differently, since: nothing to redo.
         logger.info("not reallocating: %s", e)
 
 
 async def add_allocation_to_read_model(event: events.Allocated, uow: AbstractUnitOfWork) -> None:
-    async with uow:
-        await uow.read_model.allocation_refreshed(event.orderid, event.sku)
-        await uow.read_model.batch_refreshed(event.batchref)
-        await uow.commit()
+    await uow.read_model.allocation_changed(event.orderid, event.sku, event.batchref, event.version)
+    await uow.read_model.batch_allocated(event.batchref, event.qty, event.version)
 
 
 async def remove_allocation_from_read_model(
     event: events.Deallocated, uow: AbstractUnitOfWork
 ) -> None:
-    async with uow:
-        await uow.read_model.allocation_refreshed(event.orderid, event.sku)
-        await uow.read_model.batch_refreshed(event.batchref)
-        await uow.commit()
+    await uow.read_model.allocation_changed(event.orderid, event.sku, None, event.version)
+    await uow.read_model.batch_allocated(event.batchref, -event.qty, event.version)
 
 
-async def update_batch_read_model(
-    event: events.BatchCreated | events.BatchQuantityChanged, uow: AbstractUnitOfWork
+async def add_batch_to_read_model(event: events.BatchCreated, uow: AbstractUnitOfWork) -> None:
+    await uow.read_model.batch_added(event.ref, event.sku, event.eta, event.qty, event.version)
+
+
+async def resize_batch_in_read_model(
+    event: events.BatchQuantityChanged, uow: AbstractUnitOfWork
 ) -> None:
-    async with uow:
-        await uow.read_model.batch_refreshed(event.ref)
-        await uow.commit()
+    await uow.read_model.batch_resized(event.ref, event.qty, event.version)
 
 
-async def publish_allocated_event(
-    event: events.Allocated, uow: AbstractUnitOfWork, publisher: AbstractPublisher
-) -> None:
+# After the commit: run by app.service_layer.delivery, from the outbox, at
+# least once.
+
+
+async def publish_allocated_event(event: events.Allocated, publisher: AbstractPublisher) -> None:
     await publisher.publish(
         "line_allocated",
         {
@@ -105,8 +114,6 @@ async def publish_allocated_event(
 
 
 async def send_out_of_stock_notification(
-    event: events.OutOfStock,
-    uow: AbstractUnitOfWork,
-    notifications: AbstractNotifications,
+    event: events.OutOfStock, notifications: AbstractNotifications
 ) -> None:
-    await notifications.send_out_of_stock(event.sku)
+    await notifications.send_out_of_stock(event.sku, event_id=event.id)

@@ -1,24 +1,22 @@
-"""The relay: delivers what the outbox still holds, whatever stopped it before.
+"""The relay: keeps delivering the outbox, whatever stopped delivery before.
 
-Several relays (one per API process and worker) may run against one
-database: each claims a few due events at a time, for a lease, and no other
-relay takes them until the lease runs out. A process that dies holding
-events loses nothing: when its lease ends another relay claims them.
+One runs in each API process and in the worker; any number may share one
+database (see app.service_layer.delivery). It delivers as soon as a commit
+of its own process wakes it, and looks every poll interval for the rest:
+events of other processes, of a process that died, due again after a
+failure. Now and then it prunes delivered events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from app import metrics
-from app.adapters.outbox import utcnow
-from app.service_layer.messagebus import MessageBus, UnitOfWorkFactory
+from app.service_layer.delivery import Delivery
 from app.service_layer.unit_of_work import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -26,68 +24,39 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RelaySettings:
-    batch_size: int = 100
-    poll_interval: float = 1.0  # seconds between looks at an empty outbox
-    lease: timedelta = timedelta(seconds=30)
+    poll_interval: float = 1.0  # seconds between looks, unless woken
     retention: timedelta = timedelta(days=1)
-    prune_every: timedelta = timedelta(minutes=10)
+    prune_every: float = 60.0  # seconds
 
 
 class Relay:
-    def __init__(
-        self,
-        uow_factory: UnitOfWorkFactory,
-        bus_factory: Callable[[], MessageBus],
-        settings: RelaySettings,
-    ) -> None:
-        self._uow_factory = uow_factory
-        self._bus_factory = bus_factory
+    def __init__(self, delivery: Delivery, settings: RelaySettings) -> None:
+        self._delivery = delivery
         self._settings = settings
-        self.failures = 0  # deliveries that failed, since start
-
-    async def run_once(self) -> int:
-        """Claim and deliver one batch of due events; returns how many were delivered."""
-        async with self._uow_factory() as uow:
-            pending = await uow.outbox.claim(self._settings.batch_size, self._settings.lease)
-            await uow.commit()
-        bus = self._bus_factory()
-        # Past half the lease, hand the rest back rather than risk another
-        # relay taking them while this one is still at work.
-        deadline = bus.deadline()
-        for done, item in enumerate(pending):
-            if deadline is not None and time.monotonic() > deadline:
-                await self._release([i.event.id for i in pending[done:]])
-                return done
-            if not await bus.redeliver(item.event, item.attempts, item.handled, deadline):
-                self.failures += 1
-                metrics.RELAY_FAILURES.inc()
-        return len(pending)
-
-    async def _release(self, event_ids: list[str]) -> None:
-        async with self._uow_factory() as uow:
-            await uow.outbox.release(event_ids)
-            await uow.commit()
-
-    async def prune(self) -> int:
-        async with self._uow_factory() as uow:
-            removed = await uow.outbox.prune(before=utcnow() - self._settings.retention)
-            await uow.commit()
-        return removed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; errors are logged, never fatal.
 
         A database outage is logged once, when it starts, and once when it ends.
         """
-        next_prune = utcnow()
+        # Stopping wakes the relay from its wait between passes.
+        watcher = asyncio.create_task(stop.wait())
+        watcher.add_done_callback(lambda _: self._delivery.wake())
+        try:
+            await self._run(stop)
+        finally:
+            watcher.cancel()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        next_prune = time.monotonic()
         database_down = False
         while not stop.is_set():
-            delivered = 0
+            claimed = 0
             try:
-                delivered = await self.run_once()
-                if utcnow() >= next_prune:
-                    await self.prune()
-                    next_prune = utcnow() + self._settings.prune_every
+                claimed = await self._delivery.deliver_due()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + self._settings.prune_every
+                    await self._prune()
             except DatabaseUnavailable as e:
                 metrics.RELAY_FAILURES.inc()
                 if not database_down:
@@ -104,6 +73,14 @@ class Relay:
                 if database_down:
                     logger.info("relay: the database is back; delivering again")
                 database_down = False
-            if delivered < self._settings.batch_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._settings.poll_interval)
+            if claimed < self._delivery.batch_size:
+                await self._delivery.woken(within=self._settings.poll_interval)
+
+    async def _prune(self) -> None:
+        try:
+            removed = await self._delivery.prune(self._settings.retention)
+        except Exception:
+            metrics.PRUNE_FAILURES.inc()
+            raise
+        if removed:
+            logger.info("relay: pruned %d delivered events", removed)

@@ -1,38 +1,47 @@
-"""The unit of work: one atomic change, the events it raised, and their outbox rows.
+"""The unit of work: one atomic change, and everything that follows from it in the database.
 
 A unit of work is used for exactly one handled message: the message bus
 builds a fresh one from a factory for every message, and for every retry.
-Its commit stores the events the change raised in the outbox, in the same
-transaction; when it runs an event handler, the commit also records that
-handler as done with that event.
+
+Its commit is one transaction. It runs the *inline* handlers of the events
+the change raised (the read models, the reallocation of a deallocated line:
+whatever only writes this database), then those of the events they raise in
+turn, and stores in the outbox every event that has handlers to run after
+the commit (Redis, mail). A read that follows the commit therefore sees the
+change and all its projections, and nothing that must still happen can be
+lost: it is in the outbox.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import replace
-from datetime import timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeAlias
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import correlation
-from app.adapters.database import is_retryable, is_unavailable, unavailable_reason
-from app.adapters.outbox import AbstractOutbox, SqlAlchemyOutbox, utcnow
+from app.adapters.database import (
+    is_retryable,
+    is_unavailable,
+    transaction,
+    unavailable_reason,
+)
+from app.adapters.outbox import AbstractOutbox, SqlAlchemyOutbox
 from app.adapters.projections import AbstractReadModel, SqlAlchemyReadModel
 from app.adapters.repository import AbstractRepository, SqlAlchemyRepository
 from app.domain import events
-from app.faults import Faults
+
+InlineHandler: TypeAlias = Callable[[Any, "AbstractUnitOfWork"], Awaitable[None]]
+# By event type, each handler under the name it was registered with.
+InlineHandlers: TypeAlias = Mapping[type[events.Event], Mapping[str, InlineHandler]]
 
 
 class ConcurrencyError(Exception):
     """A concurrent write got in the way; running the message again may succeed."""
-
-
-class AlreadyHandled(Exception):
-    """Another delivery of this event already ran this handler; this one is void."""
 
 
 class DatabaseUnavailable(Exception):
@@ -47,14 +56,15 @@ class AbstractUnitOfWork(abc.ABC):
     products: AbstractRepository
     read_model: AbstractReadModel
     outbox: AbstractOutbox
-    faults: Faults
-    lease: timedelta
 
-    def __init__(self) -> None:
-        # (event id, handler name) when this unit of work runs an event handler
-        self.handling: tuple[str, str] | None = None
-        self.committed = False
-        self._committed_events: list[events.Event] = []
+    def __init__(
+        self,
+        inline: InlineHandlers | None = None,
+        after_commit: Collection[type[events.Event]] = (),
+    ) -> None:
+        self._inline = inline or {}
+        self._after_commit = after_commit  # event types the outbox keeps
+        self.committed_events: list[events.Event] = []
 
     async def __aenter__(self) -> Self:
         return self
@@ -68,28 +78,28 @@ class AbstractUnitOfWork(abc.ABC):
         await self.rollback()
 
     async def commit(self) -> None:
-        request_id = correlation.request_id.get()
-        new = [
-            e if e.request_id or not request_id else replace(e, request_id=request_id)
-            for product in self.products.seen
-            for e in product.events
-        ]
-        for product in self.products.seen:
-            product.events.clear()
-        if self.handling is not None:
-            if not await self.outbox.record_handled(*self.handling):
-                raise AlreadyHandled(self.handling)
-            self.faults.check(f"commit:{self.handling[1]}")
-        # Until the lease runs out, the events are this process's to dispatch.
-        await self.outbox.add(new, available_at=utcnow() + self.lease)
+        raised: list[events.Event] = []
+        queue = deque(self._new_events())
+        while queue:
+            event = queue.popleft()
+            raised.append(event)
+            for handler in self._inline.get(type(event), {}).values():
+                await handler(event, self)
+            queue.extend(self._new_events())
+        await self.products.save()
+        await self.outbox.add([e for e in raised if type(e) in self._after_commit])
         await self._commit()
-        self.committed = True
-        self._committed_events.extend(new)
+        self.committed_events.extend(raised)
 
-    def collect_new_events(self) -> Iterator[events.Event]:
-        """The events of what this unit of work committed, each given out once."""
-        while self._committed_events:
-            yield self._committed_events.pop(0)
+    def _new_events(self) -> Iterator[events.Event]:
+        """Events the products raised since last asked, with the request's id."""
+        request_id = correlation.request_id.get()
+        for product in self.products.seen:
+            while product.events:
+                event = product.events.pop(0)
+                if request_id and not event.request_id:
+                    event = replace(event, request_id=request_id)
+                yield event
 
     @abc.abstractmethod
     async def _commit(self) -> None: ...
@@ -99,22 +109,20 @@ class AbstractUnitOfWork(abc.ABC):
 
 
 class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
-    """Single use: one session, one transaction, closed on leaving."""
+    """Single use: one transaction, closed on leaving."""
 
     def __init__(
         self,
-        session_factory: async_sessionmaker[AsyncSession],
-        faults: Faults | None = None,
-        lease: timedelta = timedelta(seconds=30),
+        engine: AsyncEngine,
+        inline: InlineHandlers | None = None,
+        after_commit: Collection[type[events.Event]] = (),
     ) -> None:
-        super().__init__()
-        # Creating a session opens no connection; the first query does.
-        self.session = session_factory()
-        self.products = SqlAlchemyRepository(self.session)
-        self.read_model = SqlAlchemyReadModel(self.session)
-        self.outbox = SqlAlchemyOutbox(self.session)
-        self.faults = faults or Faults()
-        self.lease = lease
+        super().__init__(inline, after_commit)
+        # The first statement takes a connection and begins.
+        self.tx = transaction(engine)
+        self.products = SqlAlchemyRepository(self.tx)
+        self.read_model = SqlAlchemyReadModel(self.tx)
+        self.outbox = SqlAlchemyOutbox(self.tx)
 
     async def __aexit__(
         self,
@@ -124,10 +132,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
     ) -> None:
         failure = exc
         try:
-            try:
-                await super().__aexit__(exc_type, exc, tb)
-            finally:
-                await self.session.close()
+            await self.tx.close()  # rolls back what was not committed
         except Exception as e:
             # Rolling back on a connection the server dropped fails too.
             if not is_unavailable(e):
@@ -141,7 +146,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             raise ConcurrencyError(str(failure)) from failure
 
     async def _commit(self) -> None:
-        await self.session.commit()
+        await self.tx.commit()
 
     async def rollback(self) -> None:
-        await self.session.rollback()
+        await self.tx.close()

@@ -18,7 +18,7 @@ FAILING_AFTER = 1  # attempts: an event tried once and still pending has failed
     "/metrics",
     summary="Metrics for Prometheus",
     description="Requests by route and status, allocations, out-of-stock lines, the "
-    "outbox backlog, relay failures and projection lag, in Prometheus's text format.",
+    "outbox backlog, relay and prune failures and delivery lag, in Prometheus's text format.",
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "The metrics."}},
 )
@@ -39,3 +39,4 @@ async def _outbox_gauges(uow: AbstractUnitOfWork) -> None:
     metrics.OUTBOX_PENDING.set(stats.pending)
     metrics.OUTBOX_FAILING.set(stats.failing)
     metrics.OUTBOX_OLDEST.set(stats.oldest_pending_age or 0.0)
+    metrics.OUTBOX_OLDEST_DELIVERED.set(stats.oldest_delivered_age or 0.0)

@@ -1,0 +1,143 @@
+"""Event delivery: from the outbox to the handlers that run after the commit.
+
+Policy:
+- A pass claims the due events, oldest first, and settles each before it
+  commits. On PostgreSQL the claim row-locks them for the pass: relays side
+  by side never take the same event, and if a process dies mid-pass the
+  server ends its transaction and the events are due again at once.
+- Every handler of an event that has not yet finished with it runs. When
+  all have, the event is delivered. Otherwise the ones that finished are
+  recorded under the name they were registered with, the error is kept on
+  the event, and it is due again after a backoff that doubles with each
+  failure, up to a maximum.
+- Delivery is at least once: a process that dies after a handler ran and
+  before its pass committed runs that handler again later. Each handler
+  makes a repeat recognisable (``line_allocated`` carries the event's id, a
+  mail a ``Message-ID`` made from it).
+- A commit that stores events wakes delivery in its own process (``wake``);
+  otherwise the relay looks every poll interval.
+- Delivered events are kept for a retention time, then pruned in chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeAlias
+
+from app import correlation, metrics
+from app.adapters.outbox import AbstractOutbox, Pending, utcnow
+from app.domain import events
+from app.service_layer.unit_of_work import AbstractUnitOfWork, DatabaseUnavailable
+
+logger = logging.getLogger(__name__)
+
+EventHandler: TypeAlias = Callable[[Any], Awaitable[None]]
+# By event type, each handler under its registered name: the name is what the
+# outbox's ledger stores, so it outlives renaming the function.
+AfterCommitHandlers: TypeAlias = Mapping[type[events.Event], Mapping[str, EventHandler]]
+UnitOfWorkFactory: TypeAlias = Callable[[], AbstractUnitOfWork]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base: float = 1.0  # seconds before the first redelivery
+    maximum: float = 30.0
+
+    def after(self, failures: int) -> timedelta:
+        return timedelta(seconds=min(self.base * 2 ** max(failures - 1, 0), self.maximum))
+
+
+class Delivery:
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        handlers: AfterCommitHandlers,
+        backoff: Backoff,
+        batch_size: int = 100,
+        prune_chunk: int = 5000,
+    ) -> None:
+        self._uow_factory = uow_factory
+        self._handlers = handlers
+        self._backoff = backoff
+        self.batch_size = batch_size
+        self._prune_chunk = prune_chunk
+        self._woken = asyncio.Event()
+
+    def committed(self, new: list[events.Event]) -> None:
+        """A commit of this process stored ``new``: deliver now, not at the next look."""
+        if any(type(event) in self._handlers for event in new):
+            self._woken.set()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    async def woken(self, within: float) -> None:
+        """Return when woken, or after ``within`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), within)
+        self._woken.clear()
+
+    async def deliver_due(self) -> int:
+        """Deliver one batch of due events; returns how many were claimed."""
+        async with self._uow_factory() as uow:
+            due = await uow.outbox.claim(self.batch_size)
+            delivered = [p.event.id for p in due if await self._deliver(p, uow.outbox)]
+            await uow.outbox.delivered(delivered)
+            await uow.commit()
+        return len(due)
+
+    async def _deliver(self, pending: Pending, outbox: AbstractOutbox) -> bool:
+        event = pending.event
+        finished: list[str] = []
+        errors: list[str] = []
+        token = correlation.request_id.set(event.request_id)
+        try:
+            for name, handler in self._handlers.get(type(event), {}).items():
+                if name in pending.handled:
+                    continue
+                try:
+                    await handler(event)
+                except Exception as e:
+                    _log_failure(e, "handler %s failed on %r", name, event)
+                    metrics.HANDLER_FAILURES.labels(name).inc()
+                    errors.append(f"{name}: {type(e).__name__}: {e}")
+                else:
+                    metrics.delivered(name, event)
+                    finished.append(name)
+        finally:
+            correlation.request_id.reset(token)
+        if errors:
+            metrics.RELAY_FAILURES.inc()
+            retry_at = utcnow() + self._backoff.after(pending.attempts + 1)
+            await outbox.retry_later(event.id, "; ".join(errors), retry_at, finished)
+        return not errors
+
+    async def prune(self, retention: timedelta) -> int:
+        """Forget the events delivered more than ``retention`` ago, a chunk per transaction."""
+        before = utcnow() - retention
+        removed = 0
+        while True:
+            async with self._uow_factory() as uow:
+                count = await uow.outbox.prune(before, self._prune_chunk)
+                await uow.commit()
+            removed += count
+            if count < self._prune_chunk:
+                break
+            await asyncio.sleep(0)  # deliveries and requests go between chunks
+        if removed:
+            async with self._uow_factory() as uow:
+                await uow.outbox.reclaim_space()
+        return removed
+
+
+def _log_failure(exc: Exception, message: str, *args: object) -> None:
+    """With the trace; but a database outage, which is no bug, in one line."""
+    if isinstance(exc, DatabaseUnavailable):
+        logger.warning(message + ": %s", *args, exc)
+    else:
+        logger.exception(message, *args)
