@@ -26,7 +26,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is not None:
         container.settings.override(providers.Object(settings))
     settings = container.settings()
-    container.wire(modules=[routes])
 
     @asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:

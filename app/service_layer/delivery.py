@@ -22,7 +22,6 @@ Policy:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -76,11 +75,15 @@ class Delivery:
     def wake(self) -> None:
         self._woken.set()
 
-    async def woken(self, within: float) -> None:
-        """Return when woken, or after ``within`` seconds."""
-        with contextlib.suppress(TimeoutError):
+    async def woken(self, within: float) -> bool:
+        """Whether woken within ``within`` seconds (else the time ran out)."""
+        try:
             await asyncio.wait_for(self._woken.wait(), within)
-        self._woken.clear()
+        except TimeoutError:
+            return False
+        finally:
+            self._woken.clear()
+        return True
 
     async def deliver_due(self) -> int:
         """Deliver one batch of due events; returns how many were claimed."""

@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RelaySettings:
     poll_interval: float = 1.0  # seconds between looks, unless woken
+    # Woken by a commit, it waits this long first: under load one pass then
+    # delivers the events of many commits, in one transaction.
+    gather: float = 0.01
     retention: timedelta = timedelta(days=1)
     prune_every: float = 60.0  # seconds
 
@@ -73,8 +76,10 @@ class Relay:
                 if database_down:
                     logger.info("relay: the database is back; delivering again")
                 database_down = False
-            if claimed < self._delivery.batch_size:
-                await self._delivery.woken(within=self._settings.poll_interval)
+            if claimed < self._delivery.batch_size and await self._delivery.woken(
+                within=self._settings.poll_interval
+            ):
+                await asyncio.sleep(self._settings.gather)
 
     async def _prune(self) -> None:
         try:

@@ -4,17 +4,16 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import orjson
-from dependency_injector.wiring import Provide, inject
 from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
 from pydantic import AfterValidator, BaseModel
 from pydantic.config import JsonDict
 
 from app import views
-from app.container import Container
 from app.domain import commands
 from app.entrypoints.api import schemas
+from app.entrypoints.api.dependencies import Bus, Once
 from app.entrypoints.api.errors import error
-from app.entrypoints.api.idempotency import Idempotency, IdempotencyKey
+from app.entrypoints.api.idempotency import IdempotencyKey
 from app.entrypoints.api.openapi import (
     AFTER_ALLOCATION,
     AFTER_BATCH_ADDED,
@@ -25,12 +24,9 @@ from app.entrypoints.api.openapi import (
     write_errors,
 )
 from app.entrypoints.api.security import require_writer
-from app.service_layer.messagebus import MessageBus
 
 router = APIRouter()
 
-Bus = Annotated[MessageBus, Depends(Provide[Container.bus])]
-Once = Annotated[Idempotency, Depends(Provide[Container.idempotency])]
 WRITER = [Depends(require_writer)]  # with API_TOKEN set, writes need it
 
 
@@ -125,7 +121,6 @@ BATCH_CREATED = located(201, "the batch, `/batches/{ref}`", AFTER_BATCH_ADDED)
     summary="Add a batch of stock (the book's route)",
     description="The book's name for `POST /batches`, and the same in every way.\n\n" + ADD_BATCH,
 )
-@inject
 async def add_batch(
     body: NewBatch, request: Request, bus: Bus, once: Once, key: IdempotencyKey = None
 ) -> Response:
@@ -176,7 +171,6 @@ async def get_batch(ref: BatchRef, request: Request) -> Response:
     "of the sku where stock allows; lines no batch can take lose their allocation. "
     "Answers 202 with `Location: /batches/{ref}`.",
 )
-@inject
 async def change_batch_quantity(
     ref: BatchRef, body: NewQuantity, request: Request, response: Response, bus: Bus
 ) -> schemas.BatchAccepted:
@@ -212,7 +206,6 @@ async def change_batch_quantity(
     "Sending the same line again changes nothing; the same order asking for a different "
     "quantity of the sku is a 409.",
 )
-@inject
 async def allocate(
     body: NewLine, request: Request, bus: Bus, once: Once, key: IdempotencyKey = None
 ) -> Response:
