@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Collection
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 from app.adapters.notifications import AbstractNotifications
@@ -27,6 +27,9 @@ class FakeRepository(AbstractRepository):
     async def _get(self, sku: str, orderid: str | None) -> model.Product | None:
         return self._products.get(sku)
 
+    async def save(self) -> None:
+        pass  # the products are the store's own objects
+
     async def _get_by_batchref(self, ref: str) -> model.Product | None:
         return next(
             (p for p in self._products.values() if any(b.reference == ref for b in p.batches)),
@@ -48,16 +51,18 @@ class FakeReadModel(AbstractReadModel):
             self.allocations[(orderid, sku)] = batchref
             self._versions[(orderid, sku)] = version
 
-    async def batch_changed(self, ref: str) -> None:
-        for product in self._products.values():
-            for b in product.batches:
-                if b.reference == ref:
-                    self.batches[ref] = {
-                        "sku": b.sku,
-                        "eta": b.eta,
-                        "purchased": b.purchased_quantity,
-                        "allocated": b.allocated_quantity,
-                    }
+    async def batch_added(
+        self, ref: str, sku: str, eta: date | None, qty: int, version: int
+    ) -> None:
+        self.batches[ref] = {"sku": sku, "eta": eta, "purchased": qty, "allocated": 0}
+
+    async def batch_resized(self, ref: str, qty: int, version: int) -> None:
+        self.batches[ref]["purchased"] = qty
+
+    async def batch_allocated(self, ref: str, qty: int, version: int) -> None:
+        allocated = self.batches[ref]["allocated"]
+        assert isinstance(allocated, int)
+        self.batches[ref]["allocated"] = allocated + qty
 
     def allocations_of(self, orderid: str) -> list[dict[str, str]]:
         return [
