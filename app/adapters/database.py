@@ -19,9 +19,10 @@ from sqlalchemy.sql.base import Executable
 
 # serialization_failure, deadlock_detected, lock_not_available
 _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}
-# admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections; and
-# every connection_exception (class 08)
-_UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
+# admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections,
+# query_canceled (statement_timeout: the server gave up at DB_TIMEOUT, as the
+# client would have); and every connection_exception (class 08)
+_UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300", "57014"}
 
 
 def build_engine(
@@ -44,7 +45,14 @@ def build_engine(
         if db_timeout is not None:
             options.update(
                 pool_timeout=db_timeout,
-                connect_args={"timeout": db_timeout, "command_timeout": db_timeout},
+                connect_args={
+                    "timeout": db_timeout,
+                    "command_timeout": db_timeout,
+                    # The server gives up too: a statement the client stopped
+                    # waiting for is not left running (cancelled, or on a
+                    # connection that was dropped).
+                    "server_settings": {"statement_timeout": str(round(db_timeout * 1000))},
+                },
             )
         if not writer:
             # Reads are single statements: no BEGIN, no ROLLBACK on return to

@@ -284,7 +284,12 @@ class SqlAlchemyOutbox(AbstractOutbox):
         # bounded even where autovacuum is off.
         async with engine.connect() as conn:
             auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await auto.exec_driver_sql("VACUUM outbox, processed_messages")
+            # Unbounded by DB_TIMEOUT: it takes no lock that writes wait for.
+            await auto.exec_driver_sql("SET statement_timeout = 0")
+            try:
+                await auto.exec_driver_sql("VACUUM outbox, processed_messages")
+            finally:
+                await auto.exec_driver_sql("RESET statement_timeout")
 
 
 def _age(now: datetime, then: datetime | None) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.e2e.processes import (
     query,
     run_cli,
     service_env,
+    wait_for,
 )
 from tests.e2e.scenarios import add_batch, allocate
 
@@ -59,6 +61,7 @@ async def test_outbox_on_a_fresh_database_has_nothing_pending(database: str) -> 
         "pending: 0",
         "failing: 0  (attempted 5 times or more)",
         "oldest pending: -",
+        "oldest delivered: -  (kept 86400s)",
     ], describe(result)
 
 
@@ -66,7 +69,7 @@ async def test_outbox_on_a_fresh_database_has_nothing_pending(database: str) -> 
 @pytest.mark.slow
 async def test_outbox_counts_pending_and_failing_events(database: str, tmp_path: Path) -> None:
     # Three allocations whose line_allocated cannot be published: Redis is not there.
-    offline = service_env(database, dead_redis_url(), relay_enabled=False)
+    offline = service_env(database, dead_redis_url())
     async with Processes(tmp_path) as processes:
         api = processes.api(offline)
         await api.start_serving()
@@ -75,21 +78,29 @@ async def test_outbox_counts_pending_and_failing_events(database: str, tmp_path:
             await add_batch(http, random_ref("batch"), sku, 10, None)
             for _ in range(3):
                 await allocate(http, random_ref("order"), sku, 1)
+
+        async def tried() -> bool:
+            rows = await query(database, "SELECT count(*) FROM outbox WHERE last_error IS NOT NULL")
+            return bool(rows[0][0])
+
+        await wait_for(tried, 10, processes.report)
         await api.shut_down()
     env = service_env(database)
 
     result = await run_cli(env, "outbox")
 
     assert result.returncode == 0, describe(result)
-    pending, failing, oldest = result.stdout.splitlines()
+    pending, failing, oldest, delivered = result.stdout.splitlines()
     assert pending == "pending: 3", describe(result)
     assert failing == "failing: 0  (attempted 5 times or more)", describe(result)
     assert re.fullmatch(r"oldest pending: \d+\.\ds", oldest), describe(result)
+    # Only events with handlers after the commit are kept, and none was delivered.
+    assert delivered == "oldest delivered: -  (kept 86400s)", describe(result)
 
     await query(
         database,
-        "UPDATE outbox SET attempts = 5"
-        " WHERE id = (SELECT min(id) FROM outbox WHERE completed_at IS NULL)",
+        "UPDATE outbox SET attempts = 5 WHERE id = (SELECT min(id) FROM outbox"
+        " WHERE completed_at IS NULL AND last_error IS NOT NULL)",
     )
     result = await run_cli(env, "outbox")
 
@@ -97,8 +108,28 @@ async def test_outbox_counts_pending_and_failing_events(database: str, tmp_path:
     lines = result.stdout.splitlines()
     assert lines[:2] == ["pending: 3", "failing: 1  (attempted 5 times or more)"], describe(result)
     # The failing event is listed with why it fails: here, no Redis to publish to.
-    [listed] = lines[3:]
+    [listed] = lines[4:]
     assert re.match(r"  Allocated [0-9a-f]{32}: 5 attempts; publish_allocated_event: ", listed), (
+        describe(result)
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_outbox_says_when_pruning_is_behind(database: str) -> None:
+    # An event delivered two days ago, kept for one: the relay's pruning is not keeping up.
+    await query(
+        database,
+        "INSERT INTO outbox (id, type, payload, created_at, available_at, completed_at)"
+        " VALUES ('0123456789abcdef0123456789abcdef', 'OutOfStock', '{}',"
+        " :then, :then, :then)",
+        then=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2),
+    )
+
+    result = await run_cli(service_env(database), "outbox")
+
+    assert result.returncode == 0, describe(result)
+    assert result.stdout.splitlines()[-1].startswith("pruning is behind: events delivered"), (
         describe(result)
     )
 

@@ -58,7 +58,7 @@ async def database(postgres_cluster: PostgresCluster) -> str:
 
 @pytest.fixture
 async def api(database: str, tmp_path: Path) -> AsyncIterator[Api]:
-    env = service_env(database, db_timeout=DB_TIMEOUT, relay_interval=0.2, outbox_lease=2)
+    env = service_env(database, db_timeout=DB_TIMEOUT, relay_interval=0.2)
     async with Processes(tmp_path) as processes:
         api = processes.api(env)
         await api.start_serving()

@@ -58,9 +58,7 @@ class Stack:
 async def stack(database: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
     """An API and a worker on the module's database, and a line_allocated subscriber."""
     dead_letter_key = f"test:dead-letters:{uuid.uuid4().hex}"
-    env = service_env(
-        database, redis_url, relay_interval=0.2, outbox_lease=5, dead_letter_key=dead_letter_key
-    )
+    env = service_env(database, redis_url, relay_interval=0.2, dead_letter_key=dead_letter_key)
     async with Processes(tmp_path) as processes:
         api, worker = processes.api(env), processes.worker(env)
         api.start()

@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from dependency_injector import providers
 from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
+from app.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from tests.conftest import random_ref
 
 REPLAYED = "idempotent-replayed"
@@ -197,15 +199,31 @@ async def test_an_expired_key_is_new_again(database_url: str) -> None:
     assert REPLAYED not in again.headers
 
 
+class FailsAfterCommit(SqlAlchemyUnitOfWork):
+    """Commits, then fails: as a process would that died between its commit and its answer."""
+
+    async def _commit(self) -> None:
+        await super()._commit()
+        raise RuntimeError("injected failure after the commit")
+
+
 async def test_a_server_error_is_not_kept_and_the_key_may_be_sent_again(
     database_url: str,
 ) -> None:
     app = create_app(Settings(database_url=database_url))
+    container = app.state.container
     async with serving(app) as client:
         ref, sku, headers = random_ref("batch"), random_ref("sku"), key()
         # The batch is committed, then the request fails: a 500 to the client.
-        app.state.container.faults().arm("after_commit")
-        failed = await client.post("/batches", json=batch(ref, sku), headers=headers)
+        with container.uow.override(
+            providers.Factory(
+                FailsAfterCommit,
+                engine=container.engine,
+                inline=container.inline_handlers,
+                after_commit=container.after_commit_handlers,
+            )
+        ):
+            failed = await client.post("/batches", json=batch(ref, sku), headers=headers)
 
         retried = await client.post("/batches", json=batch(ref, sku), headers=headers)
         again = await client.post("/batches", json=batch(ref, sku), headers=headers)

@@ -1,11 +1,13 @@
 """The kill test: SIGKILL the API under load, restart it, and lose nothing.
 
-One uvicorn process (its relay on, a short outbox lease) and one
-``allocation worker`` share a fresh database. Four clients allocate orders
-over a few skus with little stock, and change batch quantities over HTTP and
-over Redis. Half-way, the API is killed and restarted on the same port. Once
-the outbox is delivered, every order reads the same before and after
-``allocation rebuild-views``, and the write model adds up.
+One uvicorn process (its relay on) and one ``allocation worker`` share a
+fresh database. Four clients allocate orders over a few skus with little
+stock, and change batch quantities over HTTP and over Redis. Half-way, the
+API is killed and restarted on the same port. Within 5 s of the restart,
+every event the dead process had committed is delivered; once the load is
+over, every order reads the same before and after ``allocation
+rebuild-views``, every ``line_allocated`` has been published, and the write
+model adds up.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from redis.asyncio import Redis
 from tests.conftest import random_ref
 from tests.e2e.processes import (
     Processes,
+    Subscriber,
     allocations_of,
     describe,
     fresh_database,
@@ -48,6 +51,7 @@ MAX_OPS = 250  # per client: a bound on the load whatever happens
 PHASE_OPS = 60  # successful operations before the kill, and again after the restart
 PHASE_TIMEOUT = 30.0
 SETTLE_TIMEOUT = 60.0
+OWED_WITHIN = 5.0  # seconds after the restart: what the dead process owed is delivered
 SKUS = 3
 BATCHES = 3  # per sku: one in the warehouse, two shipments
 STOCK = 12  # units per batch at the start: orders run out
@@ -131,10 +135,11 @@ async def client(n: int, http: httpx.AsyncClient, redis: Redis, load: Load) -> N
 async def test_killing_the_api_under_load_loses_nothing(
     database: str, redis_url: str, tmp_path: Path
 ) -> None:
-    env = service_env(database, redis_url, relay_interval=0.2, outbox_lease=2)
+    env = service_env(database, redis_url, relay_interval=0.2)
     async with (
         Processes(tmp_path) as processes,
         httpx.AsyncClient(timeout=10) as http,
+        Subscriber(redis_url, "line_allocated") as line_allocated,
     ):
         api, worker = processes.api(env), processes.worker(env)
         api.start()
@@ -166,9 +171,30 @@ async def test_killing_the_api_under_load_loses_nothing(
                 killed_at = time.monotonic()
                 code = await api.kill()
                 assert code == -signal.SIGKILL
+                committed_before_kill = await query(
+                    database, "SELECT id FROM outbox WHERE completed_at IS NULL"
+                )
                 before_kill = load.succeeded()
                 await api.start_serving()
                 restarted_at = time.monotonic()
+
+                # What the dead process had stored and not delivered (some of it
+                # claimed by its relay when it died) goes out at once: its locks
+                # died with it.
+                owed = {event_id for (event_id,) in committed_before_kill}
+
+                async def owed_delivered() -> bool:
+                    rows = await query(database, "SELECT id FROM outbox WHERE completed_at IS NULL")
+                    return not owed & {event_id for (event_id,) in rows}
+
+                await wait_for(
+                    owed_delivered,
+                    OWED_WITHIN,
+                    lambda: (
+                        f"events owed at the kill not delivered within {OWED_WITHIN}s of "
+                        f"the restart\n{processes.report()}"
+                    ),
+                )
                 await wait_for(
                     lambda: (
                         load.succeeded() >= before_kill + PHASE_OPS
@@ -289,6 +315,23 @@ async def test_killing_the_api_under_load_loses_nothing(
                 " HAVING count(*) > 1",
             )
             assert not lines_per_order, lines_per_order
+            # Every line_allocated went out, each once or recognisably the same twice.
+            allocated = {
+                event_id
+                for (event_id,) in await query(
+                    database, "SELECT id FROM outbox WHERE type = 'Allocated'"
+                )
+            }
+            sentinel_change = random_ref("sentinel")
+            await redis.publish("line_allocated", json.dumps({"event_id": sentinel_change}))
+            await wait_for(
+                lambda: any(m.get("event_id") == sentinel_change for m in line_allocated.messages),
+                SETTLE_TIMEOUT,
+                "the subscriber to catch up",
+            )
+            published = {m.get("event_id") for m in line_allocated.messages}
+            missing = allocated - published
+            assert not missing, f"{len(missing)} of {len(allocated)} line_allocated never published"
             # No message was dropped, no handler failed for good along the way.
             for service in (api, worker):
                 assert "Traceback" not in service.output(), processes.report()
