@@ -33,7 +33,7 @@ class EmailNotifications(AbstractNotifications):
         message["From"] = self._sender
         message["To"] = self._recipient
         message["Subject"] = f"Out of stock: {sku}"
-        message["Date"] = formatdate(localtime=False)
+        message["Date"] = formatdate(usegmt=True)
         # Sent again after a crash, it is recognisably the same message.
         message["Message-ID"] = f"<{event_id}@allocation.out-of-stock>"
         message.set_content(

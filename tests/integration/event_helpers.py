@@ -2,9 +2,12 @@
 
 The tests that use these prove that no event is lost when a step fails or a
 server is away, so they look at the outbox and the processed-messages ledger
-directly, run the relay by hand, and start servers of their own to stop them.
-Nothing here sleeps to wait for something: every wait polls a condition
-until a deadline.
+directly, run delivery passes by hand, and start servers of their own to
+stop them. Faults are injected by overriding the container's providers
+(before it first builds what depends on them): a unit of work that crashes
+right after its commit, an after-commit handler that fails after it ran, a
+publisher that fails. Nothing here sleeps to wait for something: every wait
+polls a condition until a deadline.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -35,8 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import container as composition
 from app.adapters import orm
+from app.adapters.publisher import AbstractPublisher
 from app.config import Settings
 from app.container import Container
+from app.domain import events
+from app.service_layer.delivery import AfterCommitHandlers, EventHandler
+from app.service_layer.unit_of_work import InlineHandlers, SqlAlchemyUnitOfWork
 from tests.databases import postgres_database
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -65,7 +72,6 @@ def private_postgres_database(server_url: str) -> AbstractAsyncContextManager[st
 @asynccontextmanager
 async def running_container(settings: Settings) -> AsyncIterator[Container]:
     """The app's container on ``settings``, resources open; no relay runs by itself."""
-    orm.start_mappers()
     container = Container()
     container.settings.override(providers.Object(settings))
     await composition.start(container)
@@ -147,18 +153,19 @@ async def allocated_in_write_model(engine: AsyncEngine, orderid: str, sku: str) 
     return ref
 
 
-async def relay_until_delivered(
+async def deliver_until_delivered(
     container: Container, event_ids: list[str], within: float = 15.0
 ) -> None:
-    """Run relay passes until every one of the events is marked delivered.
+    """Run delivery passes until every one of the events is marked delivered.
 
-    Each pass takes only what is due, so this also waits out leases and backoffs.
+    Each pass takes only what is due, so this also waits out the backoff of
+    an event whose delivery failed.
     """
     engine: AsyncEngine = container.engine()
     wanted = set(event_ids)
 
     async def delivered() -> bool:
-        await container.relay().run_once()
+        await container.delivery().deliver_due()
         o = orm.outbox.c
         async with engine.connect() as conn:
             done = set(
@@ -168,7 +175,118 @@ async def relay_until_delivered(
             )
         return done == wanted
 
-    await eventually(delivered, f"the relay to deliver {sorted(wanted)}", within)
+    await eventually(delivered, f"delivery of {sorted(wanted)}", within)
+
+
+# Faults, injected through the container's providers.
+
+
+class InjectedFault(Exception):
+    """A failure the test asked for."""
+
+
+@dataclass
+class Faults:
+    """How many more times a fault is to strike; and how often it did."""
+
+    times: int = 1
+    struck: int = 0
+
+    def strike(self, what: str) -> None:
+        if self.times > 0:
+            self.times -= 1
+            self.struck += 1
+            raise InjectedFault(what)
+
+
+class CrashesAfterCommit(SqlAlchemyUnitOfWork):
+    """Commits, then fails: as a process would that died right after its commit."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        inline: InlineHandlers | None = None,
+        after_commit: Collection[type[events.Event]] = (),
+        *,
+        faults: Faults,
+    ) -> None:
+        super().__init__(engine, inline, after_commit)
+        self._faults = faults
+
+    async def _commit(self) -> None:
+        await super()._commit()
+        self._faults.strike("crash after the commit")
+
+
+def crash_after_commit(container: Container, times: int = 1) -> Faults:
+    """The next ``times`` commits of the container's units of work crash right after.
+
+    Every unit of work counts, a delivery pass's too. ``container.uow.reset_override()``
+    ends it.
+    """
+    faults = Faults(times)
+    container.uow.override(
+        providers.Factory(
+            CrashesAfterCommit,
+            engine=container.engine,
+            inline=container.inline_handlers,
+            after_commit=container.after_commit_handlers,
+            faults=providers.Object(faults),
+        )
+    )
+    return faults
+
+
+def fail_after_running(handler: EventHandler, faults: Faults, name: str) -> EventHandler:
+    """``handler``, which raises after it ran, as long as ``faults`` says so."""
+
+    async def run_then_fail(event: Any) -> None:
+        await handler(event)
+        faults.strike(f"{name} failed after it ran")
+
+    return run_then_fail
+
+
+def failing_after_it_ran(container: Container, name: str, times: int = 1) -> Faults:
+    """The after-commit handler ``name`` fails ``times`` times, each after it did its work.
+
+    Call before the container builds delivery or a unit of work.
+    """
+    faults = Faults(times)
+    real = container.after_commit_handlers()
+    wrapped = {
+        event_type: {
+            n: fail_after_running(h, faults, n) if n == name else h for n, h in handlers.items()
+        }
+        for event_type, handlers in real.items()
+    }
+    assert any(name in handlers for handlers in wrapped.values()), f"no handler {name}"
+    override_after_commit_handlers(container, wrapped)
+    return faults
+
+
+def override_after_commit_handlers(container: Container, handlers: AfterCommitHandlers) -> None:
+    """Delivery and the units of work use ``handlers``: before either is built."""
+    container.after_commit_handlers.override(providers.Object(handlers))
+
+
+@dataclass
+class FlakyPublisher(AbstractPublisher):
+    """The real publisher, but the next ``faults.times`` publishes fail, as while Redis is down."""
+
+    real: AbstractPublisher
+    faults: Faults = field(default_factory=Faults)
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        self.faults.strike("publisher down")
+        await self.real.publish(channel, payload)
+
+
+def failing_publisher(container: Container, times: int = 1) -> Faults:
+    """The next ``times`` publishes fail: call before the container builds its handlers."""
+    publisher = FlakyPublisher(container.publisher(), Faults(times))
+    container.publisher.override(providers.Object(publisher))
+    return publisher.faults
 
 
 # Redis.

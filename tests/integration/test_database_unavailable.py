@@ -12,28 +12,37 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import views
-from app.adapters import database, orm
+from app.adapters import database
 from app.adapters.database import build_engine
 from app.domain import commands, events
-from app.faults import Faults
 from app.service_layer import handlers
+from app.service_layer.delivery import Backoff, Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
-from app.service_layer.unit_of_work import DatabaseUnavailable, SqlAlchemyUnitOfWork
+from app.service_layer.unit_of_work import (
+    DatabaseUnavailable,
+    InlineHandlers,
+    SqlAlchemyUnitOfWork,
+)
 from tests.conftest import free_port, random_ref
 from tests.databases import alembic_upgrade
 from tests.pg_cluster import PostgresCluster
 
 DB_TIMEOUT = 2.0
+# The batch read model, written in the command's transaction.
+INLINE: InlineHandlers = {
+    events.BatchCreated: {"add_batch_to_read_model": handlers.add_batch_to_read_model},
+    events.BatchQuantityChanged: {
+        "resize_batch_in_read_model": handlers.resize_batch_in_read_model
+    },
+}
 
 
 def bus(engine: AsyncEngine, built: list[SqlAlchemyUnitOfWork]) -> MessageBus:
-    session_factory = async_sessionmaker(engine, expire_on_commit=False)
-
     def uow() -> SqlAlchemyUnitOfWork:
-        built.append(SqlAlchemyUnitOfWork(session_factory))
+        built.append(SqlAlchemyUnitOfWork(engine, inline=INLINE))
         return built[-1]
 
     return MessageBus(
@@ -42,19 +51,14 @@ def bus(engine: AsyncEngine, built: list[SqlAlchemyUnitOfWork]) -> MessageBus:
             commands.CreateBatch: handlers.add_batch,
             commands.ChangeBatchQuantity: handlers.change_batch_quantity,
         },
-        event_handlers={
-            events.BatchCreated: [handlers.update_batch_read_model],
-            events.BatchQuantityChanged: [handlers.update_batch_read_model],
-        },
         retry=RetryPolicy(attempts=5, backoff_base=0.01, backoff_max=0.1),
-        faults=Faults(),
+        delivery=Delivery(uow, handlers={}, backoff=Backoff()),
     )
 
 
 @pytest.fixture
 async def nowhere() -> AsyncIterator[AsyncEngine]:
     """An engine on a port where nothing listens."""
-    orm.start_mappers()
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/allocation"
     engine = build_engine(url, db_timeout=DB_TIMEOUT)
     try:
@@ -90,7 +94,6 @@ async def test_reads_and_the_ping_fail_fast(nowhere: AsyncEngine) -> None:
 async def test_pools_replace_every_connection_the_restarted_server_dropped(
     postgres_cluster: PostgresCluster,
 ) -> None:
-    orm.start_mappers()
     await asyncio.to_thread(alembic_upgrade, postgres_cluster.url)
     pool_size = 3
     write = build_engine(postgres_cluster.url, pool_size=pool_size, db_timeout=DB_TIMEOUT)

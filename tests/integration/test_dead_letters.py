@@ -1,8 +1,9 @@
 """Messages the consumer cannot apply go to the dead-letter list, whole, with why.
 
 A real Redis (a list of each test's own) and a real database, SQLite and
-PostgreSQL; a transient failure is a fault armed after the command's commit,
-or a PostgreSQL server that is not there.
+PostgreSQL; a transient failure is a crash right after the command's commit
+(a unit of work of the test's own, through the container), or a PostgreSQL
+server that is not there.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tests.integration.dead_letter_helpers import (
     consumer_of,
     running_service,
 )
+from tests.integration.event_helpers import crash_after_commit
 
 pytestmark = pytest.mark.redis
 
@@ -142,7 +144,7 @@ async def test_a_transient_failure_that_clears_within_the_retries_is_applied(
     service: Service, caplog: pytest.LogCaptureFixture
 ) -> None:
     ref = await new_batch(service)
-    service.container.faults().arm("after_commit", times=ATTEMPTS - 1)
+    faults = crash_after_commit(service.container, times=ATTEMPTS - 1)
     caplog.set_level(logging.WARNING, logger="app.entrypoints.redis_consumer")
 
     outcome = await service.consumer.handle(json.dumps({"batchref": ref, "qty": 4}))
@@ -151,6 +153,7 @@ async def test_a_transient_failure_that_clears_within_the_retries_is_applied(
     assert await service.dead_letters.entries() == []
     assert await purchased(service, ref) == 4
     assert service.consumer.counts["applied"] == 1
+    assert faults.struck == ATTEMPTS - 1
     retries = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
     assert len(retries) == ATTEMPTS - 1, retries
     assert "InjectedFault" in retries[0]
@@ -160,17 +163,20 @@ async def test_a_failure_that_persists_is_dead_lettered_after_every_attempt(
     service: Service,
 ) -> None:
     ref = await new_batch(service)
-    service.container.faults().arm("after_commit", times=100)
+    faults = crash_after_commit(service.container, times=100)
     data = json.dumps({"batchref": ref, "qty": 4})
     try:
         letter = await service.dead_letter(data)
     finally:
-        service.container.faults().disarm()
+        service.container.uow.reset_override()
 
+    assert faults.struck == ATTEMPTS
     assert await service.dead_letters.entries() == [letter]
     assert (letter.reason, letter.attempts) == ("failed", ATTEMPTS)
-    assert (letter.error_type, letter.error) == ("InjectedFault", "after_commit")
+    assert (letter.error_type, letter.error) == ("InjectedFault", "crash after the commit")
     assert service.consumer.counts["failed"] == 1
+    # Each attempt committed before it failed: the change is applied, once or more.
+    assert await purchased(service, ref) == 4
 
 
 @pytest.mark.postgres

@@ -1,11 +1,16 @@
 """Out-of-stock notices go out by real SMTP, and wait in the outbox while it is down.
 
-The mail server is aiosmtpd on a free port; SQLite and PostgreSQL.
+The mail server is aiosmtpd on a free port; SQLite and PostgreSQL. No relay
+runs by itself: the tests run delivery passes by hand. A notice carries a
+Message-ID made from its event's id, so one sent again is recognisably the
+same notice.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 import pytest
 
@@ -15,16 +20,37 @@ from app.container import Container
 from app.domain import commands
 from tests.conftest import free_port, random_ref
 from tests.integration.event_helpers import (
+    OutboxRow,
+    ReceivedMail,
     SmtpSink,
-    eventually,
+    deliver_until_delivered,
+    failing_after_it_ran,
     outbox_rows,
     private_postgres_database,
-    relay_until_delivered,
     running_container,
 )
 
 STOCK_TEAM = "stock@example.com"
 SENDER = "allocation@example.com"
+NOTIFY = "send_out_of_stock_notification"
+
+
+def message_id(event_id: str) -> str:
+    return f"<{event_id}@allocation.out-of-stock>"
+
+
+def assert_a_notice_of(mail: ReceivedMail, sku: str, row: OutboxRow) -> None:
+    """``mail`` is the stock team's notice of ``sku``, made from the event of ``row``."""
+    assert mail.recipients == [STOCK_TEAM]
+    assert mail.sender == SENDER
+    assert mail.message["To"] == STOCK_TEAM
+    assert mail.message["From"] == SENDER
+    assert sku in mail.message["Subject"]
+    assert mail.message["Message-ID"] == message_id(row.id)
+    sent = parsedate_to_datetime(str(mail.message["Date"]))
+    if sent.tzinfo is None:  # "-0000": in UTC (RFC 5322, 3.3)
+        sent = sent.replace(tzinfo=UTC)
+    assert abs(datetime.now(UTC) - sent) < timedelta(minutes=5)
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +88,18 @@ async def container(email_database_url: str, smtp: SmtpSink) -> AsyncIterator[Co
         smtp_from=SENDER,
         notify_email=STOCK_TEAM,
         relay_enabled=False,
-        outbox_lease=0.05,
     )
     async with running_container(settings) as container:
         yield container
+
+
+async def out_of_stock(container: Container, sku: str, orderid: str) -> OutboxRow:
+    """Allocate more of ``sku`` than there is; the OutOfStock event, waiting in the outbox."""
+    await container.bus().handle(commands.Allocate(orderid, sku, 11))  # no error: a 202
+    assert await views.allocations(container.read_engine(), orderid) == []
+    [row] = await outbox_rows(container.engine(), sku, "OutOfStock")
+    assert row.pending
+    return row
 
 
 async def test_running_out_of_stock_mails_the_stock_team_once(
@@ -73,22 +107,47 @@ async def test_running_out_of_stock_mails_the_stock_team_once(
 ) -> None:
     sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
     await container.bus().handle(commands.CreateBatch(ref, sku, 10, None))
+    row = await out_of_stock(container, sku, orderid)
+    assert smtp.about(sku) == []  # it goes after the commit, with delivery
 
-    await container.bus().handle(commands.Allocate(orderid, sku, 11))
+    await deliver_until_delivered(container, [row.id])
 
-    async def mailed() -> bool:
-        return bool(smtp.about(sku))
-
-    await eventually(mailed, f"a notice about {sku}")
     [mail] = smtp.about(sku)
-    assert mail.recipients == [STOCK_TEAM]
-    assert mail.sender == SENDER
-    assert mail.message["To"] == STOCK_TEAM
-    assert mail.message["From"] == SENDER
-    assert sku in mail.message["Subject"]
-    assert await views.allocations(container.read_engine(), orderid) == []
+    assert_a_notice_of(mail, sku, row)
     [row] = await outbox_rows(container.engine(), sku, "OutOfStock")
     assert not row.pending
+    await container.delivery().deliver_due()
+    assert len(smtp.about(sku)) == 1
+
+
+async def test_a_notice_sent_again_is_the_same_message(
+    container: Container, smtp: SmtpSink
+) -> None:
+    # The mail goes out, then its delivery fails, as if the process had died
+    # before it recorded the sending: the event is delivered again.
+    faults = failing_after_it_ran(container, NOTIFY)
+    sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
+    await container.bus().handle(commands.CreateBatch(ref, sku, 10, None))
+    row = await out_of_stock(container, sku, orderid)
+
+    await container.delivery().deliver_due()
+
+    assert faults.struck == 1
+    [failed] = await outbox_rows(container.engine(), sku, "OutOfStock")
+    assert (failed.pending, failed.attempts) == (True, 1)
+    assert failed.last_error is not None
+    assert NOTIFY in failed.last_error
+    assert len(smtp.about(sku)) == 1
+
+    await deliver_until_delivered(container, [row.id])
+
+    first, again = smtp.about(sku)
+    assert_a_notice_of(first, sku, row)
+    assert_a_notice_of(again, sku, row)
+    assert first.message["Message-ID"] == again.message["Message-ID"]
+    [row] = await outbox_rows(container.engine(), sku, "OutOfStock")
+    assert not row.pending
+    assert row.last_error is None
 
 
 async def test_with_smtp_down_the_notice_waits_in_the_outbox(
@@ -101,6 +160,7 @@ async def test_with_smtp_down_the_notice_waits_in_the_outbox(
 
     await container.bus().handle(commands.Allocate(fits, sku, 10))
     await container.bus().handle(commands.Allocate(too_big, sku, 1))  # no error: a 202
+    await container.delivery().deliver_due()
 
     read_engine, engine = container.read_engine(), container.engine()
     assert await views.allocations(read_engine, fits) == [{"sku": sku, "batchref": ref}]
@@ -109,15 +169,14 @@ async def test_with_smtp_down_the_notice_waits_in_the_outbox(
     assert row.pending
     assert row.attempts == 1
     assert row.last_error is not None
-    assert "send_out_of_stock_notification" in row.last_error
+    assert NOTIFY in row.last_error
     assert smtp.about(sku) == []
 
     await smtp.start()
-    await relay_until_delivered(container, [row.id])
+    await deliver_until_delivered(container, [row.id])
 
     [mail] = smtp.about(sku)
-    assert mail.recipients == [STOCK_TEAM]
-    assert sku in mail.message["Subject"]
+    assert_a_notice_of(mail, sku, row)
     [row] = await outbox_rows(engine, sku, "OutOfStock")
     assert not row.pending
     assert row.last_error is None

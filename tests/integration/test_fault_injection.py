@@ -1,15 +1,18 @@
-"""Nothing is lost when delivery fails at any step (DESIGN.md §4).
+"""Nothing is lost when a step fails: the read model at once, the rest from the outbox.
 
-Each test arms a fault at one step of an allocation (after the command
-commits, inside a handler's commit, in the Redis publish), shows the damage
-the fast path leaves, then runs the relay by hand and shows the outbox put it
-right: the read model catches up and ``line_allocated`` is published exactly
-once. PostgreSQL and a real Redis.
+Each test injects a fault at one step of an allocation (a crash right after
+the command's commit, an after-commit handler failing after it ran, the
+Redis publish failing) through the container's providers, shows what the
+user sees at once (the allocation, in the read model: it is written in the
+command's own transaction) and what waits (``line_allocated``), then runs
+delivery passes by hand and shows the outbox put the rest right: each
+event published, and its delivery settled. PostgreSQL and a real Redis.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -18,26 +21,30 @@ from asgi_lifespan import LifespanManager
 from app import views
 from app.config import Settings
 from app.container import Container
-from app.domain import commands
-from app.faults import InjectedFault
+from app.domain import commands, events
 from app.main import create_app
 from tests.conftest import random_ref
 from tests.integration.event_helpers import (
+    Faults,
+    InjectedFault,
     Subscriber,
     allocated_in_write_model,
     allocated_row,
+    crash_after_commit,
+    deliver_until_delivered,
+    fail_after_running,
+    failing_after_it_ran,
+    failing_publisher,
     handled_by,
+    override_after_commit_handlers,
     private_postgres_database,
-    relay_until_delivered,
     running_container,
     subscribe,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
-# Allocated's handlers: the read models (recorded by their own commit), and
-# the publish (with nothing to write, recorded only if the event fails).
-READ_MODELS = "add_allocation_to_read_model"
+# Allocated's one after-commit handler, as registered (and stored in the ledger).
 PUBLISH = "publish_allocated_event"
 
 
@@ -49,14 +56,8 @@ async def events_postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 def settings(events_postgres_url: str, redis_url: str) -> Settings:
-    # A short lease: the relay passes below find a command's events due soon
-    # after it, as they would be after a crash. No relay runs on its own.
-    return Settings(
-        database_url=events_postgres_url,
-        redis_url=redis_url,
-        relay_enabled=False,
-        outbox_lease=0.05,
-    )
+    # No relay runs on its own: the tests run delivery passes by hand.
+    return Settings(database_url=events_postgres_url, redis_url=redis_url, relay_enabled=False)
 
 
 @pytest.fixture
@@ -82,94 +83,148 @@ async def new_batch(container: Container, qty: int = 10) -> tuple[str, str]:
     return sku, ref
 
 
+async def allocated_shown(container: Container, orderid: str, sku: str, ref: str) -> None:
+    """The read model shows the line in ``ref``, and the batch with its quantity taken."""
+    read_engine = container.read_engine()
+    assert await views.allocations(read_engine, orderid) == [{"sku": sku, "batchref": ref}]
+    assert (await views.batch(read_engine, ref) or {}).get("allocated") == 3
+
+
 async def test_a_crash_after_the_commit_loses_nothing(
     container: Container, line_allocated: Subscriber
 ) -> None:
     sku, ref = await new_batch(container)
     orderid = random_ref("order")
-    container.faults().arm("after_commit")
+    faults = crash_after_commit(container)
 
     with pytest.raises(InjectedFault):
         await container.bus().handle(commands.Allocate(orderid, sku, 3))
 
-    engine, read_engine = container.engine(), container.read_engine()
+    assert faults.struck == 1
+    engine = container.engine()
     assert await allocated_in_write_model(engine, orderid, sku) == ref
-    assert await views.allocations(read_engine, orderid) == []
+    # The read model was written in the same transaction: it shows the allocation already.
+    await allocated_shown(container, orderid, sku, ref)
+    # Only what happens after the commit waits, in the outbox.
     assert await published_for(line_allocated, orderid) == []
     row = await allocated_row(engine, orderid)
     assert (row.pending, row.attempts) == (True, 0)
     assert await handled_by(engine, row.id) == set()
 
-    await relay_until_delivered(container, [row.id])
+    await deliver_until_delivered(container, [row.id])
 
-    assert await views.allocations(read_engine, orderid) == [{"sku": sku, "batchref": ref}]
-    assert (await views.batch(read_engine, ref) or {}).get("allocated") == 3
     assert await published_for(line_allocated, orderid) == [row.id]
+    await allocated_shown(container, orderid, sku, ref)
     row = await allocated_row(engine, orderid)
     assert not row.pending
     assert row.last_error is None
-    assert await handled_by(engine, row.id) == {READ_MODELS}
+    assert await handled_by(engine, row.id) == set()
 
 
-async def test_a_handler_failing_to_commit_is_run_again_alone(
+async def test_a_handler_failing_after_it_ran_is_run_again_recognisably(
     container: Container, line_allocated: Subscriber
 ) -> None:
+    faults = failing_after_it_ran(container, PUBLISH)
     sku, ref = await new_batch(container)
     orderid = random_ref("order")
-    container.faults().arm("commit:add_allocation_to_read_model")
 
     await container.bus().handle(commands.Allocate(orderid, sku, 3))  # the caller sees a 202
 
-    engine, read_engine = container.engine(), container.read_engine()
-    assert await views.allocations(read_engine, orderid) == []
+    await allocated_shown(container, orderid, sku, ref)
+    engine = container.engine()
     row = await allocated_row(engine, orderid)
-    assert row.pending
-    assert row.attempts == 1
+    assert await container.delivery().deliver_due() >= 1
+
+    assert faults.struck == 1
+    row = await allocated_row(engine, orderid)
+    assert (row.pending, row.attempts) == (True, 1)
     assert row.last_error is not None
-    assert "add_allocation_to_read_model" in row.last_error
+    assert PUBLISH in row.last_error
     assert "InjectedFault" in row.last_error
-    # The publish finished, and is recorded: only the failed handler runs again.
-    assert await handled_by(engine, row.id) == {PUBLISH}
-    assert (await views.batch(read_engine, ref) or {}).get("allocated") == 0
-    assert await published_for(line_allocated, orderid) == [row.id]
+    assert await handled_by(engine, row.id) == set()  # it did not finish
+    assert await published_for(line_allocated, orderid) == [row.id]  # but it did publish
 
-    await relay_until_delivered(container, [row.id])
+    await deliver_until_delivered(container, [row.id])
 
-    assert await views.allocations(read_engine, orderid) == [{"sku": sku, "batchref": ref}]
-    assert (await views.batch(read_engine, ref) or {}).get("allocated") == 3
-    assert await published_for(line_allocated, orderid) == [row.id]  # not published again
+    # Delivery is at least once: the repeat carries the same event id, for
+    # subscribers to recognise.
+    assert await published_for(line_allocated, orderid) == [row.id, row.id]
     row = await allocated_row(engine, orderid)
     assert not row.pending
     assert row.last_error is None
-    assert await handled_by(engine, row.id) == {READ_MODELS, PUBLISH}
+    await allocated_shown(container, orderid, sku, ref)
+
+
+async def test_a_failing_handler_is_run_again_alone(
+    container: Container, line_allocated: Subscriber
+) -> None:
+    # A second after-commit handler of Allocated, which fails once: the
+    # publish, which finished, is recorded and not run again.
+    seen: list[str] = []
+
+    async def audit(event: Any) -> None:
+        seen.append(event.id)
+
+    faults = Faults(times=1)
+    real = container.after_commit_handlers()
+    audited = fail_after_running(audit, faults, "audit")
+    handlers = {**real, events.Allocated: {**real[events.Allocated], "audit": audited}}
+    override_after_commit_handlers(container, handlers)
+    sku, ref = await new_batch(container)
+    orderid = random_ref("order")
+
+    await container.bus().handle(commands.Allocate(orderid, sku, 3))
+    await container.delivery().deliver_due()
+
+    engine = container.engine()
+    row = await allocated_row(engine, orderid)
+    assert (row.pending, row.attempts) == (True, 1)
+    assert row.last_error is not None
+    assert "audit" in row.last_error
+    assert PUBLISH not in row.last_error
+    assert await handled_by(engine, row.id) == {PUBLISH}
+    assert await published_for(line_allocated, orderid) == [row.id]
+
+    await deliver_until_delivered(container, [row.id])
+
+    assert await published_for(line_allocated, orderid) == [row.id]  # not published again
+    assert seen == [row.id, row.id]
+    row = await allocated_row(engine, orderid)
+    assert not row.pending
+    assert row.last_error is None
+    await allocated_shown(container, orderid, sku, ref)
 
 
 async def test_a_failed_publish_is_published_later_exactly_once(
     container: Container, line_allocated: Subscriber
 ) -> None:
+    faults = failing_publisher(container)
     sku, ref = await new_batch(container)
     orderid = random_ref("order")
-    container.faults().arm("publish")
 
     await container.bus().handle(commands.Allocate(orderid, sku, 3))
+    await container.delivery().deliver_due()
 
-    engine, read_engine = container.engine(), container.read_engine()
-    assert await views.allocations(read_engine, orderid) == [{"sku": sku, "batchref": ref}]
+    assert faults.struck == 1
+    engine = container.engine()
+    await allocated_shown(container, orderid, sku, ref)
     assert await published_for(line_allocated, orderid) == []
     row = await allocated_row(engine, orderid)
     assert (row.pending, row.attempts) == (True, 1)
     assert row.last_error is not None
     assert PUBLISH in row.last_error
-    assert await handled_by(engine, row.id) == {READ_MODELS}
+    assert await handled_by(engine, row.id) == set()
 
-    await relay_until_delivered(container, [row.id])
+    await deliver_until_delivered(container, [row.id])
 
     assert await published_for(line_allocated, orderid) == [row.id]
-    assert not (await allocated_row(engine, orderid)).pending
-    assert await handled_by(engine, row.id) == {READ_MODELS}
+    row = await allocated_row(engine, orderid)
+    assert not row.pending
+    assert row.last_error is None
+    assert await handled_by(engine, row.id) == set()
 
 
-async def test_over_http_a_crash_after_the_commit_is_an_error_but_the_write_is_kept(
+async def test_over_http_a_crash_after_the_commit_is_an_error_but_the_write_is_shown(
     settings: Settings, line_allocated: Subscriber
 ) -> None:
     app = create_app(settings)
@@ -182,20 +237,24 @@ async def test_over_http_a_crash_after_the_commit_is_an_error_but_the_write_is_k
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             created = await client.post("/batches", json={"ref": ref, "sku": sku, "qty": 10})
             assert created.status_code == 201
-            container.faults().arm("after_commit")
+            faults = crash_after_commit(container)
 
             response = await client.post(
                 "/allocate", json={"orderid": orderid, "sku": sku, "qty": 2}
             )
 
             assert response.status_code == 500
-            assert (await client.get(f"/allocations/{orderid}")).status_code == 404
-            row = await allocated_row(container.engine(), orderid)
-            assert row.pending
-
-            await relay_until_delivered(container, [row.id])
-
+            assert faults.struck == 1
+            container.uow.reset_override()
+            # The commit happened, and with it the read model's update.
             shown = await client.get(f"/allocations/{orderid}")
             assert shown.status_code == 200
             assert shown.json() == [{"sku": sku, "batchref": ref}]
+            row = await allocated_row(container.engine(), orderid)
+            assert row.pending
+            assert await published_for(line_allocated, orderid) == []
+
+            await deliver_until_delivered(container, [row.id])
+
             assert await published_for(line_allocated, orderid) == [row.id]
+            assert not (await allocated_row(container.engine(), orderid)).pending
