@@ -300,6 +300,8 @@ class _AsyncpgTransaction(Transaction):
         if self._driver is None:
             self._raw = await self.engine.raw_connection()
             self._driver = self._raw.driver_connection
+        if not self._open:
+            # Also after a commit: a statement never runs outside a transaction.
             await self._run(self._driver.execute, "BEGIN")
             self._open = True
         return self._driver

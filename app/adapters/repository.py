@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.orm.exc import StaleDataError
 
 from app.adapters import orm
 from app.adapters.database import Transaction
@@ -87,9 +88,10 @@ class _Statements:
         self.add_product = insert(orm.products).values(
             sku=bindparam("product"), version_number=bindparam("version")
         )
+        # The version read is checked as a second guard behind the lock.
         self.set_version = (
             update(orm.products)
-            .where(p.sku == bindparam("product"))
+            .where(p.sku == bindparam("product"), p.version_number == bindparam("expected"))
             .values(version_number=bindparam("version"))
         )
         self.add_batch = (
@@ -220,9 +222,18 @@ class SqlAlchemyRepository(AbstractRepository):
                 statements.add_product, {"product": product.sku, "version": product.version_number}
             )
         elif stored.version != product.version_number:
-            await tx.execute(
-                statements.set_version, {"product": product.sku, "version": product.version_number}
+            changed = await tx.execute(
+                statements.set_version,
+                {
+                    "product": product.sku,
+                    "expected": stored.version,
+                    "version": product.version_number,
+                },
             )
+            if changed != 1:
+                raise StaleDataError(
+                    f"product {product.sku} is no longer at version {stored.version}"
+                )
         stored.version = product.version_number
 
         held = {(b.reference, line) for b in product.batches for line in b.allocations}

@@ -1,4 +1,4 @@
-"""Integration fixtures: real engines and sessions on SQLite and PostgreSQL."""
+"""Integration fixtures: real engines on SQLite and PostgreSQL, and the inline handlers."""
 
 from __future__ import annotations
 
@@ -6,20 +6,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.adapters import orm
 from app.adapters.database import build_engine
+from app.container import Container
+from app.service_layer.unit_of_work import InlineHandlers
 from tests.databases import postgres_database
 
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    orm.start_mappers()
+    """The writer engine, as the service builds it."""
     engine = build_engine(database_url)
     try:
         yield engine
@@ -28,8 +25,19 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = build_engine(postgres_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def inline_handlers() -> InlineHandlers:
+    """The inline handlers the service registers (read models, reallocation)."""
+    handlers: InlineHandlers = Container().inline_handlers()
+    return handlers
 
 
 @pytest.fixture
@@ -49,15 +57,3 @@ def empty_database_url(request: pytest.FixtureRequest) -> str:
     """A database with no tables at all, on SQLite and then on PostgreSQL."""
     url: str = request.getfixturevalue(f"empty_{request.param}_url")
     return url
-
-
-@pytest.fixture
-async def postgres_session_factory(
-    postgres_url: str,
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    orm.start_mappers()
-    engine = build_engine(postgres_url)
-    try:
-        yield async_sessionmaker(engine, expire_on_commit=False)
-    finally:
-        await engine.dispose()
