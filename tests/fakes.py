@@ -146,6 +146,7 @@ class FakeStore:
         self.read_model = FakeReadModel(self.products)
         self.outbox = FakeOutbox()
         self.commits = 0
+        self.history: list[events.Event] = []  # every event committed, in order
 
 
 class FakeUnitOfWork(AbstractUnitOfWork):
@@ -160,6 +161,10 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         self.products = FakeRepository(store.products)
         self.read_model = store.read_model
         self.outbox = store.outbox
+
+    async def commit(self) -> None:
+        await super().commit()
+        self.store.history.extend(self.committed_events)
 
     async def _commit(self) -> None:
         self.store.commits += 1

@@ -154,7 +154,7 @@ async def handle_and_check(bus: MessageBus, store: FakeStore, cmd: commands.Comm
     """Handle ``cmd`` and check everything that must hold afterwards."""
     before = state(store.products.values())
     lines = placements(store.products.values())
-    seen = len(store.outbox.rows)
+    seen = len(store.history)
     error = refusal(store.products, cmd)
     event(f"{type(cmd).__name__}: {error.__name__ if error else 'accepted'}")
     if error is None:
@@ -163,9 +163,9 @@ async def handle_and_check(bus: MessageBus, store: FakeStore, cmd: commands.Comm
         with pytest.raises(error):
             await bus.handle(cmd)
         assert state(store.products.values()) == before
-        assert len(store.outbox.rows) == seen
+        assert len(store.history) == seen
 
-    history = [row.event for row in store.outbox.rows.values()]
+    history = store.history
     assert store.outbox.pending() == [], "an event some handler failed on"
     assert_consistent(store.products.values())
     assert_lines_kept_or_reallocated(cmd, lines, store.products, history[seen:])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Self
 
 import asyncpg  # type: ignore[import-untyped]
@@ -19,10 +18,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.adapters.database import is_retryable, is_unavailable, unavailable_reason
-from app.adapters.outbox import utcnow
 from app.domain import commands, events
-from app.faults import Faults
 from app.service_layer import handlers
+from app.service_layer.delivery import Backoff, Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
 from app.service_layer.unit_of_work import DatabaseUnavailable
@@ -113,13 +111,23 @@ class DownStore(FakeStore):
         self.attempts = 0  # units of work begun
 
 
+def delivery_on(store: DownStore, published: list[str]) -> Delivery:
+    async def publish(event: events.Event) -> None:
+        published.append(event.id)
+
+    return Delivery(
+        uow_factory=lambda: UnreachableUnitOfWork(store),
+        handlers={events.Allocated: {"publish_allocated_event": publish}},
+        backoff=Backoff(),
+    )
+
+
 def bus_on(store: DownStore) -> MessageBus:
     return MessageBus(
         uow_factory=lambda: UnreachableUnitOfWork(store),
         command_handlers={commands.CreateBatch: handlers.add_batch},
-        event_handlers={events.BatchCreated: [handlers.update_batch_read_model]},
         retry=RetryPolicy(attempts=5, backoff_base=0.0001, backoff_max=0.001),
-        faults=Faults(),
+        delivery=delivery_on(store, []),
     )
 
 
@@ -139,15 +147,11 @@ async def test_the_relay_lives_through_an_outage_says_so_once_and_delivers_after
     caplog.set_level(logging.INFO, logger="app.service_layer.relay")
     store = DownStore()
     ref, sku = random_ref("batch"), random_ref("sku")
-    await bus_on(store).handle(commands.CreateBatch(ref, sku, 10))
     # an event the outage left undelivered
-    late = events.BatchCreated(sku=sku, ref=ref, qty=10, eta=None, version=1)
-    await store.outbox.add([late], available_at=utcnow())
-    relay = Relay(
-        uow_factory=lambda: UnreachableUnitOfWork(store),
-        bus_factory=lambda: bus_on(store),
-        settings=RelaySettings(lease=timedelta(seconds=5), poll_interval=0.01),
-    )
+    late = events.Allocated(orderid=random_ref("o"), sku=sku, qty=1, batchref=ref, version=1)
+    await store.outbox.add([late])
+    published: list[str] = []
+    relay = Relay(delivery_on(store, published), RelaySettings(poll_interval=0.01))
     store.away = True
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
@@ -158,6 +162,7 @@ async def test_the_relay_lives_through_an_outage_says_so_once_and_delivers_after
 
         store.away = False
         await until(lambda: store.outbox.rows[late.id].completed)
+        assert published == [late.id]
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)

@@ -1,6 +1,7 @@
 """The handlers, driven through the real message bus and wired as app.container wires them."""
 
 import re
+from dataclasses import dataclass
 from datetime import date
 
 import pytest
@@ -10,11 +11,24 @@ from app.container import Container
 from app.domain import commands
 from app.domain.model import DuplicateBatch
 from app.service_layer import handlers
-from app.service_layer.messagebus import MessageBus, RetryPolicy, UnitOfWorkFactory
+from app.service_layer.delivery import Delivery, UnitOfWorkFactory
+from app.service_layer.messagebus import MessageBus, RetryPolicy
 from tests.conftest import random_ref
 from tests.fakes import FakeNotifications, FakePublisher, FakeStore, FakeUnitOfWork
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff_base=0.0001, backoff_max=0.001)
+
+
+@dataclass
+class Service:
+    """The bus as app.container wires it, on fakes, and the delivery after each command."""
+
+    bus: MessageBus
+    delivery: Delivery
+
+    async def handle(self, command: commands.Command) -> None:
+        await self.bus.handle(command)
+        await self.delivery.deliver_due()
 
 
 def bootstrap_test_bus(
@@ -22,15 +36,22 @@ def bootstrap_test_bus(
     notifications: FakeNotifications,
     uow_factory: UnitOfWorkFactory | None = None,
     publisher: FakePublisher | None = None,
-) -> MessageBus:
-    """The bus as app.container wires it, on fakes."""
+) -> Service:
     container = Container()
-    container.uow.override(providers.Callable(uow_factory or (lambda: FakeUnitOfWork(store))))
     container.notifications.override(providers.Object(notifications))
     container.publisher.override(providers.Object(publisher or FakePublisher()))
     container.retry.override(providers.Object(FAST_RETRY))
-    bus: MessageBus = container.bus()
-    return bus
+    container.uow.override(
+        providers.Callable(uow_factory)
+        if uow_factory is not None
+        else providers.Factory(
+            FakeUnitOfWork,
+            store,
+            inline=container.inline_handlers,
+            after_commit=container.after_commit_handlers,
+        )
+    )
+    return Service(container.bus(), container.delivery())
 
 
 @pytest.fixture
@@ -49,7 +70,7 @@ def publisher() -> FakePublisher:
 
 
 @pytest.fixture
-def bus(store: FakeStore, notifications: FakeNotifications, publisher: FakePublisher) -> MessageBus:
+def bus(store: FakeStore, notifications: FakeNotifications, publisher: FakePublisher) -> Service:
     return bootstrap_test_bus(store, notifications, publisher=publisher)
 
 
@@ -60,7 +81,7 @@ def batch_view(store: FakeStore, ref: str) -> tuple[object, object]:
 
 
 class TestAddBatch:
-    async def test_for_new_product(self, bus: MessageBus, store: FakeStore) -> None:
+    async def test_for_new_product(self, bus: Service, store: FakeStore) -> None:
         sku, ref = random_ref("sku"), random_ref("batch")
 
         await bus.handle(commands.CreateBatch(ref, sku, 100, None))
@@ -73,7 +94,7 @@ class TestAddBatch:
             "allocated": 0,
         }
 
-    async def test_for_existing_product(self, bus: MessageBus, store: FakeStore) -> None:
+    async def test_for_existing_product(self, bus: Service, store: FakeStore) -> None:
         sku, ref1, ref2 = random_ref("sku"), random_ref("b1"), random_ref("b2")
 
         await bus.handle(commands.CreateBatch(ref1, sku, 100, None))
@@ -83,7 +104,7 @@ class TestAddBatch:
         assert [b.reference for b in store.products[sku].batches] == [ref1, ref2]
         assert store.read_model.batches[ref2]["eta"] == date(2011, 1, 1)
 
-    async def test_repeating_it_changes_nothing(self, bus: MessageBus, store: FakeStore) -> None:
+    async def test_repeating_it_changes_nothing(self, bus: Service, store: FakeStore) -> None:
         sku, ref = random_ref("sku"), random_ref("batch")
 
         await bus.handle(commands.CreateBatch(ref, sku, 100, None))
@@ -93,7 +114,7 @@ class TestAddBatch:
         assert store.products[sku].version_number == 1
 
     async def test_a_ref_taken_by_another_sku_is_refused(
-        self, bus: MessageBus, store: FakeStore
+        self, bus: Service, store: FakeStore
     ) -> None:
         sku, othersku, ref = random_ref("sku"), random_ref("other"), random_ref("batch")
         await bus.handle(commands.CreateBatch(ref, sku, 100, None))
@@ -106,7 +127,7 @@ class TestAddBatch:
 
 
 class TestAllocate:
-    async def test_shows_in_the_read_model(self, bus: MessageBus, store: FakeStore) -> None:
+    async def test_shows_in_the_read_model(self, bus: Service, store: FakeStore) -> None:
         sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
         await bus.handle(commands.CreateBatch(ref, sku, 100, None))
 
@@ -115,7 +136,7 @@ class TestAllocate:
         assert store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
         assert batch_view(store, ref) == (100, 10)
 
-    async def test_errors_for_invalid_sku(self, bus: MessageBus, store: FakeStore) -> None:
+    async def test_errors_for_invalid_sku(self, bus: Service, store: FakeStore) -> None:
         sku, orderid = random_ref("sku"), random_ref("order")
         await bus.handle(commands.CreateBatch(random_ref("batch"), random_ref("sku"), 100, None))
 
@@ -128,8 +149,10 @@ class TestAllocate:
     async def test_commits(self, store: FakeStore, notifications: FakeNotifications) -> None:
         uows: list[FakeUnitOfWork] = []
 
+        inline = Container().inline_handlers()
+
         def uow_factory() -> FakeUnitOfWork:
-            uows.append(FakeUnitOfWork(store))
+            uows.append(FakeUnitOfWork(store, inline=inline))
             return uows[-1]
 
         bus = bootstrap_test_bus(store, notifications, uow_factory)
@@ -139,11 +162,12 @@ class TestAllocate:
 
         await bus.handle(commands.Allocate(random_ref("order"), sku, 10))
 
-        assert uows[0].committed  # the command's own unit of work
+        # The command's own unit of work committed the allocation and its projection.
+        assert [type(e).__name__ for e in uows[0].committed_events] == ["Allocated"]
 
     async def test_sends_out_of_stock_notification_when_no_stock(
         self,
-        bus: MessageBus,
+        bus: Service,
         store: FakeStore,
         notifications: FakeNotifications,
         publisher: FakePublisher,
@@ -159,7 +183,7 @@ class TestAllocate:
         assert batch_view(store, ref) == (9, 0)
 
     async def test_allocating_the_same_line_again_changes_nothing(
-        self, bus: MessageBus, store: FakeStore, publisher: FakePublisher
+        self, bus: Service, store: FakeStore, publisher: FakePublisher
     ) -> None:
         sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
         await bus.handle(commands.CreateBatch(ref, sku, 100, None))
@@ -175,7 +199,7 @@ class TestAllocate:
 class TestChangeBatchQuantity:
     async def test_deallocates_and_reallocates_to_another_batch(
         self,
-        bus: MessageBus,
+        bus: Service,
         store: FakeStore,
         notifications: FakeNotifications,
         publisher: FakePublisher,
@@ -200,7 +224,7 @@ class TestChangeBatchQuantity:
         assert len(publisher.published) == 3
 
     async def test_when_reallocation_is_impossible_the_order_is_out_of_stock(
-        self, bus: MessageBus, store: FakeStore, notifications: FakeNotifications
+        self, bus: Service, store: FakeStore, notifications: FakeNotifications
     ) -> None:
         sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
         await bus.handle(commands.CreateBatch(ref, sku, 20, None))
@@ -212,7 +236,7 @@ class TestChangeBatchQuantity:
         assert store.read_model.allocations_of(orderid) == []
         assert batch_view(store, ref) == (10, 0)
 
-    async def test_errors_for_unknown_batch(self, bus: MessageBus, store: FakeStore) -> None:
+    async def test_errors_for_unknown_batch(self, bus: Service, store: FakeStore) -> None:
         sku, ref, unknown = random_ref("sku"), random_ref("batch"), random_ref("unknown")
         await bus.handle(commands.CreateBatch(ref, sku, 20, None))
 

@@ -1,25 +1,26 @@
-"""The bus's error policy, and the independence of concurrent handle() calls."""
+"""The bus's error policy, what one commit does, and the independence of concurrent calls."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import logging
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Mapping
 from typing import Self
 
 import pytest
 
+from app.container import Container
 from app.domain import commands, events, model
-from app.faults import Faults
 from app.service_layer import handlers
-from app.service_layer.messagebus import Handler, MessageBus, RetryPolicy, UnitOfWorkFactory
-from app.service_layer.unit_of_work import AbstractUnitOfWork, ConcurrencyError
+from app.service_layer.delivery import Backoff, Delivery, UnitOfWorkFactory
+from app.service_layer.messagebus import CommandHandler, MessageBus, RetryPolicy
+from app.service_layer.unit_of_work import AbstractUnitOfWork, ConcurrencyError, InlineHandlers
 from tests.conftest import random_ref
-from tests.fakes import FakeNotifications, FakeStore, FakeUnitOfWork
+from tests.fakes import FakeStore, FakeUnitOfWork
 
 ATTEMPTS = 3
+INLINE = Container().inline_handlers()
+AFTER_COMMIT = frozenset({events.Allocated, events.OutOfStock})
 
 
 class ConflictingStore(FakeStore):
@@ -34,10 +35,11 @@ class ConflictingUnitOfWork(FakeUnitOfWork):
     While its store has conflicts left, commit raises ConcurrencyError.
     """
 
-    def __init__(self, store: ConflictingStore) -> None:
-        super().__init__(store)
+    def __init__(self, store: ConflictingStore, inline: InlineHandlers | None = None) -> None:
+        super().__init__(store, inline=inline or INLINE, after_commit=AFTER_COMMIT)
         self.conflicting = store
         self.entered = False
+        self.done = False
         self.snapshot: dict[str, model.Product] = {}
 
     async def __aenter__(self) -> Self:
@@ -52,9 +54,10 @@ class ConflictingUnitOfWork(FakeUnitOfWork):
             self.conflicting.conflicts -= 1
             raise ConcurrencyError("could not serialize access due to concurrent update")
         await super().commit()
+        self.done = True
 
     async def rollback(self) -> None:
-        if not self.committed:
+        if not self.done:
             self.store.products.clear()
             self.store.products.update(self.snapshot)
 
@@ -73,28 +76,30 @@ class YieldingUnitOfWork(FakeUnitOfWork):
 
 def make_bus(
     uow_factory: UnitOfWorkFactory,
-    command_handlers: Mapping[type[commands.Command], Handler] | None = None,
-    event_handlers: Mapping[type[events.Event], Sequence[Handler]] | None = None,
+    command_handlers: Mapping[type[commands.Command], CommandHandler] | None = None,
 ) -> MessageBus:
     if command_handlers is None:
         command_handlers = {
             commands.CreateBatch: handlers.add_batch,
             commands.Allocate: handlers.allocate,
         }
-    if event_handlers is None:
-        event_handlers = {events.Allocated: [handlers.add_allocation_to_read_model]}
     return MessageBus(
         uow_factory=uow_factory,
         command_handlers=command_handlers,
-        event_handlers=event_handlers,
         retry=RetryPolicy(attempts=ATTEMPTS, backoff_base=0.0001, backoff_max=0.001),
-        faults=Faults(),
+        delivery=Delivery(uow_factory, handlers={}, backoff=Backoff()),
+    )
+
+
+def fake_uow(store: FakeStore, inline: InlineHandlers | None = None) -> FakeUnitOfWork:
+    return FakeUnitOfWork(
+        store, inline=INLINE if inline is None else inline, after_commit=AFTER_COMMIT
     )
 
 
 async def stock(store: FakeStore, sku: str, qty: int) -> str:
     ref = random_ref("batch")
-    await make_bus(lambda: FakeUnitOfWork(store)).handle(commands.CreateBatch(ref, sku, qty))
+    await make_bus(lambda: fake_uow(store)).handle(commands.CreateBatch(ref, sku, qty))
     return ref
 
 
@@ -145,126 +150,109 @@ class TestCommandErrors:
             raise ValueError("not a conflict")
 
         bus = make_bus(
-            lambda: FakeUnitOfWork(store), command_handlers={commands.Allocate: allocate_then_fail}
+            lambda: fake_uow(store), command_handlers={commands.Allocate: allocate_then_fail}
         )
 
         with pytest.raises(ValueError, match="not a conflict"):
             await bus.handle(commands.Allocate(orderid, sku, 10))
 
+        # Not run again; what it committed before failing stands, projected with it.
         assert len(runs) == 1
-        assert store.read_model.allocations_of(orderid) == []
+        assert available(store, sku) == 90
+        assert len(store.read_model.allocations_of(orderid)) == 1
 
 
-async def explode(event: events.Event, uow: AbstractUnitOfWork, why: str = "boom") -> None:
-    raise RuntimeError(why)
+async def explode(event: events.Event, uow: AbstractUnitOfWork) -> None:
+    raise RuntimeError("boom")
 
 
-class TestEventErrors:
-    @pytest.mark.parametrize("failing", [explode, partial(explode, why="bound")])
-    async def test_a_failing_handler_is_logged_and_the_others_still_run(
-        self, failing: Handler, caplog: pytest.LogCaptureFixture
-    ) -> None:
+class TestInlineHandlers:
+    async def test_a_failing_inline_handler_fails_the_command_and_commits_nothing(self) -> None:
         store = FakeStore()
         sku, orderid = random_ref("sku"), random_ref("order")
-        ref = await stock(store, sku, 100)
-        bus = make_bus(
-            lambda: FakeUnitOfWork(store),
-            event_handlers={events.Allocated: [failing, handlers.add_allocation_to_read_model]},
-        )
+        await stock(store, sku, 100)
+        inline = {**INLINE, events.Allocated: {"explode": explode}}
+        commits = store.commits
 
-        with caplog.at_level(logging.ERROR, logger="app.service_layer.messagebus"):
-            await bus.handle(commands.Allocate(orderid, sku, 10))
+        with pytest.raises(RuntimeError, match="boom"):
+            await make_bus(lambda: fake_uow(store, inline)).handle(
+                commands.Allocate(orderid, sku, 10)
+            )
 
-        assert store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
-        # Kept for the relay to deliver again, to the handler that failed.
-        assert [type(e) for e in store.outbox.pending()] == [events.Allocated]
-        [record] = caplog.records
-        assert "explode" in record.getMessage()
-        assert orderid in record.getMessage()
-        assert record.exc_info is not None
-        assert isinstance(record.exc_info[1], RuntimeError)
+        assert store.commits == commits
+        assert store.outbox.pending() == []
 
-    async def test_concurrency_error_in_an_event_handler_is_retried(
-        self, caplog: pytest.LogCaptureFixture
-    ) -> None:
+    async def test_a_collision_in_an_inline_handler_runs_the_command_again(self) -> None:
         store = ConflictingStore()
         sku, orderid = random_ref("sku"), random_ref("order")
         ref = await stock(store, sku, 100)
+        collisions = [ATTEMPTS - 1]
 
         async def contended_projection(event: events.Allocated, uow: AbstractUnitOfWork) -> None:
-            if store.conflicts > 0:
-                store.conflicts -= 1
+            if collisions[0] > 0:
+                collisions[0] -= 1
                 raise ConcurrencyError("projection row locked")
             await handlers.add_allocation_to_read_model(event, uow)
 
-        store.conflicts = ATTEMPTS - 1
-        bus = make_bus(
-            lambda: FakeUnitOfWork(store), event_handlers={events.Allocated: [contended_projection]}
+        inline = {**INLINE, events.Allocated: {"projection": contended_projection}}
+
+        await make_bus(lambda: ConflictingUnitOfWork(store, inline)).handle(
+            commands.Allocate(orderid, sku, 10)
         )
 
-        with caplog.at_level(logging.ERROR):
-            await bus.handle(commands.Allocate(orderid, sku, 10))
-
+        assert collisions == [0]
+        assert available(store, sku) == 90
         assert store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
-        assert caplog.records == []
-        assert store.outbox.pending() == []
 
 
 class TestEventChains:
-    async def test_events_raised_by_event_handlers_are_handled_too(self) -> None:
-        store, notifications = FakeStore(), FakeNotifications()
+    async def test_events_raised_by_inline_handlers_are_handled_in_the_same_commit(
+        self,
+    ) -> None:
+        store = FakeStore()
         sku, ref = random_ref("sku"), random_ref("batch")
 
         async def open_order(event: events.BatchCreated, uow: AbstractUnitOfWork) -> None:
-            await handlers.allocate(commands.Allocate(f"open-{event.ref}", event.sku, 30), uow)
+            product = await uow.products.get(event.sku)
+            assert product is not None
+            product.allocate(model.OrderLine(f"open-{event.ref}", event.sku, 30))
 
         async def follow_up(event: events.Allocated, uow: AbstractUnitOfWork) -> None:
-            await handlers.allocate(commands.Allocate(f"more-{event.orderid}", event.sku, 30), uow)
+            product = await uow.products.get(event.sku)
+            assert product is not None
+            product.allocate(model.OrderLine(f"more-{event.orderid}", event.sku, 30))
 
-        bus = make_bus(
-            lambda: FakeUnitOfWork(store),
-            event_handlers={
-                events.BatchCreated: [open_order],
-                events.Allocated: [handlers.add_allocation_to_read_model, follow_up],
-                events.OutOfStock: [
-                    partial(handlers.send_out_of_stock_notification, notifications=notifications)
-                ],
-            },
-        )
+        inline = {
+            **INLINE,
+            events.BatchCreated: {**INLINE[events.BatchCreated], "open_order": open_order},
+            events.Allocated: {**INLINE[events.Allocated], "follow_up": follow_up},
+        }
+        commits = store.commits
 
-        await bus.handle(commands.CreateBatch(ref, sku, 50))
+        await make_bus(lambda: fake_uow(store, inline)).handle(commands.CreateBatch(ref, sku, 50))
 
-        # BatchCreated -> Allocated -> (read model; follow-up order) -> OutOfStock -> notification
+        # BatchCreated -> Allocated -> (read model; follow-up order) -> OutOfStock, one commit
+        assert store.commits == commits + 1
         assert store.read_model.allocations_of(f"open-{ref}") == [{"sku": sku, "batchref": ref}]
         assert store.read_model.allocations_of(f"more-open-{ref}") == []
-        assert notifications.sent == [sku]
+        assert [type(e) for e in store.outbox.pending()] == [events.Allocated, events.OutOfStock]
 
     async def test_concurrent_calls_each_handle_their_own_events(self) -> None:
-        store, notifications = FakeStore(), FakeNotifications()
+        store = FakeStore()
         in_stock = {random_ref("sku"): random_ref("order") for _ in range(5)}
         sold_out = {random_ref("sku"): random_ref("order") for _ in range(5)}
         refs = {sku: await stock(store, sku, 10) for sku in in_stock | sold_out}
-        bus = make_bus(
-            lambda: YieldingUnitOfWork(store),
-            event_handlers={
-                events.Allocated: [handlers.add_allocation_to_read_model],
-                events.OutOfStock: [
-                    partial(handlers.send_out_of_stock_notification, notifications=notifications)
-                ],
-            },
-        )
+        bus = make_bus(lambda: YieldingUnitOfWork(store, inline=INLINE, after_commit=AFTER_COMMIT))
 
         async def allocate(delay: int, sku: str, orderid: str, qty: int) -> None:
-            for _ in range(delay):  # start while earlier calls are mid-way through their events
+            for _ in range(delay):  # start while earlier calls are mid-way through theirs
                 await asyncio.sleep(0)
             await bus.handle(commands.Allocate(orderid, sku, qty))
-            # handle() returns only once its own events are dealt with
+            # handle() returns once its own commit has projected its own events
             if qty <= 10:
                 assert store.read_model.allocations_of(orderid) == [
                     {"sku": sku, "batchref": refs[sku]}
                 ]
-            else:
-                assert sku in notifications.sent
 
         calls = [
             call
@@ -273,6 +261,7 @@ class TestEventChains:
         ]
         await asyncio.gather(*(allocate(i, *call) for i, call in enumerate(calls)))
 
-        assert sorted(notifications.sent) == sorted(sold_out)
+        out_of_stock = [e for e in store.outbox.pending() if isinstance(e, events.OutOfStock)]
+        assert sorted(e.sku for e in out_of_stock) == sorted(sold_out)
         for orderid in sold_out.values():
             assert store.read_model.allocations_of(orderid) == []

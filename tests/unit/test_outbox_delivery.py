@@ -1,81 +1,39 @@
-"""Delivery through the outbox, on fakes: what the bus leaves there, and what redelivery finishes.
+"""Delivery through the outbox, on fakes: what a command leaves there, and what delivery finishes.
 
-The bus and its handlers are wired as app.container wires them; only the
-adapters are fakes.
+The bus, the delivery and the handlers are wired as app.container wires
+them; only the adapters are fakes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Self, TypeVar
+from typing import Any
 
 import pytest
 from dependency_injector import providers
 
+from app import correlation, metrics
 from app.adapters.outbox import utcnow
 from app.container import Container
-from app.domain import commands, events, model
-from app.faults import Faults, InjectedFault
-from app.service_layer import handlers
-from app.service_layer.messagebus import Handler, MessageBus, RetryPolicy
+from app.domain import commands, events
+from app.service_layer.delivery import Backoff, Delivery
+from app.service_layer.messagebus import MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
-from app.service_layer.unit_of_work import AbstractUnitOfWork
 from tests.conftest import random_ref
-from tests.fakes import (
-    FakeNotifications,
-    FakeOutbox,
-    FakePublisher,
-    FakeStore,
-    FakeUnitOfWork,
-    OutboxRow,
-)
+from tests.fakes import FailingPublisher, FakeNotifications, FakeStore, FakeUnitOfWork
 
-FAST_RETRY = RetryPolicy(attempts=3, backoff_base=0.0001, backoff_max=0.001)
-# Longer than any lease or backoff in these tests.
-LATER = timedelta(hours=1)
-# Allocated's handlers: the read models (recorded by their own commit), and
-# the publish (with nothing to write, recorded only if the event fails).
-READ_MODELS = "add_allocation_to_read_model"
 PUBLISH = "publish_allocated_event"
-
-E = TypeVar("E", bound=events.Event)
-
-
-class RollingBackUnitOfWork(FakeUnitOfWork):
-    """Undoes what it wrote unless it committed, as a database transaction would.
-
-    What it writes: the products, and the outbox's ledger of handled events.
-    """
-
-    def __init__(self, store: FakeStore, faults: Faults) -> None:
-        super().__init__(store, faults)
-        self._products: dict[str, model.Product] = {}
-        self._handled: set[tuple[str, str]] = set()
-
-    async def __aenter__(self) -> Self:
-        self._products = copy.deepcopy(self.store.products)
-        self._handled = set(self.store.outbox.handled)
-        return await super().__aenter__()
-
-    async def rollback(self) -> None:
-        if not self.committed:
-            self.store.products.clear()
-            self.store.products.update(self._products)
-            self.store.outbox.handled.intersection_update(self._handled)
+LATER = timedelta(hours=1)  # longer than any backoff here
 
 
 @dataclass
 class Service:
-    """The container's bus and relay, on fakes that the test can look into."""
-
     container: Container
     store: FakeStore
-    faults: Faults
-    publisher: FakePublisher
+    publisher: FailingPublisher
     notifications: FakeNotifications
 
     @property
@@ -84,384 +42,211 @@ class Service:
         return bus
 
     @property
-    def relay(self) -> Relay:
-        relay: Relay = self.container.relay()
-        return relay
+    def delivery(self) -> Delivery:
+        delivery: Delivery = self.container.delivery()
+        return delivery
 
-    @property
-    def outbox(self) -> FakeOutbox:
-        return self.store.outbox
+    def published(self) -> list[str]:
+        return [payload["event_id"] for _, payload in self.publisher.published]
 
-    def also_handle(self, event_type: type[events.Event], handler: Handler) -> None:
-        wired = dict(self.container.event_handlers())
-        wired[event_type] = [*wired[event_type], handler]
-        self.container.event_handlers.override(providers.Object(wired))
+    def make_due(self) -> None:
+        """Wind the clock on: every event's backoff is over."""
+        for row in self.store.outbox.rows.values():
+            row.available_at = utcnow()
 
 
-@pytest.fixture
-def service() -> Service:
-    store, faults, notifications = FakeStore(), Faults(), FakeNotifications()
-    publisher = FakePublisher(faults)
+def make_service(extra: dict[type[events.Event], dict[str, Any]] | None = None) -> Service:
+    store, publisher, notifications = FakeStore(), FailingPublisher(times=0), FakeNotifications()
     container = Container()
-    container.faults.override(providers.Object(faults))
-    container.uow.override(providers.Callable(lambda: RollingBackUnitOfWork(store, faults)))
     container.publisher.override(providers.Object(publisher))
     container.notifications.override(providers.Object(notifications))
-    container.retry.override(providers.Object(FAST_RETRY))
-    container.relay_settings.override(
-        providers.Object(RelaySettings(lease=timedelta(0), poll_interval=0.01))
+    container.retry.override(providers.Object(RetryPolicy(attempts=3, backoff_base=0.0001)))
+    if extra is not None:
+        real = container.after_commit_handlers()
+        merged = {t: {**real.get(t, {}), **extra.get(t, {})} for t in {*real, *extra}}
+        container.after_commit_handlers.override(providers.Object(merged))
+    container.uow.override(
+        providers.Factory(
+            FakeUnitOfWork,
+            store,
+            inline=container.inline_handlers,
+            after_commit=container.after_commit_handlers,
+        )
     )
-    return Service(container, store, faults, publisher, notifications)
+    return Service(container, store, publisher, notifications)
 
 
-def time_passes(outbox: FakeOutbox, delta: timedelta) -> None:
-    """The outbox as it will be ``delta`` from now: every lease and backoff that much nearer."""
-    for row in outbox.rows.values():
-        row.available_at -= delta
-
-
-def only_row(outbox: FakeOutbox, event_type: type[events.Event]) -> OutboxRow:
-    [row] = [r for r in outbox.rows.values() if type(r.event) is event_type]
-    return row
-
-
-def only(outbox: FakeOutbox, event_type: type[E]) -> E:
-    event = only_row(outbox, event_type).event
-    assert isinstance(event, event_type)
+async def allocated(service: Service) -> events.Allocated:
+    sku, orderid = random_ref("sku"), random_ref("order")
+    await service.bus.handle(commands.CreateBatch(random_ref("batch"), sku, 10, None))
+    await service.bus.handle(commands.Allocate(orderid, sku, 1))
+    [event] = [e for e in service.store.outbox.pending() if isinstance(e, events.Allocated)]
     return event
 
 
-def handled(outbox: FakeOutbox, event: events.Event) -> set[str]:
-    return {handler for event_id, handler in outbox.handled if event_id == event.id}
+async def test_a_command_stores_only_what_must_happen_after_its_commit() -> None:
+    service = make_service()
+    sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
+
+    await service.bus.handle(commands.CreateBatch(ref, sku, 1, None))
+    await service.bus.handle(commands.Allocate(orderid, sku, 1))
+    await service.bus.handle(commands.Allocate(random_ref("order"), sku, 1))
+
+    # The read models changed in the commands' own transactions...
+    assert service.store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
+    # ...and only the publish and the notice wait, for delivery.
+    pending = [type(e) for e in service.store.outbox.pending()]
+    assert pending == [events.Allocated, events.OutOfStock]
+    assert service.published() == []
 
 
-def line_allocated(
-    orderid: str, sku: str, qty: int, batchref: str, event_id: str, request_id: str | None = None
-) -> tuple[str, dict[str, Any]]:
-    return (
-        "line_allocated",
-        {
-            "orderid": orderid,
-            "sku": sku,
-            "qty": qty,
-            "batchref": batchref,
-            "event_id": event_id,
-            "request_id": request_id,
-        },
-    )
+async def test_delivery_publishes_with_the_events_id_and_settles_it() -> None:
+    service = make_service()
+    event = await allocated(service)
+
+    assert await service.delivery.deliver_due() == 1
+
+    assert service.published() == [event.id]
+    assert service.store.outbox.pending() == []
+    assert await service.delivery.deliver_due() == 0
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(5):
-        # The relay runs as another task on this loop: let it, until it has done the work.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0)
+async def test_a_failing_handler_leaves_its_event_due_later_and_the_others_recorded() -> None:
+    calls: list[str] = []
+
+    async def audit(event: events.Allocated) -> None:
+        calls.append(event.id)
+
+    service = make_service({events.Allocated: {"audit": audit}})
+    event = await allocated(service)
+    service.publisher.times = 1
+
+    await service.delivery.deliver_due()
+
+    row = service.store.outbox.rows[event.id]
+    assert (row.completed, row.attempts) == (False, 1)
+    assert PUBLISH in (row.last_error or "")
+    assert row.available_at > utcnow()  # backed off
+    assert service.store.outbox.handled == {(event.id, "audit")}
+
+    service.make_due()
+    await service.delivery.deliver_due()
+
+    # Delivered again, to the handler that had not finished only.
+    assert service.published() == [event.id]
+    assert calls == [event.id]
+    assert service.store.outbox.rows[event.id].completed
 
 
-async def stocked(service: Service, qty: int = 100) -> tuple[str, str]:
-    sku, ref = random_ref("sku"), random_ref("batch")
-    await service.bus.handle(commands.CreateBatch(ref, sku, qty, None))
-    return sku, ref
-
-
-class TestHandle:
-    async def test_the_commands_events_are_in_the_outbox_and_completed(
-        self, service: Service
-    ) -> None:
-        sku, ref = await stocked(service)
-        orderid = random_ref("order")
-
-        await service.bus.handle(commands.Allocate(orderid, sku, 10))
-
-        rows = list(service.outbox.rows.values())
-        assert [r.event for r in rows] == [
-            events.BatchCreated(sku=sku, ref=ref, qty=100, eta=None, version=1),
-            events.Allocated(orderid=orderid, sku=sku, qty=10, batchref=ref, version=2),
-        ]
-        assert [(r.completed, r.attempts, r.last_error) for r in rows] == [(True, 0, None)] * 2
-        assert service.outbox.pending() == []
-        allocated = only(service.outbox, events.Allocated)
-        assert handled(service.outbox, allocated) == {READ_MODELS}
-
-    async def test_publishes_the_allocation_with_the_events_id(self, service: Service) -> None:
-        sku, ref = await stocked(service)
-        orderid = random_ref("order")
-
-        await service.bus.handle(commands.Allocate(orderid, sku, 10))
-
-        allocated = only(service.outbox, events.Allocated)
-        assert service.publisher.published == [line_allocated(orderid, sku, 10, ref, allocated.id)]
-
-    async def test_an_event_without_handlers_is_completed(self, service: Service) -> None:
-        sku, _ = await stocked(service, qty=5)
-
-        await service.bus.handle(commands.Allocate(random_ref("order"), sku, 10))
-
-        out_of_stock = only_row(service.outbox, events.OutOfStock)
-        assert out_of_stock.completed
-        assert service.notifications.sent == [sku]
-
-    async def test_a_failing_handler_leaves_its_event_pending_and_the_others_done(
-        self, service: Service
-    ) -> None:
-        sku, ref = await stocked(service)
-        orderid = random_ref("order")
-        service.faults.arm("publish")
+async def test_each_failed_delivery_backs_off_further() -> None:
+    service = make_service()
+    event = await allocated(service)
+    service.publisher.times = 3
+    waits = []
+    for _ in range(3):
+        service.make_due()
         before = utcnow()
+        await service.delivery.deliver_due()
+        waits.append(service.store.outbox.rows[event.id].available_at - before)
 
-        await service.bus.handle(commands.Allocate(orderid, sku, 10))
-
-        row = only_row(service.outbox, events.Allocated)
-        assert not row.completed
-        assert row.attempts == 1
-        assert row.last_error is not None
-        assert row.last_error.startswith("publish_allocated_event: InjectedFault")
-        # Due again after the first backoff, not at once.
-        assert row.available_at >= before + FAST_RETRY.redelivery_delay(1)
-        assert handled(service.outbox, row.event) == {READ_MODELS}
-        assert service.store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
-        assert service.publisher.published == []
-
-    async def test_a_handler_failing_to_commit_is_not_recorded_as_done(
-        self, service: Service
-    ) -> None:
-        sku, _ = await stocked(service)
-        service.faults.arm("commit:add_allocation_to_read_model")
-
-        await service.bus.handle(commands.Allocate(random_ref("order"), sku, 10))
-
-        row = only_row(service.outbox, events.Allocated)
-        assert (row.completed, row.attempts) == (False, 1)
-        assert row.last_error is not None
-        assert "add_allocation_to_read_model: InjectedFault" in row.last_error
-        # The publish succeeded: recorded with the failure, it will not run again.
-        assert handled(service.outbox, row.event) == {PUBLISH}
-
-
-class TestRedelivery:
-    async def test_redeliver_runs_only_the_unfinished_handler(self, service: Service) -> None:
-        sku, ref = await stocked(service)
-        orderid = random_ref("order")
-        service.faults.arm("publish")
-        await service.bus.handle(commands.Allocate(orderid, sku, 10))
-        row = only_row(service.outbox, events.Allocated)
-        # Changed behind the bus's back: read model handlers that ran again would copy this.
-        [batch] = service.store.products[sku].batches
-        batch.purchased_quantity = 70
-        batch.deallocate_one()
-
-        done = await service.bus.redeliver(
-            row.event, row.attempts, frozenset(handled(service.outbox, row.event))
-        )
-
-        assert done
-        assert row.completed
-        assert handled(service.outbox, row.event) == {READ_MODELS}
-        assert service.publisher.published == [line_allocated(orderid, sku, 10, ref, row.event.id)]
-        assert service.store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
-        assert service.store.read_model.batches[ref]["purchased"] == 100
-
-    async def test_redeliver_reports_a_handler_that_fails_again(self, service: Service) -> None:
-        sku, _ = await stocked(service)
-        service.faults.arm("publish", times=2)
-        await service.bus.handle(commands.Allocate(random_ref("order"), sku, 10))
-        row = only_row(service.outbox, events.Allocated)
-
-        done = await service.bus.redeliver(
-            row.event, row.attempts, frozenset(handled(service.outbox, row.event))
-        )
-
-        assert not done
-        assert (row.completed, row.attempts) == (False, 2)
-        assert service.publisher.published == []
-
-    async def test_the_relay_delivers_a_failed_event_once_its_backoff_is_over(
-        self, service: Service
-    ) -> None:
-        sku, ref = await stocked(service)
-        orderid = random_ref("order")
-        service.faults.arm("publish")
-        await service.bus.handle(commands.Allocate(orderid, sku, 10))
-        row = only_row(service.outbox, events.Allocated)
-        relay = service.relay
-
-        assert await relay.run_once() == 0
-        time_passes(service.outbox, LATER)
-        assert await relay.run_once() == 1
-
-        assert row.completed
-        assert relay.failures == 0
-        assert service.publisher.published == [line_allocated(orderid, sku, 10, ref, row.event.id)]
-        assert await relay.run_once() == 0
-
-    async def test_each_failed_delivery_backs_off_further(self, service: Service) -> None:
-        sku, _ = await stocked(service)
-        service.faults.arm("publish", times=3)
-        await service.bus.handle(commands.Allocate(random_ref("order"), sku, 10))
-        row = only_row(service.outbox, events.Allocated)
-        relay = service.relay
-
-        for attempts in (2, 3):
-            time_passes(service.outbox, LATER)
-            before = utcnow()
-            assert await relay.run_once() == 1
-            after = utcnow()
-            delay = FAST_RETRY.redelivery_delay(attempts)
-            assert row.attempts == attempts
-            assert before + delay <= row.available_at <= after + delay
-        assert relay.failures == 2
-
-        time_passes(service.outbox, LATER)
-        assert await relay.run_once() == 1
-        assert row.completed
-        assert len(service.publisher.published) == 1
-
-    async def test_a_crash_after_the_commit_loses_no_event(self, service: Service) -> None:
-        sku, ref = await stocked(service)
-        orderid = random_ref("order")
-        service.faults.arm("after_commit")
-
-        with pytest.raises(InjectedFault):
-            await service.bus.handle(commands.Allocate(orderid, sku, 10))
-
-        # The allocation is committed, its event stored but not yet delivered.
-        assert service.store.products[sku].batches[0].allocated_quantity == 10
-        allocated = only(service.outbox, events.Allocated)
-        assert service.outbox.pending() == [allocated]
-        assert handled(service.outbox, allocated) == set()
-        assert service.store.read_model.allocations_of(orderid) == []
-        # Nobody else delivers it while the lease of the crashed process lasts.
-        assert await service.relay.run_once() == 0
-
-        time_passes(service.outbox, LATER)
-        assert await service.relay.run_once() == 1
-
-        assert service.outbox.pending() == []
-        assert service.store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
-        assert service.store.read_model.batches[ref]["allocated"] == 10
-        assert service.publisher.published == [line_allocated(orderid, sku, 10, ref, allocated.id)]
-
-    async def test_a_redelivered_event_is_followed_by_the_events_its_handlers_raise(
-        self, service: Service
-    ) -> None:
-        sku, in_stock = await stocked(service, qty=20)
-        shipment, orderid = random_ref("ship"), random_ref("order")
-        await service.bus.handle(commands.CreateBatch(shipment, sku, 20, utcnow().date()))
-        await service.bus.handle(commands.Allocate(orderid, sku, 20))
-        service.faults.arm("commit:reallocate")
-
-        await service.bus.handle(commands.ChangeBatchQuantity(in_stock, 10))
-
-        deallocated = only_row(service.outbox, events.Deallocated)
-        assert not deallocated.completed
-        assert service.store.read_model.allocations_of(orderid) == []
-
-        time_passes(service.outbox, LATER)
-        assert await service.relay.run_once() == 1
-
-        assert deallocated.completed
-        assert service.outbox.pending() == []
-        assert service.store.read_model.allocations_of(orderid) == [
-            {"sku": sku, "batchref": shipment}
-        ]
-        [_, moved] = [
-            r.event for r in service.outbox.rows.values() if isinstance(r.event, events.Allocated)
-        ]
-        assert service.publisher.published[-1] == line_allocated(
-            orderid, sku, 20, shipment, moved.id
-        )
-
-    async def test_a_running_relay_catches_the_read_model_up(self, service: Service) -> None:
-        sku, ref = await stocked(service)
-        orderid = random_ref("order")
-        service.faults.arm("after_commit")
-        with pytest.raises(InjectedFault):
-            await service.bus.handle(commands.Allocate(orderid, sku, 10))
-        time_passes(service.outbox, LATER)
-        stop = asyncio.Event()
-
-        running = asyncio.create_task(service.relay.run(stop))
-        try:
-            await wait_until(lambda: service.outbox.pending() == [])
-        finally:
-            stop.set()
-            await running
-
-        assert service.store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
-        assert len(service.publisher.published) == 1
-
-
-class TestDuplicates:
-    async def test_a_handler_run_again_for_one_event_has_no_effect(self, service: Service) -> None:
-        async def open_an_order(event: events.BatchCreated, uow: AbstractUnitOfWork) -> None:
-            # Not idempotent of itself: every run opens another order.
-            await handlers.allocate(commands.Allocate(random_ref("open"), event.sku, 1), uow)
-
-        service.also_handle(events.BatchCreated, open_an_order)
-        sku, _ = await stocked(service)
-        created = only(service.outbox, events.BatchCreated)
-        assert handled(service.outbox, created) == {"update_batch_read_model", "open_an_order"}
-
-        # As a second delivery that does not know the first one finished.
-        done = await service.bus.redeliver(created, 0, frozenset())
-
-        assert done
-        assert only_row(service.outbox, events.BatchCreated).completed
-        # The second run's order was rolled back, and its event never stored nor sent.
-        assert service.store.products[sku].batches[0].allocated_quantity == 1
-        assert [type(r.event) for r in service.outbox.rows.values()] == [
-            events.BatchCreated,
-            events.Allocated,
-        ]
-        assert len(service.publisher.published) == 1
-
-    async def test_a_repeated_publish_carries_the_same_event_id(self, service: Service) -> None:
-        """Publishing is at least once: consumers drop what they have seen by its event_id."""
-        sku, _ = await stocked(service)
-        await service.bus.handle(commands.Allocate(random_ref("order"), sku, 10))
-        allocated = only(service.outbox, events.Allocated)
-
-        await service.bus.redeliver(allocated, 0, frozenset())
-
-        first, again = service.publisher.published
-        assert first == again
-        assert first[1]["event_id"] == allocated.id
+    assert waits[0] < waits[1] < waits[2]
+    service.make_due()
+    await service.delivery.deliver_due()
+    assert service.published() == [event.id]
 
 
 def test_redelivery_backs_off_exponentially_up_to_a_maximum() -> None:
-    policy = RetryPolicy(redelivery_base=1.0, redelivery_max=10.0)
+    backoff = Backoff(base=1.0, maximum=10.0)
 
-    delays = [policy.redelivery_delay(attempts) for attempts in range(1, 7)]
+    delays = [backoff.after(failures).total_seconds() for failures in range(1, 7)]
 
-    assert delays == [timedelta(seconds=s) for s in (1, 2, 4, 8, 10, 10)]
-
-
-class SlowPublisher(FakePublisher):
-    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
-        await asyncio.sleep(0.03)
-        await super().publish(channel, payload)
+    assert delays == [1, 2, 4, 8, 10, 10]
 
 
-async def test_a_relay_hands_back_what_it_cannot_deliver_within_half_its_lease(
-    service: Service,
-) -> None:
-    slow = SlowPublisher()
-    service.container.publisher.override(providers.Object(slow))
-    service.container.relay_settings.override(
-        providers.Object(RelaySettings(lease=timedelta(seconds=0.05)))
-    )
-    sku = random_ref("sku")
-    await service.bus.handle(commands.CreateBatch(random_ref("batch"), sku, 100))
-    service.faults.arm("after_commit", times=4)
-    for _ in range(4):
-        with pytest.raises(InjectedFault):
-            await service.bus.handle(commands.Allocate(random_ref("order"), sku, 1))
-    time_passes(service.outbox, LATER)
+async def test_a_handler_that_fails_after_it_ran_repeats_recognisably() -> None:
+    real = make_service()
+    publish = real.container.after_commit_handlers()[events.Allocated][PUBLISH]
+    failed = [False]
 
-    delivered = await service.relay.run_once()
+    async def publish_then_fail(e: events.Event) -> None:
+        await publish(e)
+        if not failed[0]:
+            failed[0] = True
+            raise ConnectionError("lost the answer")
 
-    assert 0 < delivered < 4
-    now = utcnow()
-    handed_back = [r for r in service.outbox.rows.values() if not r.completed]
-    assert len(handed_back) == 4 - delivered
-    assert all(r.available_at <= now for r in handed_back)
+    service = make_service({events.Allocated: {PUBLISH: publish_then_fail}})
+    service.publisher = real.publisher
+    event = await allocated(service)
+
+    await service.delivery.deliver_due()
+    service.make_due()
+    await service.delivery.deliver_due()
+
+    # Published twice, as the same message: consumers tell by the event id.
+    assert service.published() == [event.id, event.id]
+    assert service.store.outbox.pending() == []
+
+
+async def test_delivery_restores_the_request_id_of_the_event() -> None:
+    seen: list[str | None] = []
+
+    async def note(event: events.Event) -> None:
+        seen.append(correlation.request_id.get())
+
+    service = make_service({events.Allocated: {"note": note}})
+    token = correlation.request_id.set("req-1")
+    try:
+        await allocated(service)
+    finally:
+        correlation.request_id.reset(token)
+
+    await service.delivery.deliver_due()
+
+    assert seen == ["req-1"]
+
+
+async def test_a_commit_wakes_the_relay_which_delivers_at_once() -> None:
+    service = make_service()
+    relay = Relay(service.delivery, RelaySettings(poll_interval=60, gather=0))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        event = await allocated(service)
+        await until(lambda: service.published() == [event.id])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_relay_whose_pruning_fails_counts_it_and_goes_on() -> None:
+    service = make_service()
+
+    async def broken(retention: timedelta) -> int:
+        raise RuntimeError("prune failed")
+
+    delivery = service.delivery
+    delivery.prune = broken  # type: ignore[method-assign]
+    before = metrics.PRUNE_FAILURES._value.get()
+    relay = Relay(delivery, RelaySettings(poll_interval=0.01, prune_every=0.01))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await until(lambda: metrics.PRUNE_FAILURES._value.get() >= before + 2)
+        event = await allocated(service)
+        await until(lambda: service.published() == [event.id])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_failures(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("CRITICAL", logger="app.service_layer.delivery")
