@@ -21,11 +21,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from app.domain import commands, events, model
 from app.service_layer import handlers
-from app.service_layer.messagebus import MessageBus
 from tests.fakes import FakeNotifications, FakeReadModel, FakeStore
 from tests.unit import strategies
 from tests.unit.aggregates import assert_consistent, placements, state
 from tests.unit.conftest import property_settings
+from tests.unit.test_handlers import Service as WiredService
 from tests.unit.test_handlers import bootstrap_test_bus
 
 Line = tuple[str, str]  # (orderid, sku)
@@ -150,7 +150,7 @@ def assert_lines_kept_or_reallocated(
     assert not arrived, f"lines allocated that nothing asked for: {arrived}"
 
 
-async def handle_and_check(bus: MessageBus, store: FakeStore, cmd: commands.Command) -> None:
+async def handle_and_check(bus: WiredService, store: FakeStore, cmd: commands.Command) -> None:
     """Handle ``cmd`` and check everything that must hold afterwards."""
     before = state(store.products.values())
     lines = placements(store.products.values())
