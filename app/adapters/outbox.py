@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.adapters import orm
-from app.adapters.database import Transaction
+from app.adapters.database import Transaction, discard
 from app.domain import events
 
 EVENT_TYPES: dict[str, type[events.Event]] = {
@@ -176,6 +176,8 @@ class _Statements:
         )
 
 
+VACUUM_TIMEOUT = 600.0  # seconds
+
 _ADDED = ("id", "type", "payload", "sku", "version", "created_at", "available_at")
 
 
@@ -281,15 +283,20 @@ class SqlAlchemyOutbox(AbstractOutbox):
         if engine.dialect.name != "postgresql":
             return  # SQLite reuses freed pages as it goes
         # VACUUM, which cannot run inside a transaction: the tables stay
-        # bounded even where autovacuum is off.
-        async with engine.connect() as conn:
-            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            # Unbounded by DB_TIMEOUT: it takes no lock that writes wait for.
-            await auto.exec_driver_sql("SET statement_timeout = 0")
-            try:
-                await auto.exec_driver_sql("VACUUM outbox, processed_messages")
-            finally:
-                await auto.exec_driver_sql("RESET statement_timeout")
+        # bounded even where autovacuum is off. It takes no lock that writes
+        # wait for, so neither DB_TIMEOUT's statement_timeout nor the driver's
+        # command timeout bounds it.
+        raw = await engine.raw_connection()
+        try:
+            driver: Any = raw.driver_connection
+            await driver.execute("SET statement_timeout = 0")
+            await driver.execute("VACUUM outbox, processed_messages", timeout=VACUUM_TIMEOUT)
+            await driver.execute("RESET statement_timeout")
+        except BaseException as e:
+            discard(engine, raw, e)
+            raise
+        finally:
+            raw.close()
 
 
 def _age(now: datetime, then: datetime | None) -> float | None:

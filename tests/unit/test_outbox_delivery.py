@@ -26,7 +26,6 @@ from tests.conftest import random_ref
 from tests.fakes import FailingPublisher, FakeNotifications, FakeStore, FakeUnitOfWork
 
 PUBLISH = "publish_allocated_event"
-LATER = timedelta(hours=1)  # longer than any backoff here
 
 
 @dataclass
@@ -185,6 +184,102 @@ async def test_a_handler_that_fails_after_it_ran_repeats_recognisably() -> None:
     # Published twice, as the same message: consumers tell by the event id.
     assert service.published() == [event.id, event.id]
     assert service.store.outbox.pending() == []
+
+
+class ProcessDied(Exception):
+    pass
+
+
+class CrashAfterCommitUnitOfWork(FakeUnitOfWork):
+    """Commits, then the process dies before it can say so (while ``crashes`` has some left)."""
+
+    def __init__(self, store: FakeStore, crashes: list[int], **kwargs: Any) -> None:
+        super().__init__(store, **kwargs)
+        self.crashes = crashes
+
+    async def _commit(self) -> None:
+        await super()._commit()
+        if self.crashes[0] > 0:
+            self.crashes[0] -= 1
+            raise ProcessDied("killed right after the commit")
+
+
+async def test_a_crash_after_the_commit_loses_no_event() -> None:
+    service = make_service()
+    sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
+    await service.bus.handle(commands.CreateBatch(ref, sku, 10, None))
+    container = service.container
+    container.uow.override(
+        providers.Factory(
+            CrashAfterCommitUnitOfWork,
+            service.store,
+            [1],
+            inline=container.inline_handlers,
+            after_commit=container.after_commit_handlers,
+        )
+    )
+
+    with pytest.raises(ProcessDied):
+        await service.bus.handle(commands.Allocate(orderid, sku, 3))
+
+    # Committed, with its read models; only the publish waits, in the outbox.
+    assert service.store.products[sku].batches[0].allocated_quantity == 3
+    assert service.store.read_model.allocations_of(orderid) == [{"sku": sku, "batchref": ref}]
+    [event] = service.store.outbox.pending()
+    assert isinstance(event, events.Allocated)
+    assert service.published() == []
+
+    # A relay started afterwards (a restart) delivers what the dead process owed.
+    relay = Relay(service.delivery, RelaySettings(poll_interval=60, gather=0))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await until(lambda: service.published() == [event.id])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert service.store.outbox.pending() == []
+
+
+async def test_a_running_relay_delivers_a_failed_event_once_its_backoff_is_over() -> None:
+    service = make_service()
+    container = service.container
+    container.delivery.override(
+        providers.Singleton(
+            Delivery,
+            uow_factory=container.uow.provider,
+            handlers=container.after_commit_handlers,
+            backoff=Backoff(base=0.01, maximum=0.02),
+        )
+    )
+    service.publisher.times = 2
+    relay = Relay(service.delivery, RelaySettings(poll_interval=0.005, gather=0))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        event = await allocated(service)
+        await until(lambda: service.published() == [event.id])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    row = service.store.outbox.rows[event.id]
+    assert (row.completed, row.attempts) == (True, 2)
+    assert PUBLISH in (row.last_error or "")
+
+
+async def test_an_event_no_handler_waits_for_any_more_is_settled() -> None:
+    service = make_service()
+    # Stored while its type still had after-commit handlers.
+    stale = events.BatchCreated(
+        sku=random_ref("sku"), ref=random_ref("b"), qty=1, eta=None, version=1
+    )
+    await service.store.outbox.add([stale])
+
+    assert await service.delivery.deliver_due() == 1
+
+    assert service.store.outbox.pending() == []
+    assert service.published() == []
 
 
 async def test_delivery_restores_the_request_id_of_the_event() -> None:
