@@ -182,7 +182,15 @@ def serve(app: str, env: dict[str, str], log: Path) -> Iterator[Server]:
 
 
 async def post(client: httpx.AsyncClient, path: str, body: dict[str, object]) -> None:
-    r = await client.post(path, json=body)
+    # A pooled connection the server closed after its keep-alive may fail
+    # once; the writes are idempotent, so send again.
+    for attempt in range(3):
+        try:
+            r = await client.post(path, json=body)
+            break
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            if attempt == 2:
+                raise
     if r.status_code not in (201, 202):
         raise RuntimeError(f"{path} {body}: {r.status_code} {r.text}")
 
