@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Integer, bindparam, delete, insert, select, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.adapters import orm
@@ -120,6 +120,16 @@ class _Statements:
         )
         self.allocate = insert(orm.allocations).values(
             orderline_id=bindparam("line_id"), batch_id=bindparam("to_batch")
+        )
+        # PostgreSQL writes both in one statement: one round trip fewer.
+        new_line = self.add_line.cte("new_line")
+        self.add_allocated_line = (
+            insert(orm.allocations)
+            .from_select(
+                ["orderline_id", "batch_id"],
+                select(new_line.c.id, bindparam("to_batch", type_=Integer)),
+            )
+            .returning(a.orderline_id)
         )
         self.deallocate = delete(orm.allocations).where(a.orderline_id == bindparam("line_id"))
         self.remove_line = delete(orm.order_lines).where(line.id == bindparam("line_id"))
@@ -260,13 +270,17 @@ class SqlAlchemyRepository(AbstractRepository):
             for line in batch.allocations:
                 if (ref, line) in stored.line_ids:
                     continue
-                line_id = await tx.scalar(
-                    statements.add_line,
-                    {"order": line.orderid, "product": line.sku, "units": line.qty},
-                )
-                await tx.execute(
-                    statements.allocate, {"line_id": line_id, "to_batch": stored.batch_ids[ref]}
-                )
+                params = {
+                    "order": line.orderid,
+                    "product": line.sku,
+                    "units": line.qty,
+                    "to_batch": stored.batch_ids[ref],
+                }
+                if tx.dialect == "postgresql":
+                    line_id = await tx.scalar(statements.add_allocated_line, params)
+                else:
+                    line_id = await tx.scalar(statements.add_line, params)
+                    await tx.execute(statements.allocate, {**params, "line_id": line_id})
                 stored.line_ids[(ref, line)] = line_id
                 stored.orders.add(line.orderid)
 
