@@ -7,7 +7,8 @@ them; only the adapters are fakes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -230,15 +231,9 @@ async def test_a_crash_after_the_commit_loses_no_event() -> None:
     assert service.published() == []
 
     # A relay started afterwards (a restart) delivers what the dead process owed.
-    relay = Relay(service.delivery, RelaySettings(poll_interval=60, gather=0))
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
+    async with running(Relay(service.delivery, RelaySettings(poll_interval=60, gather=0))):
         await until(lambda: service.published() == [event.id])
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-    assert service.store.outbox.pending() == []
+        assert service.store.outbox.pending() == []
 
 
 async def test_a_running_relay_delivers_a_failed_event_once_its_backoff_is_over() -> None:
@@ -253,15 +248,9 @@ async def test_a_running_relay_delivers_a_failed_event_once_its_backoff_is_over(
         )
     )
     service.publisher.times = 2
-    relay = Relay(service.delivery, RelaySettings(poll_interval=0.005, gather=0))
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
+    async with running(Relay(service.delivery, RelaySettings(poll_interval=0.005, gather=0))):
         event = await allocated(service)
         await until(lambda: service.published() == [event.id])
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
 
     row = service.store.outbox.rows[event.id]
     assert (row.completed, row.attempts) == (True, 2)
@@ -302,15 +291,9 @@ async def test_delivery_restores_the_request_id_of_the_event() -> None:
 
 async def test_a_commit_wakes_the_relay_which_delivers_at_once() -> None:
     service = make_service()
-    relay = Relay(service.delivery, RelaySettings(poll_interval=60, gather=0))
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
+    async with running(Relay(service.delivery, RelaySettings(poll_interval=60, gather=0))):
         event = await allocated(service)
         await until(lambda: service.published() == [event.id])
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
 
 
 async def test_a_relay_whose_pruning_fails_counts_it_and_goes_on() -> None:
@@ -322,13 +305,19 @@ async def test_a_relay_whose_pruning_fails_counts_it_and_goes_on() -> None:
     delivery = service.delivery
     delivery.prune = broken  # type: ignore[method-assign]
     before = metrics.PRUNE_FAILURES._value.get()
-    relay = Relay(delivery, RelaySettings(poll_interval=0.01, prune_every=0.01))
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
+    async with running(Relay(delivery, RelaySettings(poll_interval=0.01, prune_every=0.01))):
         await until(lambda: metrics.PRUNE_FAILURES._value.get() >= before + 2)
         event = await allocated(service)
         await until(lambda: service.published() == [event.id])
+
+
+@asynccontextmanager
+async def running(relay: Relay) -> AsyncIterator[None]:
+    """``relay`` at work in the background until the block ends."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        yield
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
