@@ -8,14 +8,12 @@ rest of the request. asyncpg prepares it once per connection.
 """
 
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 from sqlalchemy import Select, bindparam, select
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.adapters.database import discard, is_unavailable, unavailable_reason
+from app.adapters.database import compiled, discard, is_unavailable, unavailable_reason
 from app.adapters.orm import allocations_view, batches_view
 from app.service_layer.unit_of_work import DatabaseUnavailable
 
@@ -39,25 +37,19 @@ _PRODUCT = (
 )
 
 
-@cache
-def _compiled(query: Select[Any], dialect: Dialect) -> tuple[str, tuple[str, ...]]:
-    compiled = query.compile(dialect=dialect)
-    return str(compiled), tuple(compiled.positiontup or ())
-
-
 async def _fetch(engine: AsyncEngine, query: Select[Any], **params: Any) -> Sequence[Any]:
     try:
         if engine.dialect.name != "postgresql":
             async with engine.connect() as conn:
                 result: Sequence[Any] = (await conn.execute(query, params)).all()
                 return result
-        sql, names = _compiled(query, engine.dialect)
+        statement = compiled(query, engine.dialect)
         # Straight from the pool: the read engine runs in autocommit with no
         # reset on return, so handing the connection back involves no I/O.
         raw = await engine.raw_connection()
         try:
             rows: Sequence[Any] = await raw.driver_connection.fetch(  # type: ignore[union-attr]
-                sql, *(params[name] for name in names)
+                statement.sql, *(params[name] for name in statement.names)
             )
         except BaseException as e:
             discard(engine, raw, e)

@@ -318,22 +318,20 @@ class _AsyncpgTransaction(Transaction):
 
     async def execute(self, statement: Executable, params: Params | None = None) -> int:
         driver = await self._connection()
-        compiled = _compiled(statement, self.engine.dialect)
-        status: str = await self._run(driver.execute, compiled.sql, *_args(compiled, params or {}))
+        sql = compiled(statement, self.engine.dialect)
+        status: str = await self._run(driver.execute, sql.sql, *_args(sql, params or {}))
         count = status.rsplit(" ", 1)[-1]
         return int(count) if count.isdigit() else 0
 
     async def execute_many(self, statement: Executable, rows: Sequence[Params]) -> None:
         driver = await self._connection()
-        compiled = _compiled(statement, self.engine.dialect)
-        await self._run(driver.executemany, compiled.sql, [_args(compiled, row) for row in rows])
+        sql = compiled(statement, self.engine.dialect)
+        await self._run(driver.executemany, sql.sql, [_args(sql, row) for row in rows])
 
     async def fetch(self, statement: Executable, params: Params | None = None) -> Sequence[Any]:
         driver = await self._connection()
-        compiled = _compiled(statement, self.engine.dialect)
-        rows: Sequence[Any] = await self._run(
-            driver.fetch, compiled.sql, *_args(compiled, params or {})
-        )
+        sql = compiled(statement, self.engine.dialect)
+        rows: Sequence[Any] = await self._run(driver.fetch, sql.sql, *_args(sql, params or {}))
         return rows
 
     async def commit(self) -> None:
@@ -357,29 +355,26 @@ class _AsyncpgTransaction(Transaction):
 
 
 @dataclass(frozen=True)
-class _Compiled:
+class Compiled:
     sql: str
     names: tuple[str, ...]  # of the parameters, in order
     defaults: dict[str, Any]  # values the statement itself gives
 
 
 @cache
-def _compiled(statement: Executable, dialect: Dialect) -> _Compiled:
-    compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
-    names = tuple(compiled.positiontup or ())
+def compiled(statement: Executable, dialect: Dialect) -> Compiled:
+    """``statement`` as asyncpg runs it: its SQL and its parameters' names, once per process."""
+    done = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+    names = tuple(done.positiontup or ())
     defaults = {
-        name: compiled.binds[name].value
+        name: done.binds[name].value
         for name in names
-        if compiled.binds[name].value is not None or not compiled.binds[name].required
+        if done.binds[name].value is not None or not done.binds[name].required
     }
-    return _Compiled(str(compiled), names, defaults)
+    return Compiled(str(done), names, defaults)
 
 
-def _args(compiled: _Compiled, params: Mapping[str, Any]) -> list[Any]:
+def _args(statement: Compiled, params: Mapping[str, Any]) -> list[Any]:
+    values = [params[n] if n in params else statement.defaults[n] for n in statement.names]
     # JSON columns: the dialect's codec for asyncpg takes the text.
-    return [
-        orjson.dumps(v).decode()
-        if isinstance(v := params[name] if name in params else compiled.defaults[name], dict | list)
-        else v
-        for name in compiled.names
-    ]
+    return [orjson.dumps(v).decode() if isinstance(v, dict | list) else v for v in values]
