@@ -69,6 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=openapi.TAGS,
         root_path=settings.root_path,
         lifespan=lifespan,
+        # FastAPI's OpenTelemetry hooks look for a configured SDK on every
+        # request; the service ships none, and reports through /metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.container = container
     token = settings.api_token

@@ -9,14 +9,13 @@ from __future__ import annotations
 import logging
 import time
 
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import correlation, metrics
+from app import correlation, logs, metrics
 from app.entrypoints.api.errors import error
 
-logger = logging.getLogger("app.requests")
+logger = logging.getLogger(logs.REQUESTS)
 
 HEADER = "X-Request-ID"
 _HEADER_KEY = HEADER.lower().encode()
@@ -32,6 +31,7 @@ class RequestContext:
             return
         incoming = next((v for k, v in scope["headers"] if k == _HEADER_KEY), None)
         request_id = correlation.accept(incoming)
+        id_bytes = request_id.encode()
         token = correlation.request_id.set(request_id)
         status = 500  # unless a response starts
         started = time.perf_counter()
@@ -40,7 +40,7 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append(HEADER, request_id)
+                message["headers"] = [*message.get("headers", ()), (_HEADER_KEY, id_bytes)]
             await send(message)
 
         try:
