@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from alembic import context
 from app.adapters.database import build_engine
 from app.adapters.orm import metadata
-from app.config import Settings
+from app.config import InvalidSettings, load_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -30,19 +30,42 @@ def run_migrations(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def run_async_migrations() -> None:
-    engine = build_engine(Settings().database_url)
+def database_url() -> str:
     try:
-        async with engine.connect() as connection:
+        return load_settings().database_url
+    except InvalidSettings as e:
+        raise SystemExit(f"alembic: {e}") from None
+
+
+async def run_async_migrations() -> None:
+    engine = build_engine(database_url())
+    try:
+        try:
+            connection = await engine.connect()
+        except Exception as e:
+            # One line, without the URL's password; not a page of traceback.
+            where = engine.url.render_as_string(hide_password=True)
+            raise SystemExit(
+                f"alembic: cannot reach the database at {where}: {_reason(e)}"
+            ) from None
+        try:
             await connection.run_sync(run_migrations)
             await connection.commit()
+        finally:
+            await connection.close()
     finally:
         await engine.dispose()
 
 
+def _reason(e: Exception) -> str:
+    cause = getattr(e, "orig", None) or e
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
+
+
 def run_migrations_offline() -> None:
     context.configure(
-        url=Settings().database_url,
+        url=database_url(),
         target_metadata=metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},

@@ -1,10 +1,11 @@
 """Settings, from the environment and an optional .env file."""
 
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 # Plain URLs, as operators and hosting platforms write them, get the async driver.
 _ASYNC_DRIVERS = {
@@ -22,7 +23,11 @@ PLACEHOLDER_PASSWORDS = frozenset(
 
 
 def _with_async_driver(value: str) -> str:
-    url = make_url(value)
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        # SQLAlchemy's message may quote the URL, password and all.
+        raise ValueError("is not a database URL, e.g. postgresql://USER:PASSWORD@HOST/DB") from None
     drivername = _ASYNC_DRIVERS.get(url.drivername, url.drivername)
     if drivername not in _SUPPORTED:
         raise ValueError(f"unsupported database {url.drivername!r}; use PostgreSQL or SQLite")
@@ -30,7 +35,8 @@ def _with_async_driver(value: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # An empty value means unset, for every setting: `cp .env.example .env` runs.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     environment: Literal["development", "production"] = Field(
         "development",
@@ -42,7 +48,23 @@ class Settings(BaseSettings):
         description="Write-side database (SQLAlchemy URL).",
     )
     read_database_url: str | None = Field(
-        None, description="Read-side database, e.g. a replica; defaults to DATABASE_URL."
+        None,
+        description="A streaming replica of DATABASE_URL (PostgreSQL) for reads; unset, "
+        "reads go to DATABASE_URL.",
+    )
+    replica_wait: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="Seconds a read given a write's position (?after=) waits for the "
+        "replica to replay it before asking the primary.",
+    )
+    replica_check_interval: float = Field(
+        1.0,
+        gt=0,
+        le=300,
+        description="Seconds between checks of the replica: its lag, and whether a "
+        "failed replica answers again.",
     )
     db_pool_size: int = Field(10, ge=1, le=200, description="Connections per engine.")
     db_timeout: float = Field(
@@ -84,6 +106,24 @@ class Settings(BaseSettings):
         min_length=1,
         description="Redis list the change_batch_quantity messages that cannot be applied go to.",
     )
+    stream_group: str = Field(
+        "allocation",
+        min_length=1,
+        description="Consumer group the workers read the change_batch_quantity stream in.",
+    )
+    stream_claim_idle: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="Seconds a change_batch_quantity stream entry may stay unacknowledged "
+        "by the worker that read it (dead, or stuck) before another claims it.",
+    )
+    line_allocated_stream_maxlen: int = Field(
+        100000,
+        ge=1,
+        description="About how many entries the line_allocated stream keeps; older "
+        "ones are trimmed.",
+    )
     smtp_host: str | None = Field(None, description="Mail server; unset logs notices instead.")
     smtp_port: int = Field(25, ge=1, le=65535)
     smtp_from: str = Field("allocation@localhost", description="Sender of notices.")
@@ -117,6 +157,22 @@ class Settings(BaseSettings):
     def _read_url(cls, value: str | None) -> str | None:
         return _with_async_driver(value) if value else None
 
+    @model_validator(mode="after")
+    def _replica_of_postgresql(self) -> Self:
+        if self.read_database_url == self.database_url:
+            self.read_database_url = None  # one database
+        if self.read_database_url is None:
+            return self
+        if not all(
+            make_url(url).get_backend_name() == "postgresql"
+            for url in (self.database_url, self.read_database_url)
+        ):
+            raise ValueError(
+                "READ_DATABASE_URL names a streaming replica of DATABASE_URL: "
+                "both must be PostgreSQL"
+            )
+        return self
+
     @field_validator("api_token", mode="before")
     @classmethod
     def _no_empty_token(cls, value: object) -> object:
@@ -144,7 +200,7 @@ class Settings(BaseSettings):
             password = make_url(value).password if value else None
             if password is not None and password.lower() in PLACEHOLDER_PASSWORDS:
                 raise ValueError(
-                    f"{name.upper()} uses the placeholder password {password!r}; "
+                    f"{name.upper()} uses a placeholder password such as change-me; "
                     f"set a real one (ENVIRONMENT={self.environment})"
                 )
         if self.api_token is not None:
@@ -161,6 +217,23 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @property
-    def effective_read_database_url(self) -> str:
-        return self.read_database_url or self.database_url
+
+class InvalidSettings(ValueError):
+    """Settings the service refuses: one line naming each and its rule, and no value.
+
+    pydantic's own message quotes each input, which would print a rejected
+    token or password in the log.
+    """
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise InvalidSettings("; ".join(_rule(error) for error in e.errors())) from None
+
+
+def _rule(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    name = ".".join(str(part) for part in error["loc"]).upper()
+    return f"{name}: {message}" if name else message

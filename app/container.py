@@ -16,7 +16,8 @@ from app.adapters.notifications import (
     LogNotifications,
 )
 from app.adapters.publisher import AbstractPublisher, NoPublisher, RedisPublisher
-from app.config import Settings
+from app.adapters.read_source import ReadSource
+from app.config import Settings, load_settings
 from app.domain import commands, events
 from app.entrypoints.api.idempotency import Idempotency
 from app.service_layer import handlers
@@ -37,8 +38,10 @@ async def redis_resource(url: str | None) -> AsyncIterator[Redis | None]:
         await client.aclose()
 
 
-def publisher(client: Redis | None) -> AbstractPublisher:
-    return NoPublisher() if client is None else RedisPublisher(client)
+def publisher(client: Redis | None, line_allocated_maxlen: int) -> AbstractPublisher:
+    if client is None:
+        return NoPublisher()
+    return RedisPublisher(client, streams={"line_allocated": line_allocated_maxlen})
 
 
 def dead_letters(client: Redis | None, key: str) -> RedisDeadLetters | None:
@@ -61,7 +64,7 @@ def relay_settings(settings: Settings) -> RelaySettings:
 
 
 class Container(containers.DeclarativeContainer):
-    settings = providers.Singleton(Settings)
+    settings = providers.Singleton(load_settings)
 
     engine = providers.Resource(
         database.engine_resource,
@@ -70,16 +73,36 @@ class Container(containers.DeclarativeContainer):
         writer=True,
         db_timeout=settings.provided.db_timeout,
     )
+    # Reads on the primary: every read with one database; with a replica,
+    # those it cannot serve, and writes' positions.
     read_engine = providers.Resource(
         database.engine_resource,
-        url=settings.provided.effective_read_database_url,
+        url=settings.provided.database_url,
         pool_size=settings.provided.db_pool_size,
         writer=False,
         db_timeout=settings.provided.db_timeout,
     )
+    replica_engine = providers.Resource(
+        database.optional_engine_resource,
+        url=settings.provided.read_database_url,
+        pool_size=settings.provided.db_pool_size,
+        db_timeout=settings.provided.db_timeout,
+    )
+    read_source = providers.Singleton(
+        ReadSource,
+        primary=read_engine,
+        replica=replica_engine,
+        wait=settings.provided.replica_wait,
+        timeout=settings.provided.db_timeout,
+        check_interval=settings.provided.replica_check_interval,
+    )
     redis = providers.Resource(redis_resource, url=settings.provided.redis_url)
 
-    publisher = providers.Singleton(publisher, client=redis)
+    publisher = providers.Singleton(
+        publisher,
+        client=redis,
+        line_allocated_maxlen=settings.provided.line_allocated_stream_maxlen,
+    )
     dead_letters = providers.Singleton(
         dead_letters, client=redis, key=settings.provided.dead_letter_key
     )
@@ -172,7 +195,7 @@ class Container(containers.DeclarativeContainer):
     relay = providers.Singleton(Relay, delivery=delivery, settings=relay_settings)
 
 
-_ASYNC_RESOURCES = ("engine", "read_engine", "redis")
+_ASYNC_RESOURCES = ("engine", "read_engine", "replica_engine", "redis")
 
 
 async def start(container: Container) -> None:

@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 from app import container as composition
 from app import logs
 from app.adapters.schema import StartupError, check_database
-from app.config import Settings
+from app.config import InvalidSettings, Settings
 from app.container import Container
 from app.entrypoints.api import errors, health, metrics, openapi, routes
 from app.entrypoints.api.middleware import BodyLimit, RequestContext
@@ -32,20 +32,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logs.configure(settings.log_level, settings.log_format)
         await composition.start(container)
         try:
-            for engine in {container.engine(), container.read_engine()}:
-                await check_database(engine)
+            await check_database(container.engine())
         except StartupError as e:
             logger.critical("cannot start: %s", e)
             await composition.stop(container)
             raise
-        # The read routes take the engine from here: no container work per read.
-        application.state.read_engine = container.read_engine()
+        reads = container.read_source()
+        if reads.replica is not None:
+            try:
+                await check_database(reads.replica)
+            except StartupError as e:
+                # Reads survive the replica, from the start too.
+                reads.replica_failed(e)
+        # The routes take these from here: no container work per request.
+        application.state.reads = reads
         application.state.engine = container.engine()
         application.state.redis = container.redis()
         stop = asyncio.Event()
-        relay = None
+        tasks = [asyncio.create_task(reads.watch(stop), name="replica watch")]
         if settings.relay_enabled:
-            relay = asyncio.create_task(container.relay().run(stop), name="outbox relay")
+            tasks.append(asyncio.create_task(container.relay().run(stop), name="outbox relay"))
         logger.info("serving (environment: %s)", settings.environment)
         if settings.api_token is None:
             logger.warning("API_TOKEN is not set: anyone who can reach the API can write")
@@ -55,8 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # uvicorn gets here on SIGTERM once in-flight requests have finished.
             logger.info("shutting down: stopping the relay")
             stop.set()
-            if relay is not None:
-                await relay
+            await asyncio.gather(*tasks)
             await composition.stop(container)
             logger.info("stopped")
 
@@ -85,4 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+try:
+    app = create_app()
+except InvalidSettings as e:
+    # One line, and nothing for uvicorn to print a traceback of.
+    raise SystemExit(f"cannot start: {e}") from None

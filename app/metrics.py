@@ -85,6 +85,39 @@ OUTBOX_FAILING = Gauge(
     "Undelivered events whose handlers failed at least once",
     multiprocess_mode="mostrecent",
 )
+STREAM_PENDING = Gauge(
+    "allocation_stream_pending_entries",
+    "Entries of a stream a worker of the consumer group read and has not acknowledged",
+    ["stream", "group"],
+    multiprocess_mode="mostrecent",
+)
+STREAM_LAG = Gauge(
+    "allocation_stream_lag_entries",
+    "Entries of a stream no worker of the consumer group has read yet",
+    ["stream", "group"],
+    multiprocess_mode="mostrecent",
+)
+
+READS = Counter(
+    "allocation_reads_total",
+    "Reads answered from the replica or the primary (counted with a replica only)",
+    ["source"],
+)
+REPLICA_BEHIND = Counter(
+    "allocation_replica_behind_total",
+    "Reads given a write's position that the replica had not replayed within "
+    "REPLICA_WAIT; the primary answered them",
+)
+REPLICA_UP = Gauge(
+    "allocation_replica_up",
+    "1 while reads go to the replica, 0 while it is failing and the primary serves them",
+    multiprocess_mode="mostrecent",
+)
+REPLICA_LAG = Gauge(
+    "allocation_replica_lag_seconds",
+    "How far the replica's applied state is behind the primary, at the last check",
+    multiprocess_mode="mostrecent",
+)
 
 _COUNTED: dict[type[events.Event], Counter] = {
     events.Allocated: ALLOCATIONS,

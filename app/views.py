@@ -5,17 +5,18 @@ is compiled once per process and run on the asyncpg connection itself (taken
 from SQLAlchemy's pool): a read is one statement with nothing to translate,
 and SQLAlchemy's execution layer would otherwise cost as much CPU as the
 rest of the request. asyncpg prepares it once per connection.
+
+Where each read runs, the replica or the primary, is the read source's
+business (app.adapters.read_source); ``after`` is a write's position, for a
+read that must see that write.
 """
 
-from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import bindparam, select
 
-from app.adapters.database import compiled, discard, is_unavailable, unavailable_reason
 from app.adapters.orm import allocations_view, batches_view
-from app.service_layer.unit_of_work import DatabaseUnavailable
+from app.adapters.read_source import ReadSource
 
 _a, _b = allocations_view.c, batches_view.c
 
@@ -37,44 +38,22 @@ _PRODUCT = (
 )
 
 
-async def _fetch(engine: AsyncEngine, query: Select[Any], **params: Any) -> Sequence[Any]:
-    try:
-        if engine.dialect.name != "postgresql":
-            async with engine.connect() as conn:
-                result: Sequence[Any] = (await conn.execute(query, params)).all()
-                return result
-        statement = compiled(query, engine.dialect)
-        # Straight from the pool: the read engine runs in autocommit with no
-        # reset on return, so handing the connection back involves no I/O.
-        raw = await engine.raw_connection()
-        try:
-            rows: Sequence[Any] = await raw.driver_connection.fetch(  # type: ignore[union-attr]
-                statement.sql, *(params[name] for name in statement.names)
-            )
-        except BaseException as e:
-            discard(engine, raw, e)
-            raise
-        finally:
-            raw.close()
-        return rows
-    except Exception as e:
-        if is_unavailable(e):
-            raise DatabaseUnavailable(unavailable_reason(e)) from e
-        raise
-
-
-async def allocations(engine: AsyncEngine, orderid: str) -> list[dict[str, str]]:
-    rows = await _fetch(engine, _ALLOCATIONS, orderid=orderid)
+async def allocations(
+    reads: ReadSource, orderid: str, after: str | None = None
+) -> list[dict[str, str]]:
+    rows = await reads.fetch(_ALLOCATIONS, {"orderid": orderid}, after)
     return [{"sku": sku, "batchref": batchref} for sku, batchref in rows]
 
 
-async def allocation(engine: AsyncEngine, orderid: str, sku: str) -> dict[str, str] | None:
-    rows = await _fetch(engine, _ALLOCATION, orderid=orderid, sku=sku)
+async def allocation(
+    reads: ReadSource, orderid: str, sku: str, after: str | None = None
+) -> dict[str, str] | None:
+    rows = await reads.fetch(_ALLOCATION, {"orderid": orderid, "sku": sku}, after)
     return {"sku": sku, "batchref": rows[0][0]} if rows else None
 
 
-async def batch(engine: AsyncEngine, ref: str) -> dict[str, Any] | None:
-    rows = await _fetch(engine, _BATCH, ref=ref)
+async def batch(reads: ReadSource, ref: str, after: str | None = None) -> dict[str, Any] | None:
+    rows = await reads.fetch(_BATCH, {"ref": ref}, after)
     if not rows:
         return None
     reference, sku, eta, purchased, allocated = rows[0]
@@ -88,9 +67,9 @@ async def batch(engine: AsyncEngine, ref: str) -> dict[str, Any] | None:
     }
 
 
-async def product(engine: AsyncEngine, sku: str) -> dict[str, Any] | None:
+async def product(reads: ReadSource, sku: str, after: str | None = None) -> dict[str, Any] | None:
     """Stock of a sku: in the warehouse now, and per batch in allocation order."""
-    rows = await _fetch(engine, _PRODUCT, sku=sku)
+    rows = await reads.fetch(_PRODUCT, {"sku": sku}, after)
     if not rows:
         return None
     return {

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -161,7 +161,7 @@ def free_port() -> int:
         return port
 
 
-def wait_until_serving(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
+def wait_until_serving(url: str, process: subprocess.Popen[Any], deadline: float) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")

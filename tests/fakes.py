@@ -17,9 +17,14 @@ from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers
 
 
 class FakeRepository(AbstractRepository):
-    def __init__(self, products: dict[str, model.Product]) -> None:
+    def __init__(
+        self,
+        products: dict[str, model.Product],
+        positions: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
         super().__init__()
         self._products = products
+        self.positions = {} if positions is None else positions
 
     def _add(self, product: model.Product) -> None:
         self._products[product.sku] = product
@@ -35,6 +40,12 @@ class FakeRepository(AbstractRepository):
             (p for p in self._products.values() if any(b.reference == ref for b in p.batches)),
             None,
         )
+
+    async def _position(self, ref: str) -> tuple[int, int] | None:
+        return self.positions.get(ref)
+
+    async def _set_position(self, ref: str, position: tuple[int, int], new: bool) -> None:
+        self.positions[ref] = position
 
 
 class FakeReadModel(AbstractReadModel):
@@ -143,6 +154,7 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.products: dict[str, model.Product] = {}
+        self.positions: dict[str, tuple[int, int]] = {}  # batch -> last stream entry applied
         self.read_model = FakeReadModel(self.products)
         self.outbox = FakeOutbox()
         self.commits = 0
@@ -158,7 +170,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
     ) -> None:
         super().__init__(inline, after_commit)
         self.store = store
-        self.products = FakeRepository(store.products)
+        self.products = FakeRepository(store.products, store.positions)
         self.read_model = store.read_model
         self.outbox = store.outbox
 

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-BINARIES = ("initdb", "pg_ctl", "postgres")
+BINARIES = ("initdb", "pg_ctl", "postgres", "pg_basebackup")
 OS_USER = "postgres"  # who runs the server when the tests run as root
 
 
@@ -63,8 +63,11 @@ class PostgresCluster:
             account = pwd.getpwnam(OS_USER)
             os.chown(self.directory, account.pw_uid, account.pw_gid)
 
-    def init(self) -> None:
-        """initdb, configured to listen on 127.0.0.1:port, its socket inside the directory."""
+    def init(self, replication: bool = False) -> None:
+        """initdb, configured to listen on 127.0.0.1:port, its socket inside the directory.
+
+        With ``replication``, streaming replicas may be made of it (``replica``).
+        """
         self._run(
             "initdb",
             "-D",
@@ -84,6 +87,43 @@ class PostgresCluster:
             "full_page_writes": "off",
             "max_connections": "100",
         }
+        if replication:
+            settings.update(wal_level="replica", max_wal_senders="4")
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host replication {OS_USER} 127.0.0.1/32 trust\n")
+        self._configure(settings)
+
+    def replica(self, port: int, apply_delay: str = "0") -> PostgresCluster:
+        """A streaming replica of this running cluster (``pg_basebackup -R``), not started.
+
+        ``apply_delay`` (``recovery_min_apply_delay``, e.g. ``"400ms"``) makes it
+        apply each commit that long after the primary made it: a lagging replica.
+        """
+        replica = PostgresCluster(self.bindir, port)
+        replica._run(
+            "pg_basebackup",
+            "-D",
+            str(replica.data),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            OS_USER,
+            "-R",
+            "--no-sync",
+        )
+        replica._configure(
+            {
+                "port": str(port),
+                "unix_socket_directories": f"'{replica.directory}'",
+                "recovery_min_apply_delay": f"'{apply_delay}'",
+                "hot_standby_feedback": "on",
+            }
+        )
+        return replica
+
+    def _configure(self, settings: dict[str, str]) -> None:
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
 

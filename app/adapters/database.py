@@ -24,6 +24,20 @@ _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}
 # client would have); and every connection_exception (class 08)
 _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300", "57014"}
 
+Params: TypeAlias = Mapping[str, Any]
+
+
+class ConcurrencyError(Exception):
+    """A concurrent write got in the way; running the message again may succeed."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached now; nothing was committed, or it is unknown whether.
+
+    Not a collision: running the message again at once would fail the same
+    way, so it is not retried here; the caller may try again shortly.
+    """
+
 
 def build_engine(
     url: str, *, pool_size: int = 10, writer: bool = True, db_timeout: float | None = None
@@ -76,6 +90,20 @@ async def engine_resource(
         await engine.dispose()
 
 
+async def optional_engine_resource(
+    url: str | None, pool_size: int, db_timeout: float | None = None
+) -> AsyncIterator[AsyncEngine | None]:
+    """A reader engine for ``url``, or None when there is none (no replica)."""
+    if url is None:
+        yield None
+        return
+    engine = build_engine(url, pool_size=pool_size, writer=False, db_timeout=db_timeout)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
 async def ping(engine: AsyncEngine) -> None:
     """``SELECT 1`` on a pooled connection; raises if the database does not answer.
 
@@ -96,6 +124,38 @@ async def ping(engine: AsyncEngine) -> None:
         raise
     finally:
         raw.close()
+
+
+async def fetch(
+    engine: AsyncEngine, statement: Executable | str, params: Params | None = None
+) -> Sequence[Any]:
+    """The rows of one read-only statement, outside any transaction (a reader engine).
+
+    On PostgreSQL the statement runs on the asyncpg connection taken straight
+    from SQLAlchemy's pool: a reader engine runs in autocommit with no reset on
+    return, so handing the connection back involves no I/O. A ``str`` is SQL
+    with asyncpg's ``$1``-style parameters, taken from ``params`` in order.
+    """
+    params = params or {}
+    if engine.dialect.name != "postgresql":
+        query = text(statement) if isinstance(statement, str) else statement
+        async with engine.connect() as conn:
+            rows: Sequence[Any] = (await conn.execute(query, params)).all()
+            return rows
+    if isinstance(statement, str):
+        sql, args = statement, list(params.values())
+    else:
+        done = compiled(statement, engine.dialect)
+        sql, args = done.sql, _args(done, params)
+    raw = await engine.raw_connection()
+    try:
+        rows = await raw.driver_connection.fetch(sql, *args)  # type: ignore[union-attr]
+    except BaseException as e:
+        discard(engine, raw, e)
+        raise
+    finally:
+        raw.close()
+    return rows
 
 
 def discard(engine: AsyncEngine, raw: PoolProxiedConnection, exc: BaseException) -> None:
@@ -203,9 +263,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         yield current
         orig = current.orig if isinstance(current, DBAPIError) else None
         current = current.__cause__ or (orig if isinstance(orig, BaseException) else None)
-
-
-Params: TypeAlias = Mapping[str, Any]
 
 
 class Transaction(abc.ABC):

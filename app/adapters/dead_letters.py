@@ -2,6 +2,8 @@
 
 Each entry is one JSON document in a Redis list, oldest first. The message is
 kept whole: as text when it is UTF-8, else base64 (``encoding`` says which).
+A stream entry's letter keeps the entry's id too, so that a replay keeps the
+entry's place among the batch's changes.
 Dropping an entry is one ``LREM`` of its exact JSON. Replaying one first
 claims it with a lock of its own (``SET NX`` with an expiry), so of two
 operators replaying it at once only one applies it, and leaves it on the
@@ -45,6 +47,7 @@ class DeadLetter:
     attempts: int
     failed_at: str  # ISO 8601, UTC
     request_id: str | None
+    stream_id: str | None = None  # None: the message came by pub/sub
 
     @classmethod
     def of(
@@ -56,6 +59,7 @@ class DeadLetter:
         error: str,
         attempts: int,
         request_id: str | None,
+        stream_id: str | None = None,
     ) -> DeadLetter:
         encoding: Literal["utf-8", "base64"] = "utf-8"
         try:
@@ -76,6 +80,7 @@ class DeadLetter:
             attempts=attempts,
             failed_at=utcnow_iso(),
             request_id=request_id,
+            stream_id=stream_id,
         )
 
     def again(self, failure: DeadLetter) -> DeadLetter:
@@ -96,6 +101,8 @@ class DeadLetter:
     def as_dict(self) -> dict[str, Any]:
         fields = asdict(self)
         fields["error"] = {"type": fields.pop("error_type"), "message": fields["error"]}
+        if fields["stream_id"] is None:  # a pub/sub message's entry reads as it always did
+            del fields["stream_id"]
         return fields
 
     def to_json(self) -> str:

@@ -6,6 +6,7 @@ aggregate with Core statements on these tables (app.adapters.repository).
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     Date,
     DateTime,
@@ -66,6 +67,18 @@ allocations = Table(
     Column("orderline_id", ForeignKey("order_lines.id"), nullable=False, unique=True),
     Column("batch_id", ForeignKey("batches.id"), nullable=False),
     Index("ix_allocations_batch_id", "batch_id"),
+)
+
+# Per batch, the id of the change_batch_quantity stream entry that set its
+# quantity last (a Redis stream id: milliseconds, then a sequence number),
+# written in the same transaction: an older entry, redelivered or replayed
+# after a newer one was applied, finds it here and changes nothing.
+batch_stream_positions = Table(
+    "batch_stream_positions",
+    metadata,
+    Column("reference", ForeignKey("batches.reference"), primary_key=True),
+    Column("entry_ms", BigInteger, nullable=False),
+    Column("entry_seq", BigInteger, nullable=False),
 )
 
 # Projections: the read side. Their rows carry the product version they

@@ -3,6 +3,7 @@
 import abc
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -16,11 +17,28 @@ class AbstractPublisher(abc.ABC):
 
 
 class RedisPublisher(AbstractPublisher):
-    def __init__(self, client: Redis) -> None:
+    """Publishes on the channel; for the channels in ``streams``, appends to a stream too.
+
+    The stream has the channel's name and keeps about ``streams[channel]``
+    entries: a consumer that starts late reads what it missed, within that.
+    An entry's fields are the payload's, as text (None as empty). Both go in
+    one MULTI: Redis applies both or neither.
+    """
+
+    def __init__(self, client: Redis, streams: Mapping[str, int] | None = None) -> None:
         self._client = client
+        self._streams = dict(streams or {})
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
-        await self._client.publish(channel, json.dumps(payload))
+        maxlen = self._streams.get(channel)
+        if maxlen is None:
+            await self._client.publish(channel, json.dumps(payload))
+            return
+        fields = {k: "" if v is None else str(v) for k, v in payload.items()}
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.publish(channel, json.dumps(payload))
+            pipe.xadd(channel, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            await pipe.execute()
 
 
 class NoPublisher(AbstractPublisher):

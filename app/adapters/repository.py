@@ -47,6 +47,19 @@ class AbstractRepository(abc.ABC):
             self.seen.add(product)
         return product
 
+    async def advance(self, ref: str, position: tuple[int, int]) -> bool:
+        """Record that batch ``ref`` takes its quantity from the stream entry at ``position``.
+
+        False, recording nothing, when an entry at or past ``position`` was
+        applied to it already. Call it once the batch's product is got: the
+        product's lock orders the changes to its batches.
+        """
+        applied = await self._position(ref)
+        if applied is not None and applied >= position:
+            return False
+        await self._set_position(ref, position, new=applied is None)
+        return True
+
     @abc.abstractmethod
     async def save(self) -> None:
         """Write what changed in the products seen; before commit, and before a query."""
@@ -59,6 +72,12 @@ class AbstractRepository(abc.ABC):
 
     @abc.abstractmethod
     async def _get_by_batchref(self, ref: str) -> model.Product | None: ...
+
+    @abc.abstractmethod
+    async def _position(self, ref: str) -> tuple[int, int] | None: ...
+
+    @abc.abstractmethod
+    async def _set_position(self, ref: str, position: tuple[int, int], new: bool) -> None: ...
 
 
 class _Statements:
@@ -131,6 +150,16 @@ class _Statements:
             )
             .returning(a.orderline_id)
         )
+        s = orm.batch_stream_positions.c
+        self.position = select(s.entry_ms, s.entry_seq).where(s.reference == bindparam("ref"))
+        self.add_position = insert(orm.batch_stream_positions).values(
+            reference=bindparam("ref"), entry_ms=bindparam("ms"), entry_seq=bindparam("seq")
+        )
+        self.set_position = (
+            update(orm.batch_stream_positions)
+            .where(s.reference == bindparam("ref"))
+            .values(entry_ms=bindparam("ms"), entry_seq=bindparam("seq"))
+        )
         self.deallocate = delete(orm.allocations).where(a.orderline_id == bindparam("line_id"))
         self.remove_line = delete(orm.order_lines).where(line.id == bindparam("line_id"))
 
@@ -188,6 +217,14 @@ class SqlAlchemyRepository(AbstractRepository):
                 stored.line_ids[(ref, line)] = line_id
                 stored.orders.add(orderid)
         return product
+
+    async def _position(self, ref: str) -> tuple[int, int] | None:
+        rows = await self._tx.fetch(_statements().position, {"ref": ref})
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def _set_position(self, ref: str, position: tuple[int, int], new: bool) -> None:
+        statement = _statements().add_position if new else _statements().set_position
+        await self._tx.execute(statement, {"ref": ref, "ms": position[0], "seq": position[1]})
 
     async def _load(self, sku: str) -> model.Product | None:
         version = await self._tx.scalar(_statements().product, {"sku": sku})

@@ -28,3 +28,7 @@ class Allocate(Command):
 class ChangeBatchQuantity(Command):
     ref: str
     qty: int
+    # Where the change stands among those of its stream (the entry's id, as
+    # milliseconds and sequence): one behind a change applied already is
+    # skipped. None: applied as it comes.
+    position: tuple[int, int] | None = None

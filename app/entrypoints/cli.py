@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -18,9 +20,11 @@ from app import logs, metrics
 from app.adapters.dead_letters import RedisDeadLetters
 from app.adapters.rebuild import rebuild_views
 from app.adapters.schema import StartupError, check_database
+from app.adapters.streams import group_stats
+from app.config import InvalidSettings
 from app.container import Container
 from app.entrypoints import dead_letter_commands
-from app.entrypoints.redis_consumer import RedisConsumer
+from app.entrypoints.redis_consumer import STREAM, PubSubConsumer, StreamConsumer
 
 cli = typer.Typer(help="The allocation service's worker and tools.", no_args_is_help=True)
 logger = logging.getLogger("app.cli")
@@ -48,11 +52,18 @@ def _run(work: Callable[[Container], Awaitable[T]], database: bool = True) -> T:
     except StartupError as e:
         logger.critical("cannot start: %s", e)
         raise typer.Exit(1) from None
+    except InvalidSettings as e:  # before logging is set up: straight to stderr
+        typer.echo(f"cannot start: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 @cli.command()
 def worker() -> None:
-    """Consume external events from Redis and deliver the outbox, until SIGTERM."""
+    """Consume external events from Redis and deliver the outbox, until SIGTERM.
+
+    On SIGTERM it takes no more messages, handles those it has received, and
+    logs how many it received, applied and dead-lettered.
+    """
 
     async def work(container: Container) -> None:
         stop = asyncio.Event()
@@ -66,11 +77,12 @@ def worker() -> None:
             metrics.serve(port)
             logger.info("metrics on port %d", port)
         tasks = [asyncio.create_task(container.relay().run(stop), name="relay")]
-        consumer = _consumer(container)
-        if consumer is None:
+        consumer, stream_consumer = _consumer(container), _stream_consumer(container)
+        if consumer is None or stream_consumer is None:
             logger.warning("REDIS_URL is not set: delivering the outbox only")
         else:
             tasks.append(asyncio.create_task(consumer.run(stop), name="consumer"))
+            tasks.append(asyncio.create_task(stream_consumer.run(stop), name="stream consumer"))
         logger.info("worker started")
         await stop.wait()
         logger.info("stopping: finishing the work in hand")
@@ -122,7 +134,10 @@ async def _rebuild(
 
 @cli.command()
 def outbox() -> None:
-    """How many events wait for delivery, how many keep failing, whether pruning keeps up."""
+    """How many events wait for delivery, how many keep failing, whether pruning keeps up.
+
+    And, with Redis, how far the workers are behind on the change_batch_quantity stream.
+    """
 
     async def work(container: Container) -> None:
         async with container.uow() as uow:
@@ -142,19 +157,55 @@ def outbox() -> None:
                 "retention are still kept; see the relay's log "
                 "(allocation_outbox_prune_failures_total in /metrics)"
             )
+        await _show_stream(container)
 
     _run(work)
+
+
+async def _show_stream(container: Container) -> None:
+    client, group = container.redis(), container.settings().stream_group
+    if client is None:
+        return
+    where = f"stream {STREAM}, group {group}"
+    try:
+        stats = await group_stats(client, STREAM, group)
+    except (RedisError, OSError) as e:
+        print(f"{where}: cannot read it ({type(e).__name__}: {e})")
+        return
+    if stats is None:
+        print(f"{where}: no such group yet (no worker has read the stream)")
+        return
+    lag = "-" if stats.lag is None else str(stats.lag)
+    print(
+        f"{where}: pending {stats.pending} (read, not acknowledged), lag {lag} "
+        f"(not read yet), {stats.consumers} consumers"
+    )
 
 
 def _seconds(age: float | None) -> str:
     return "-" if age is None else f"{age:.1f}s"
 
 
-def _consumer(container: Container) -> RedisConsumer | None:
+def _consumer(container: Container) -> PubSubConsumer | None:
     client, dead_letters = container.redis(), container.dead_letters()
     if client is None or dead_letters is None:
         return None
-    return RedisConsumer(client, container.bus, dead_letters)
+    return PubSubConsumer(client, container.bus, dead_letters)
+
+
+def _stream_consumer(container: Container) -> StreamConsumer | None:
+    client, dead_letters = container.redis(), container.dead_letters()
+    if client is None or dead_letters is None:
+        return None
+    settings = container.settings()
+    return StreamConsumer(
+        client,
+        container.bus,
+        dead_letters,
+        group=settings.stream_group,
+        name=f"{socket.gethostname()}-{os.getpid()}",
+        claim_idle=settings.stream_claim_idle,
+    )
 
 
 dead_letters_cli = typer.Typer(

@@ -10,7 +10,7 @@ import json
 import sys
 
 from app.adapters.dead_letters import DeadLetter, RedisDeadLetters
-from app.entrypoints.redis_consumer import RedisConsumer
+from app.entrypoints.redis_consumer import Consumer
 
 
 def _error(letter: DeadLetter) -> str:
@@ -28,18 +28,21 @@ async def show(dead_letters: RedisDeadLetters, as_json: bool) -> int:
     for letter in letters:
         error = _error(letter)
         error = error if len(error) <= 80 else error[:77] + "..."
+        entry = f"  entry={letter.stream_id}" if letter.stream_id else ""
         print(
             f"{letter.id}  {letter.failed_at}  attempts={letter.attempts}  "
-            f"{error}  {letter.preview()}"
+            f"{error}{entry}  {letter.preview()}"
         )
     print(f"{len(letters)} dead letter{'s' if len(letters) != 1 else ''} on {dead_letters.key}")
     return 0
 
 
-async def replay(
-    dead_letters: RedisDeadLetters, consumer: RedisConsumer, letter_id: str | None
-) -> int:
-    """Apply each entry as the worker would; take it off the list once that is settled."""
+async def replay(dead_letters: RedisDeadLetters, consumer: Consumer, letter_id: str | None) -> int:
+    """Apply each entry as the worker would; take it off the list once that is settled.
+
+    A stream entry's letter keeps the entry's place: if a later entry for
+    the batch was applied meanwhile, the replay changes nothing.
+    """
     ids = [letter_id] if letter_id else [letter.id for letter in await dead_letters.entries()]
     if not ids:
         print(f"no dead letters on {dead_letters.key}")
@@ -56,6 +59,9 @@ async def replay(
         outcome = await consumer.handle(letter.raw(), earlier=letter)
         if outcome.dead_letter is None or outcome.kept:
             await dead_letters.settle(claim)  # applied, or its new entry is stored
+        if outcome.superseded:
+            print(f"{id_}: not applied: a later stream entry for the batch was applied already")
+            continue
         if outcome.dead_letter is None:
             print(f"{id_}: applied")
             continue

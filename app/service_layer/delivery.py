@@ -29,9 +29,10 @@ from datetime import timedelta
 from typing import Any, TypeAlias
 
 from app import correlation, metrics
+from app.adapters.database import DatabaseUnavailable
 from app.adapters.outbox import AbstractOutbox, Pending, utcnow
 from app.domain import events
-from app.service_layer.unit_of_work import AbstractUnitOfWork, DatabaseUnavailable
+from app.service_layer.unit_of_work import AbstractUnitOfWork
 
 logger = logging.getLogger(__name__)
 

@@ -27,6 +27,10 @@ class UnknownBatch(Exception):
     pass
 
 
+class Superseded(Exception):
+    """A later entry of the change's stream was applied to the batch already."""
+
+
 async def add_batch(cmd: commands.CreateBatch, uow: AbstractUnitOfWork) -> None:
     async with uow:
         # A reference already used under another sku is found and refused by
@@ -54,6 +58,8 @@ async def change_batch_quantity(cmd: commands.ChangeBatchQuantity, uow: Abstract
         product = await uow.products.get_by_batchref(cmd.ref)
         if product is None:
             raise UnknownBatch(f"Unknown batch {cmd.ref}")
+        if cmd.position is not None and not await uow.products.advance(cmd.ref, cmd.position):
+            raise Superseded(f"batch {cmd.ref} has a later change than {cmd.position} already")
         product.change_batch_quantity(cmd.ref, cmd.qty)
         await uow.commit()
 

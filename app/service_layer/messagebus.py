@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from app import metrics
+from app.adapters.database import ConcurrencyError
 from app.domain import commands
 from app.service_layer.delivery import Delivery, UnitOfWorkFactory
-from app.service_layer.unit_of_work import AbstractUnitOfWork, ConcurrencyError
+from app.service_layer.unit_of_work import AbstractUnitOfWork
 
 CommandHandler: TypeAlias = Callable[[Any, AbstractUnitOfWork], Awaitable[None]]
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from app import metrics
+from app.adapters.database import DatabaseUnavailable
 from app.service_layer.delivery import Delivery
-from app.service_layer.unit_of_work import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 

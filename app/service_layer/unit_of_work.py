@@ -24,6 +24,8 @@ from typing import Any, Self, TypeAlias
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import correlation
+from app.adapters.database import ConcurrencyError as ConcurrencyError
+from app.adapters.database import DatabaseUnavailable as DatabaseUnavailable
 from app.adapters.database import (
     is_retryable,
     is_unavailable,
@@ -38,18 +40,6 @@ from app.domain import events
 InlineHandler: TypeAlias = Callable[[Any, "AbstractUnitOfWork"], Awaitable[None]]
 # By event type, each handler under the name it was registered with.
 InlineHandlers: TypeAlias = Mapping[type[events.Event], Mapping[str, InlineHandler]]
-
-
-class ConcurrencyError(Exception):
-    """A concurrent write got in the way; running the message again may succeed."""
-
-
-class DatabaseUnavailable(Exception):
-    """The database cannot be reached now; nothing was committed, or it is unknown whether.
-
-    Not a collision: running the message again at once would fail the same
-    way, so it is not retried here; the caller may try again shortly.
-    """
 
 
 class AbstractUnitOfWork(abc.ABC):

@@ -204,6 +204,7 @@ class Worker(Service):
     """``allocation worker``: the Redis consumer and a relay."""
 
     LISTENING = "listening on change_batch_quantity"
+    READING = "reading the stream change_batch_quantity"
 
     def __init__(self, name: str, env: Mapping[str, str], log: Path) -> None:
         super().__init__(name, [ALLOCATION, "worker"], env, log)
@@ -220,6 +221,19 @@ class Worker(Service):
     async def start_listening(self, within: float = 30) -> None:
         self.start()
         await self.listening(within)
+
+    async def reading(self, within: float = 30) -> None:
+        """Wait until its stream consumer reads the stream, in its group (it logs so)."""
+
+        def in_group() -> bool:
+            assert self.running, f"{self.name} exited\n{self.report()}"
+            return self.output().count(self.READING) >= self.starts
+
+        await wait_for(in_group, within, lambda: f"{self.name} not reading\n{self.report()}")
+
+    async def start_reading(self, within: float = 30) -> None:
+        self.start()
+        await self.reading(within)
 
 
 class Processes:

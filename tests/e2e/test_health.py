@@ -35,7 +35,7 @@ async def test_ready_when_the_database_answers(client: httpx.AsyncClient) -> Non
     assert r.status_code == 200
     assert r.json() == {
         "status": "ready",
-        "checks": {"database": "ok", "read_database": "ok", "redis": "off"},
+        "checks": {"database": "ok", "replica": "off", "redis": "off"},
     }
 
 

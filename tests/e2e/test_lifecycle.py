@@ -128,7 +128,7 @@ async def test_production_refuses_a_placeholder_password(tmp_path: Path) -> None
         code = await api.wait(within=20)
 
     assert code != 0
-    assert "DATABASE_URL uses the placeholder password 'change-me'" in api.output()
+    assert "cannot start: DATABASE_URL uses a placeholder password" in api.output()
 
 
 def test_the_schema_version_is_alembics_head() -> None:

@@ -198,8 +198,8 @@ async def test_path_identifiers_are_documented(
     openapi: dict[str, Any], path: str, name: str
 ) -> None:
     for operation in openapi["paths"][path].values():
-        [parameter] = operation["parameters"]
-        assert (parameter["name"], parameter["in"], parameter["required"]) == (name, "path", True)
+        [parameter] = [p for p in operation["parameters"] if p["in"] == "path"]
+        assert (parameter["name"], parameter["required"]) == (name, True)
         assert parameter["schema"]["maxLength"] == 255
 
 

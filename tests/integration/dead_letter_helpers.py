@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from app.adapters.dead_letters import DeadLetter, RedisDeadLetters
 from app.config import Settings
 from app.container import Container
-from app.entrypoints.redis_consumer import RedisConsumer
+from app.entrypoints.redis_consumer import PubSubConsumer
 from tests.integration.event_helpers import running_container
 
 ATTEMPTS = 3
@@ -20,9 +20,9 @@ ATTEMPTS = 3
 class Service:
     container: Container
     dead_letters: RedisDeadLetters
-    consumer: RedisConsumer
+    consumer: PubSubConsumer
 
-    def another_consumer(self) -> RedisConsumer:
+    def another_consumer(self) -> PubSubConsumer:
         """A second consumer on the same list: another operator's, say."""
         return consumer_of(self.container, self.dead_letters)
 
@@ -34,10 +34,10 @@ class Service:
         return outcome.dead_letter
 
 
-def consumer_of(container: Container, dead_letters: RedisDeadLetters) -> RedisConsumer:
+def consumer_of(container: Container, dead_letters: RedisDeadLetters) -> PubSubConsumer:
     client = container.redis()
     assert client is not None
-    return RedisConsumer(client, container.bus, dead_letters, attempts=ATTEMPTS, backoff=0.01)
+    return PubSubConsumer(client, container.bus, dead_letters, attempts=ATTEMPTS, backoff=0.01)
 
 
 @asynccontextmanager

@@ -16,16 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import views
 from app.adapters import database
-from app.adapters.database import build_engine
+from app.adapters.database import DatabaseUnavailable, build_engine
+from app.adapters.read_source import ReadSource
 from app.domain import commands, events
 from app.service_layer import handlers
 from app.service_layer.delivery import Backoff, Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
-from app.service_layer.unit_of_work import (
-    DatabaseUnavailable,
-    InlineHandlers,
-    SqlAlchemyUnitOfWork,
-)
+from app.service_layer.unit_of_work import InlineHandlers, SqlAlchemyUnitOfWork
 from tests.conftest import free_port, random_ref
 from tests.databases import alembic_upgrade
 from tests.pg_cluster import PostgresCluster
@@ -82,7 +79,7 @@ async def test_reads_and_the_ping_fail_fast(nowhere: AsyncEngine) -> None:
     started = time.monotonic()
 
     with pytest.raises(DatabaseUnavailable, match="ConnectionRefusedError"):
-        await views.batch(nowhere, random_ref("batch"))
+        await views.batch(ReadSource(nowhere), random_ref("batch"))
     with pytest.raises(ConnectionRefusedError):
         await database.ping(nowhere)
 
@@ -120,16 +117,16 @@ async def test_pools_replace_every_connection_the_restarted_server_dropped(
 
         # The first use of each pool meets a dropped connection, and says so...
         with pytest.raises(DatabaseUnavailable, match="connection is closed"):
-            await views.batch(read, ref)
+            await views.batch(ReadSource(read), ref)
         with pytest.raises(DatabaseUnavailable):
             await bus(write, built).handle(commands.ChangeBatchQuantity(ref, 9))
         # ... and then every stale connection is replaced: no other use fails.
         for _ in range(2 * pool_size):
-            assert await views.batch(read, ref) is not None
+            assert await views.batch(ReadSource(read), ref) is not None
             await database.ping(read)
             await database.ping(write)
         await bus(write, built).handle(commands.ChangeBatchQuantity(ref, 8))
-        batch = await views.batch(read, ref)
+        batch = await views.batch(ReadSource(read), ref)
         assert batch is not None
         assert batch["purchased"] == 8
     finally:

@@ -33,7 +33,7 @@ async def add_batch(service: Service, ref: str, qty: int = 10) -> None:
 
 
 async def purchased(service: Service, ref: str) -> int | None:
-    batch = await views.batch(service.container.read_engine(), ref)
+    batch = await views.batch(service.container.read_source(), ref)
     return None if batch is None else int(batch["purchased"])
 
 

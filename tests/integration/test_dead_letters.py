@@ -49,7 +49,7 @@ async def new_batch(service: Service, qty: int = 10) -> str:
 
 
 async def purchased(service: Service, ref: str) -> int:
-    batch = await views.batch(service.container.read_engine(), ref)
+    batch = await views.batch(service.container.read_source(), ref)
     assert batch is not None
     return int(batch["purchased"])
 

@@ -15,6 +15,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 
 from app import views
+from app.adapters.read_source import ReadSource
 from app.config import Settings
 from app.container import Container
 from app.domain import commands
@@ -96,7 +97,7 @@ async def container(email_database_url: str, smtp: SmtpSink) -> AsyncIterator[Co
 async def out_of_stock(container: Container, sku: str, orderid: str) -> OutboxRow:
     """Allocate more of ``sku`` than there is; the OutOfStock event, waiting in the outbox."""
     await container.bus().handle(commands.Allocate(orderid, sku, 11))  # no error: a 202
-    assert await views.allocations(container.read_engine(), orderid) == []
+    assert await views.allocations(container.read_source(), orderid) == []
     [row] = await outbox_rows(container.engine(), sku, "OutOfStock")
     assert row.pending
     return row
@@ -163,8 +164,8 @@ async def test_with_smtp_down_the_notice_waits_in_the_outbox(
     await container.delivery().deliver_due()
 
     read_engine, engine = container.read_engine(), container.engine()
-    assert await views.allocations(read_engine, fits) == [{"sku": sku, "batchref": ref}]
-    assert await views.allocations(read_engine, too_big) == []
+    assert await views.allocations(ReadSource(read_engine), fits) == [{"sku": sku, "batchref": ref}]
+    assert await views.allocations(ReadSource(read_engine), too_big) == []
     [row] = await outbox_rows(engine, sku, "OutOfStock")
     assert row.pending
     assert row.attempts == 1

@@ -19,6 +19,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from app import views
+from app.adapters.read_source import ReadSource
 from app.config import Settings
 from app.container import Container
 from app.domain import commands, events
@@ -86,8 +87,10 @@ async def new_batch(container: Container, qty: int = 10) -> tuple[str, str]:
 async def allocated_shown(container: Container, orderid: str, sku: str, ref: str) -> None:
     """The read model shows the line in ``ref``, and the batch with its quantity taken."""
     read_engine = container.read_engine()
-    assert await views.allocations(read_engine, orderid) == [{"sku": sku, "batchref": ref}]
-    assert (await views.batch(read_engine, ref) or {}).get("allocated") == 3
+    assert await views.allocations(ReadSource(read_engine), orderid) == [
+        {"sku": sku, "batchref": ref}
+    ]
+    assert (await views.batch(ReadSource(read_engine), ref) or {}).get("allocated") == 3
 
 
 async def test_a_crash_after_the_commit_loses_nothing(

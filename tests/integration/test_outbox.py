@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters import orm
-from app.adapters.database import Transaction, build_engine, transaction
+from app.adapters.database import DatabaseUnavailable, Transaction, build_engine, transaction
 from app.adapters.outbox import (
     FailingEvent,
     OutboxStats,
@@ -29,7 +29,7 @@ from app.adapters.outbox import (
     utcnow,
 )
 from app.domain import events, model
-from app.service_layer.unit_of_work import DatabaseUnavailable, SqlAlchemyUnitOfWork
+from app.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from tests.conftest import random_ref
 from tests.databases import alembic_upgrade
 

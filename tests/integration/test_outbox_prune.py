@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app import container as composition
+from app.adapters.database import DatabaseUnavailable
 from app.config import Settings
 from app.container import Container
 from app.domain import commands
-from app.service_layer.unit_of_work import DatabaseUnavailable
 from tests.conftest import random_ref
 from tests.databases import postgres_database
 from tests.e2e.processes import wait_for

@@ -19,10 +19,11 @@ from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
 from app import views
+from app.adapters.read_source import ReadSource
 from app.config import Settings
 from app.container import Container
 from app.domain import commands
-from app.entrypoints.redis_consumer import CHANNEL, RedisConsumer
+from app.entrypoints.redis_consumer import CHANNEL, PubSubConsumer
 from app.main import create_app
 from tests.conftest import random_ref
 from tests.integration.event_helpers import (
@@ -103,7 +104,9 @@ async def test_publishes_missed_while_redis_is_down_are_sent_once_it_is_back(
     await container.delivery().deliver_due()  # the publishes fail
 
     for orderid in during:
-        assert await views.allocations(read_engine, orderid) == [{"sku": sku, "batchref": ref}]
+        assert await views.allocations(ReadSource(read_engine), orderid) == [
+            {"sku": sku, "batchref": ref}
+        ]
     assert (await app_client.get(f"/allocations/{during[1]}")).status_code == 200
     missed = [await allocated_row(engine, orderid) for orderid in during]
     for row in missed:
@@ -137,7 +140,7 @@ async def test_the_consumer_reconnects_after_a_restart_and_dead_letters_bad_mess
     assert client is not None
     dead_letters = container.dead_letters()
     assert dead_letters is not None
-    consumer = RedisConsumer(client, container.bus, dead_letters, reconnect_delay=0.05)
+    consumer = PubSubConsumer(client, container.bus, dead_letters, reconnect_delay=0.05)
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop), name="test consumer")
 
@@ -175,7 +178,7 @@ async def test_the_consumer_reconnects_after_a_restart_and_dead_letters_bad_mess
             ("malformed", "{not json"),
             ("unknown_batch", json.dumps({"batchref": unknown, "qty": 5})),
         ]
-        batch = await views.batch(read_engine, ref)
+        batch = await views.batch(ReadSource(read_engine), ref)
         assert batch is not None
         assert batch["purchased"] == 7
         assert not task.done()

@@ -18,14 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.adapters import orm
-from app.adapters.database import build_engine
+from app.adapters.database import ConcurrencyError, build_engine
 from app.domain import events, model
-from app.service_layer.unit_of_work import (
-    AbstractUnitOfWork,
-    ConcurrencyError,
-    InlineHandlers,
-    SqlAlchemyUnitOfWork,
-)
+from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers, SqlAlchemyUnitOfWork
 from tests.conftest import random_ref
 
 AFTER_COMMIT: Collection[type[events.Event]] = {events.Allocated, events.OutOfStock}

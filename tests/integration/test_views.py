@@ -22,6 +22,7 @@ from app import views
 from app.adapters import orm
 from app.adapters.database import transaction
 from app.adapters.projections import SqlAlchemyReadModel
+from app.adapters.read_source import ReadSource
 from app.adapters.rebuild import rebuild_views
 from app.domain import commands, events
 from app.service_layer import handlers
@@ -120,13 +121,18 @@ async def test_an_allocation_is_in_the_views_as_soon_as_its_command_commits(
 
     assert await allocate(write, orderid, sku, 3) == batchref
 
-    assert await views.allocations(engine, orderid) == [{"sku": sku, "batchref": batchref}]
-    assert await views.allocation(engine, orderid, sku) == {"sku": sku, "batchref": batchref}
+    assert await views.allocations(ReadSource(engine), orderid) == [
+        {"sku": sku, "batchref": batchref}
+    ]
+    assert await views.allocation(ReadSource(engine), orderid, sku) == {
+        "sku": sku,
+        "batchref": batchref,
+    }
     assert await allocation_row(engine, orderid, sku) == (
         batchref,
         await product_version(engine, sku),
     )
-    batch = await views.batch(engine, batchref)
+    batch = await views.batch(ReadSource(engine), batchref)
     assert batch is not None
     assert (batch["purchased"], batch["allocated"], batch["available"]) == (20, 3, 17)
 
@@ -142,7 +148,7 @@ async def test_allocations_lists_every_sku_of_the_order_and_no_other_order(
     for order, sku in [(orderid, sku_b), (orderid, sku_a), (other_order, sku_a)]:
         await allocate(write, order, sku, 2)
 
-    assert await views.allocations(engine, orderid) == [
+    assert await views.allocations(ReadSource(engine), orderid) == [
         {"sku": sku_a, "batchref": batch_a},
         {"sku": sku_b, "batchref": batch_b},
     ]
@@ -164,12 +170,14 @@ async def test_a_reallocated_line_shows_its_new_batch_at_once(
         events.Deallocated,
         events.Allocated,
     ]
-    assert await views.allocations(engine, orderid) == [{"sku": sku, "batchref": second}]
+    assert await views.allocations(ReadSource(engine), orderid) == [
+        {"sku": sku, "batchref": second}
+    ]
     assert await allocation_row(engine, orderid, sku) == (
         second,
         await product_version(engine, sku),
     )
-    stock = await views.product(engine, sku)
+    stock = await views.product(ReadSource(engine), sku)
     assert stock is not None
     assert (stock["available_now"], stock["incoming"]) == (0, 0)
 
@@ -187,7 +195,9 @@ async def test_an_allocation_event_of_an_older_or_the_same_version_leaves_the_ro
     await apply(engine, lambda rm: rm.allocation_changed(orderid, sku, stale, version - behind))
     await apply(engine, lambda rm: rm.allocation_changed(orderid, sku, None, version - behind))
 
-    assert await views.allocations(engine, orderid) == [{"sku": sku, "batchref": batchref}]
+    assert await views.allocations(ReadSource(engine), orderid) == [
+        {"sku": sku, "batchref": batchref}
+    ]
     assert await allocation_row(engine, orderid, sku) == (batchref, version)
 
 
@@ -201,13 +211,13 @@ async def test_a_deallocated_line_becomes_a_hidden_tombstone(
     committed = await write(commands.ChangeBatchQuantity(batchref, 5))
 
     assert events.OutOfStock in {type(e) for e in committed}  # reallocation found no stock
-    assert await views.allocations(engine, orderid) == []
-    assert await views.allocation(engine, orderid, sku) is None
+    assert await views.allocations(ReadSource(engine), orderid) == []
+    assert await views.allocation(ReadSource(engine), orderid, sku) is None
     assert await allocation_row(engine, orderid, sku) == (
         None,
         await product_version(engine, sku),
     )
-    batch = await views.batch(engine, batchref)
+    batch = await views.batch(ReadSource(engine), batchref)
     assert batch is not None
     assert (batch["purchased"], batch["allocated"], batch["available"]) == (5, 0, 5)
 
@@ -231,7 +241,7 @@ async def test_a_late_allocation_event_does_not_resurrect_a_tombstone(
         lambda rm: rm.allocation_changed(orderid, sku, allocated.batchref, allocated.version),
     )
 
-    assert await views.allocations(engine, orderid) == []
+    assert await views.allocations(ReadSource(engine), orderid) == []
     assert await allocation_row(engine, orderid, sku) == tombstone
 
 
@@ -240,12 +250,14 @@ async def test_a_newer_allocation_replaces_a_tombstone(engine: AsyncEngine, writ
     await write(commands.CreateBatch(batchref, sku, 10))
     await allocate(write, orderid, sku, 8)
     await write(commands.ChangeBatchQuantity(batchref, 5))
-    assert await views.allocations(engine, orderid) == []
+    assert await views.allocations(ReadSource(engine), orderid) == []
 
     await write(commands.ChangeBatchQuantity(batchref, 10))
     assert await allocate(write, orderid, sku, 8) == batchref
 
-    assert await views.allocations(engine, orderid) == [{"sku": sku, "batchref": batchref}]
+    assert await views.allocations(ReadSource(engine), orderid) == [
+        {"sku": sku, "batchref": batchref}
+    ]
 
 
 def allocation_changes(committed: Iterable[events.Event]) -> list[tuple[str, str | None, int]]:
@@ -278,9 +290,9 @@ async def test_replayed_allocation_events_in_any_order_converge_on_the_write_mod
     # more is left with none.
     history += await write(commands.ChangeBatchQuantity(in_stock, 15))
     for orderid in orders:
-        assert await views.allocations(engine, orderid) == await placement_in_write_model(
-            engine, orderid
-        )
+        assert await views.allocations(
+            ReadSource(engine), orderid
+        ) == await placement_in_write_model(engine, orderid)
     before = {orderid: await allocation_row(engine, orderid, sku) for orderid in orders}
     assert sorted(str(row[0]) for row in before.values() if row is not None) == sorted(
         [in_stock, shipment, shipment, "None"]
@@ -293,9 +305,9 @@ async def test_replayed_allocation_events_in_any_order_converge_on_the_write_mod
         await apply(engine, partial(replay, orderid, sku, batchref, version))
 
     for orderid in orders:
-        assert await views.allocations(engine, orderid) == await placement_in_write_model(
-            engine, orderid
-        )
+        assert await views.allocations(
+            ReadSource(engine), orderid
+        ) == await placement_in_write_model(engine, orderid)
         assert await allocation_row(engine, orderid, sku) == before[orderid]
 
 
@@ -305,7 +317,7 @@ async def test_a_created_batch_is_in_the_views_at_once(engine: AsyncEngine, writ
     await write(commands.CreateBatch(batchref, sku, 20, date(2011, 1, 1)))
     await write(commands.CreateBatch(later, sku, 5))
 
-    assert await views.batch(engine, batchref) == {
+    assert await views.batch(ReadSource(engine), batchref) == {
         "reference": batchref,
         "sku": sku,
         "eta": date(2011, 1, 1),
@@ -315,7 +327,7 @@ async def test_a_created_batch_is_in_the_views_at_once(engine: AsyncEngine, writ
     }
     assert await batch_view_version(engine, batchref) == 1
     assert await batch_view_version(engine, later) == 2
-    assert await views.product(engine, sku) == {
+    assert await views.product(ReadSource(engine), sku) == {
         "sku": sku,
         "available_now": 5,
         "incoming": 20,
@@ -333,7 +345,7 @@ async def test_the_batch_view_follows_later_changes(engine: AsyncEngine, write: 
     await write(commands.ChangeBatchQuantity(batchref, 12))
     await allocate(write, random_ref("order"), sku, 5)
 
-    batch = await views.batch(engine, batchref)
+    batch = await views.batch(ReadSource(engine), batchref)
     assert batch is not None
     assert (batch["purchased"], batch["allocated"], batch["available"]) == (12, 5, 7)
     assert await batch_view_version(engine, batchref) == await product_version(engine, sku) == 3
@@ -352,17 +364,19 @@ async def test_a_batch_added_again_leaves_a_newer_row_alone(engine: AsyncEngine)
     await apply(engine, lambda rm: rm.batch_added(batchref, sku, None, 20, 4))
     await apply(engine, lambda rm: rm.batch_added(batchref, sku, None, 20, 5))
 
-    batch = await views.batch(engine, batchref)
+    batch = await views.batch(ReadSource(engine), batchref)
     assert batch is not None
     assert (batch["purchased"], batch["allocated"]) == (30, 2)
     assert await batch_view_version(engine, batchref) == 5
 
 
 async def test_unknown_batches_skus_and_orders_are_not_in_the_views(engine: AsyncEngine) -> None:
-    assert await views.batch(engine, random_ref("batch")) is None
-    assert await views.product(engine, random_ref("sku")) is None
-    assert await views.allocations(engine, random_ref("order")) == []
-    assert await views.allocation(engine, random_ref("order"), random_ref("sku")) is None
+    assert await views.batch(ReadSource(engine), random_ref("batch")) is None
+    assert await views.product(ReadSource(engine), random_ref("sku")) is None
+    assert await views.allocations(ReadSource(engine), random_ref("order")) == []
+    assert (
+        await views.allocation(ReadSource(engine), random_ref("order"), random_ref("sku")) is None
+    )
 
 
 async def test_the_views_equal_a_rebuild_from_the_write_model(

@@ -17,13 +17,17 @@ import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app.adapters.database import is_retryable, is_unavailable, unavailable_reason
+from app.adapters.database import (
+    DatabaseUnavailable,
+    is_retryable,
+    is_unavailable,
+    unavailable_reason,
+)
 from app.domain import commands, events
 from app.service_layer import handlers
 from app.service_layer.delivery import Backoff, Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
-from app.service_layer.unit_of_work import DatabaseUnavailable
 from tests.conftest import random_ref
 from tests.fakes import FakeStore, FakeUnitOfWork
 

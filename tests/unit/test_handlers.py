@@ -245,3 +245,31 @@ class TestChangeBatchQuantity:
 
         assert batch_view(store, ref) == (20, 0)
         assert store.products[sku].version_number == 1
+
+    async def test_a_stream_entry_older_than_one_applied_changes_nothing(
+        self, bus: Service, store: FakeStore
+    ) -> None:
+        sku, ref = random_ref("sku"), random_ref("batch")
+        await bus.handle(commands.CreateBatch(ref, sku, 20, None))
+        await bus.handle(commands.ChangeBatchQuantity(ref, 7, position=(1000, 2)))
+
+        for older in [(1000, 1), (999, 5), (1000, 2)]:
+            with pytest.raises(handlers.Superseded):
+                await bus.handle(commands.ChangeBatchQuantity(ref, 3, position=older))
+
+        assert batch_view(store, ref) == (7, 0)
+        await bus.handle(commands.ChangeBatchQuantity(ref, 9, position=(1000, 10)))
+        assert batch_view(store, ref) == (9, 0)
+        assert store.positions == {ref: (1000, 10)}
+
+    async def test_a_change_from_elsewhere_applies_whatever_the_stream_did(
+        self, bus: Service, store: FakeStore
+    ) -> None:
+        sku, ref = random_ref("sku"), random_ref("batch")
+        await bus.handle(commands.CreateBatch(ref, sku, 20, None))
+        await bus.handle(commands.ChangeBatchQuantity(ref, 7, position=(1000, 2)))
+
+        await bus.handle(commands.ChangeBatchQuantity(ref, 4))
+
+        assert batch_view(store, ref) == (4, 0)
+        assert store.positions == {ref: (1000, 2)}

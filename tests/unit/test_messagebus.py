@@ -9,12 +9,13 @@ from typing import Self
 
 import pytest
 
+from app.adapters.database import ConcurrencyError
 from app.container import Container
 from app.domain import commands, events, model
 from app.service_layer import handlers
 from app.service_layer.delivery import Backoff, Delivery, UnitOfWorkFactory
 from app.service_layer.messagebus import CommandHandler, MessageBus, RetryPolicy
-from app.service_layer.unit_of_work import AbstractUnitOfWork, ConcurrencyError, InlineHandlers
+from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers
 from tests.conftest import random_ref
 from tests.fakes import FakeStore, FakeUnitOfWork
 

@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from app.adapters.database import ConcurrencyError, DatabaseUnavailable
 from app.domain.model import DuplicateBatch, LineConflict
 from app.service_layer.handlers import InvalidSku, UnknownBatch
-from app.service_layer.unit_of_work import ConcurrencyError, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 

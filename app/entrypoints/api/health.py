@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters import database
+from app.adapters.read_source import ReadSource
 
 router = APIRouter(tags=["operations"])
 
@@ -23,16 +24,21 @@ async def health() -> dict[str, str]:
 @router.get(
     "/ready",
     summary="The service can serve: its database (and Redis, when configured) answer",
+    description="`checks` gives each dependency's state. A replica that is down makes "
+    "`replica` degraded, not the process unready: reads go to the primary meanwhile.",
     responses={503: {"description": "A dependency is down; `message` names it."}},
 )
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state
     # At once, so that the answer comes within CHECK_TIMEOUT however many hang.
     results = await asyncio.gather(
-        _database(state.engine), _database(state.read_engine), _redis(state.redis)
+        _database(state.engine), _replica(state.reads), _redis(state.redis)
     )
-    checks = dict(zip(("database", "read_database", "redis"), results, strict=True))
-    down = [name for name, result in checks.items() if result not in ("ok", "off")]
+    checks = dict(zip(("database", "replica", "redis"), results, strict=True))
+    # Reads survive the replica: without it the process still serves everything.
+    down = [
+        name for name, result in checks.items() if name != "replica" and result not in ("ok", "off")
+    ]
     if down:
         body: dict[str, Any] = {"message": f"not ready: {', '.join(down)} unreachable"}
         return JSONResponse({**body, "checks": checks}, status_code=503)
@@ -45,6 +51,15 @@ async def _database(engine: AsyncEngine) -> str:
             await database.ping(engine)
     except Exception as e:
         return f"error: {type(e).__name__}"
+    return "ok"
+
+
+async def _replica(reads: ReadSource) -> str:
+    if reads.replica is None:
+        return "off"
+    result = await _database(reads.replica)
+    if result != "ok" or not reads.replica_healthy:
+        return "degraded: reads go to the primary"
     return "ok"
 
 

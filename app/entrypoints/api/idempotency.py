@@ -34,7 +34,7 @@ from typing import Annotated, TypeVar
 from fastapi import Header, Request, Response
 from pydantic import AfterValidator, BaseModel
 
-from app.adapters.database import is_unavailable, unavailable_reason
+from app.adapters.database import DatabaseUnavailable, is_unavailable, unavailable_reason
 from app.adapters.idempotency import (
     AbstractIdempotencyKeys,
     Answer,
@@ -42,7 +42,6 @@ from app.adapters.idempotency import (
     Reserved,
 )
 from app.entrypoints.api.errors import STATUS_OF, error
-from app.service_layer.unit_of_work import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -4,11 +4,12 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import orjson
-from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 from pydantic import AfterValidator, BaseModel
 from pydantic.config import JsonDict
 
 from app import views
+from app.adapters.read_source import CONSISTENCY_TOKEN, POSITION, ReadSource
 from app.domain import commands
 from app.entrypoints.api import schemas
 from app.entrypoints.api.dependencies import Bus, Once
@@ -58,6 +59,16 @@ NewQuantity = Annotated[schemas.QuantityIn, _body({"ten units": schemas.QUANTITY
 Printable = AfterValidator(schemas.printable)
 BatchRef = Annotated[str, _identifier("The batch's reference.", "batch-001"), Printable]
 OrderId = Annotated[str, _identifier("The order's id.", "order-001"), Printable]
+After = Annotated[
+    str | None,
+    Query(
+        pattern=f"^{POSITION.pattern}$",
+        description="A write's position, from its `Location` or its "
+        f"`{CONSISTENCY_TOKEN}` header: the answer includes that write. Without it, "
+        "a read is as fresh as the database it is served from (see Scaling out).",
+        openapi_examples={"a write's position": {"value": "0/16B3748"}},
+    ),
+]
 Sku = Annotated[str, _identifier("The product's sku.", "SMALL-TABLE"), Printable]
 
 
@@ -67,13 +78,19 @@ def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def _written(status_code: int, body: BaseModel, location: str) -> Response:
+def _written(status_code: int, body: BaseModel, location: str, position: str | None) -> Response:
     return Response(
         body.model_dump_json(),
         status_code=status_code,
         media_type="application/json",
-        headers={"Location": location},
+        headers=_located(location, position),
     )
+
+
+def _located(location: str, position: str | None) -> dict[str, str]:
+    if position is None:  # one database: every read sees every write
+        return {"Location": location}
+    return {"Location": f"{location}?after={position}", CONSISTENCY_TOKEN: position}
 
 
 def _location(request: Request, name: str, **params: str) -> str:
@@ -81,6 +98,11 @@ def _location(request: Request, name: str, **params: str) -> str:
     quoted = {key: quote(value, safe="") for key, value in params.items()}
     root_path: str = request.scope.get("root_path", "")
     return root_path + str(request.app.url_path_for(name, **quoted))
+
+
+def _reads(request: Request) -> ReadSource:
+    reads: ReadSource = request.app.state.reads
+    return reads
 
 
 ADD_BATCH = (
@@ -127,7 +149,8 @@ async def add_batch(
     async def create() -> Response:
         await bus.handle(commands.CreateBatch(body.ref, body.sku, body.qty, body.eta))
         location = _location(request, "get_batch", ref=body.ref)
-        return _written(201, schemas.BatchCreated(ref=body.ref), location)
+        position = await _reads(request).position()
+        return _written(201, schemas.BatchCreated(ref=body.ref), location, position)
 
     return await once(key, request, body, create)
 
@@ -142,8 +165,8 @@ async def add_batch(
     description="How many units were `purchased`, how many are `allocated` to order "
     "lines, and how many are still `available`. Served from the batches read model.",
 )
-async def get_batch(ref: BatchRef, request: Request) -> Response:
-    batch = await views.batch(request.app.state.read_engine, ref)
+async def get_batch(ref: BatchRef, request: Request, after: After = None) -> Response:
+    batch = await views.batch(_reads(request), ref, after)
     if batch is None:
         return error(404, f"Unknown batch {ref}")
     return _json(batch)
@@ -175,7 +198,8 @@ async def change_batch_quantity(
     ref: BatchRef, body: NewQuantity, request: Request, response: Response, bus: Bus
 ) -> schemas.BatchAccepted:
     await bus.handle(commands.ChangeBatchQuantity(ref, body.qty))
-    response.headers["Location"] = _location(request, "get_batch", ref=ref)
+    location = _location(request, "get_batch", ref=ref)
+    response.headers.update(_located(location, await _reads(request).position()))
     return schemas.BatchAccepted(ref=ref)
 
 
@@ -212,7 +236,8 @@ async def allocate(
     async def allocate_line() -> Response:
         await bus.handle(commands.Allocate(body.orderid, body.sku, body.qty))
         location = _location(request, "get_allocations", orderid=body.orderid)
-        return _written(202, schemas.AllocationAccepted(orderid=body.orderid), location)
+        position = await _reads(request).position()
+        return _written(202, schemas.AllocationAccepted(orderid=body.orderid), location, position)
 
     return await once(key, request, body, allocate_line)
 
@@ -229,8 +254,8 @@ async def allocate(
     description="The batch each line of the order is allocated to, from the allocations "
     "read model. This is where `POST /allocate` points its `Location`.",
 )
-async def get_allocations(orderid: OrderId, request: Request) -> Response:
-    result = await views.allocations(request.app.state.read_engine, orderid)
+async def get_allocations(orderid: OrderId, request: Request, after: After = None) -> Response:
+    result = await views.allocations(_reads(request), orderid, after)
     if not result:
         return error(404, f"No allocations for order {orderid}")
     return _json(result)
@@ -246,8 +271,10 @@ async def get_allocations(orderid: OrderId, request: Request) -> Response:
     description="The batch the order's line of `sku` is allocated to, from the "
     "allocations read model.",
 )
-async def get_allocation(orderid: OrderId, sku: Sku, request: Request) -> Response:
-    result = await views.allocation(request.app.state.read_engine, orderid, sku)
+async def get_allocation(
+    orderid: OrderId, sku: Sku, request: Request, after: After = None
+) -> Response:
+    result = await views.allocation(_reads(request), orderid, sku, after)
     if result is None:
         return error(404, f"Order {orderid} has no allocation of {sku}")
     return _json(result)
@@ -264,8 +291,8 @@ async def get_allocation(orderid: OrderId, sku: Sku, request: Request) -> Respon
     "what each batch has left. Served from the batches read model, which events keep "
     "up to date.",
 )
-async def get_product(sku: Sku, request: Request) -> Response:
-    result = await views.product(request.app.state.read_engine, sku)
+async def get_product(sku: Sku, request: Request, after: After = None) -> Response:
+    result = await views.product(_reads(request), sku, after)
     if result is None:
         return error(404, f"Unknown sku {sku}")
     return _json(result)

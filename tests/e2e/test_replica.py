@@ -1,0 +1,248 @@
+"""Reads on a streaming replica: a client still reads its own writes, and reads survive it.
+
+A PostgreSQL primary of the test's own and a streaming replica of it made
+with ``pg_basebackup -R``, applying every commit ``APPLY_DELAY`` late
+(``recovery_min_apply_delay``). The service runs as uvicorn with
+``DATABASE_URL`` on the primary and ``READ_DATABASE_URL`` on the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import _unavailable, free_port, random_ref
+from tests.databases import ROOT, alembic_upgrade
+from tests.e2e.processes import Api, Processes, service_env, wait_for
+from tests.e2e.test_readme_client import EXAMPLE
+from tests.pg_cluster import PostgresCluster, find_bindir
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+APPLY_DELAY = 0.4  # seconds the replica applies each commit late
+DB_TIMEOUT = 2.0  # the service's DB_TIMEOUT here
+REPLICA_WAIT = 1.0  # how long a read with a position waits for the replica
+TOKEN = "x-consistency-token"
+POSITION = re.compile(r"[0-9A-F]+/[0-9A-F]+")
+
+
+@pytest.fixture(scope="module")
+def clusters() -> Iterator[tuple[PostgresCluster, PostgresCluster]]:
+    bindir = find_bindir()
+    if bindir is None:
+        _unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
+    primary = PostgresCluster(bindir, free_port())
+    replica: PostgresCluster | None = None
+    try:
+        primary.init(replication=True)
+        primary.start()
+        alembic_upgrade(primary.url)
+        replica = primary.replica(free_port(), apply_delay=f"{round(APPLY_DELAY * 1000)}ms")
+        replica.start()
+        yield primary, replica
+    finally:
+        if replica is not None:
+            replica.destroy()
+        primary.destroy()
+
+
+@pytest.fixture
+def replica(clusters: tuple[PostgresCluster, PostgresCluster]) -> Iterator[PostgresCluster]:
+    _, replica = clusters
+    yield replica
+    # Whatever a test did to it, the next one finds it running.
+    if replica.frozen:
+        replica.thaw()
+    if not replica.running:
+        replica.start()
+
+
+@pytest.fixture
+async def api(
+    clusters: tuple[PostgresCluster, PostgresCluster], tmp_path: Path
+) -> AsyncIterator[Api]:
+    primary, replica = clusters
+    env = service_env(
+        primary.url,
+        read_database_url=replica.url,
+        db_timeout=DB_TIMEOUT,
+        replica_wait=REPLICA_WAIT,
+        replica_check_interval=0.2,
+    )
+    async with Processes(tmp_path) as processes:
+        api = processes.api(env)
+        await api.start_serving()
+        yield api
+
+
+@pytest.fixture
+async def http(api: Api) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+        yield client
+
+
+async def add_batch(http: httpx.AsyncClient, qty: int = 100) -> tuple[str, str, httpx.Response]:
+    ref, sku = random_ref("batch"), random_ref("sku")
+    r = await http.post("/add_batch", json={"ref": ref, "sku": sku, "qty": qty, "eta": None})
+    assert r.status_code == 201, r.text
+    return ref, sku, r
+
+
+def reads_from(metrics: str, source: str) -> float:
+    match = re.search(rf'^allocation_reads_total{{source="{source}"}} (\S+)$', metrics, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_a_write_gives_its_position_in_location_and_a_header(
+    http: httpx.AsyncClient,
+) -> None:
+    ref, _, r = await add_batch(http)
+    position = r.headers[TOKEN]
+    assert POSITION.fullmatch(position)
+    assert r.headers["location"] == f"/batches/{ref}?after={position}"
+
+
+async def test_plain_reads_go_to_the_replica_and_are_as_fresh_as_it_is(
+    http: httpx.AsyncClient,
+) -> None:
+    ref, _, _ = await add_batch(http)
+    assert (await http.get(f"/batches/{ref}")).status_code == 404  # not applied yet
+    await wait_for(
+        lambda: _answers(http, f"/batches/{ref}", 200), APPLY_DELAY * 10, "replica never applied"
+    )
+    assert reads_from((await http.get("/metrics")).text, "replica") > 0
+
+
+async def _answers(http: httpx.AsyncClient, path: str, status: int) -> bool:
+    return (await http.get(path)).status_code == status
+
+
+async def test_following_location_reads_your_own_writes_despite_the_lag(
+    http: httpx.AsyncClient,
+) -> None:
+    waits = []
+
+    async def follow(r: httpx.Response) -> httpx.Response:
+        started = time.monotonic()
+        answer = await http.get(r.headers["location"])
+        waits.append(time.monotonic() - started)
+        return answer
+
+    replica_reads = reads_from((await http.get("/metrics")).text, "replica")
+    ref, sku, created = await add_batch(http, qty=20)
+    batch = await follow(created)
+    assert batch.status_code == 200
+    assert batch.json()["purchased"] == 20
+
+    orderid = random_ref("order")
+    accepted = await http.post("/allocate", json={"orderid": orderid, "sku": sku, "qty": 3})
+    assert accepted.status_code == 202
+    allocations = await follow(accepted)
+    assert allocations.json() == [{"sku": sku, "batchref": ref}]
+
+    changed = await http.patch(f"/batches/{ref}", json={"qty": 12})
+    assert changed.status_code == 202
+    assert (await follow(changed)).json()["purchased"] == 12
+
+    # A client building its own URL uses the header.
+    position = accepted.headers[TOKEN]
+    one = await http.get(f"/allocations/{orderid}/{sku}", params={"after": position})
+    assert one.json() == {"sku": sku, "batchref": ref}
+    stock = await http.get(f"/products/{sku}", params={"after": changed.headers[TOKEN]})
+    assert stock.json()["available_now"] == 9
+
+    print(f"replica applies {APPLY_DELAY}s late; longest Location read {max(waits):.3f}s")
+    # The replica answered each, once it had caught up: it was waited for.
+    assert reads_from((await http.get("/metrics")).text, "replica") == replica_reads + 5
+    assert APPLY_DELAY / 2 < max(waits) < REPLICA_WAIT + 0.5
+
+
+async def test_the_readme_httpx_example_reads_back_through_the_lagging_replica(
+    api: Api, tmp_path: Path
+) -> None:
+    [code] = EXAMPLE.findall((ROOT / "README.md").read_text())
+    script = tmp_path / "example.py"
+    script.write_text(code.replace("http://127.0.0.1:8000", api.url))
+
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[{'sku': 'SMALL-TABLE', 'batchref': 'batch-001'}]"
+
+
+async def test_a_position_that_is_not_one_is_refused(http: httpx.AsyncClient) -> None:
+    r = await http.get(f"/batches/{random_ref('batch')}", params={"after": "yesterday"})
+    assert r.status_code == 422
+
+
+async def test_reads_survive_a_stopped_replica_and_return_to_it(
+    http: httpx.AsyncClient, replica: PostgresCluster
+) -> None:
+    ref, _, _ = await add_batch(http)
+    replica.stop()
+    answers = [(await http.get(f"/batches/{ref}")).status_code for _ in range(20)]
+    assert answers == [200] * 20  # from the primary
+
+    ready = await http.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["replica"].startswith("degraded")
+    # Writes never touch the replica.
+    _, _, created = await add_batch(http)
+    assert (await http.get(created.headers["location"])).status_code == 200
+
+    replica.start()
+    await wait_for(lambda: _replica_ok(http), 15, "reads never went back to the replica")
+    before = reads_from((await http.get("/metrics")).text, "replica")
+    await http.get(f"/batches/{ref}")
+    assert reads_from((await http.get("/metrics")).text, "replica") > before
+
+
+async def _replica_ok(http: httpx.AsyncClient) -> bool:
+    replica: str = (await http.get("/ready")).json()["checks"]["replica"]
+    return replica == "ok"
+
+
+async def test_reads_survive_a_hanging_replica_within_db_timeout(
+    http: httpx.AsyncClient, replica: PostgresCluster
+) -> None:
+    ref, _, _ = await add_batch(http)
+    await asyncio.sleep(APPLY_DELAY * 3)  # on the replica too: a read could come from either
+    replica.freeze()
+    timings = []
+    for _ in range(10):
+        started = time.monotonic()
+        r = await http.get(f"/batches/{ref}")
+        timings.append(time.monotonic() - started)
+        assert r.status_code == 200
+    assert max(timings) <= DB_TIMEOUT + 0.5, timings
+    # Only the first waits on the replica; the rest go to the primary at once.
+    assert sorted(timings)[-2] < 0.5, timings
+    ready = await http.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["replica"].startswith("degraded")
+
+    # The checks that timed out meanwhile left the replica's pool whole.
+    await asyncio.sleep(DB_TIMEOUT * 2)
+    replica.thaw()
+    await wait_for(lambda: _replica_ok(http), 15, "reads never went back to the replica")
+
+
+async def test_metrics_show_the_replicas_lag(http: httpx.AsyncClient) -> None:
+    await add_batch(http)
+
+    async def lag_seen() -> bool:
+        text = (await http.get("/metrics")).text
+        return re.search(r"^allocation_replica_lag_seconds \S+$", text, re.M) is not None
+
+    await wait_for(lag_seen, 10, "no replica lag in /metrics")
+    assert "allocation_replica_up 1.0" in (await http.get("/metrics")).text
