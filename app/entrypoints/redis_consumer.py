@@ -54,12 +54,12 @@ from tenacity import (
 
 from app import correlation, metrics
 from app.adapters import streams
+from app.adapters.database import DatabaseUnavailable
 from app.adapters.dead_letters import DeadLetter, RedisDeadLetters
 from app.domain import commands
 from app.entrypoints.api.schemas import Identifier, NewQuantity
 from app.service_layer.handlers import Superseded, UnknownBatch
 from app.service_layer.messagebus import MessageBus
-from app.service_layer.unit_of_work import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 

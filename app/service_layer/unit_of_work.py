@@ -24,9 +24,9 @@ from typing import Any, Self, TypeAlias
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import correlation
-from app.adapters.database import ConcurrencyError as ConcurrencyError
-from app.adapters.database import DatabaseUnavailable as DatabaseUnavailable
 from app.adapters.database import (
+    ConcurrencyError,
+    DatabaseUnavailable,
     is_retryable,
     is_unavailable,
     transaction,
