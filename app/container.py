@@ -136,6 +136,9 @@ class Container(containers.DeclarativeContainer):
                         handlers.add_allocation_to_read_model
                     ),
                 ),
+                events.LineRefused: providers.Dict(
+                    add_refusal_to_read_model=providers.Object(handlers.add_refusal_to_read_model),
+                ),
                 events.Deallocated: providers.Dict(
                     remove_allocation_from_read_model=providers.Object(
                         handlers.remove_allocation_from_read_model

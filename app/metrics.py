@@ -39,6 +39,10 @@ DEALLOCATIONS = Counter(
     "allocation_lines_deallocated_total", "Order lines taken off a batch that shrank"
 )
 OUT_OF_STOCK = Counter("allocation_out_of_stock_total", "Order lines no batch could take")
+STOCK_OUTS = Counter(
+    "allocation_stock_outs_total",
+    "Stock-outs begun: a sku's first line no batch could take since stock was last added",
+)
 HANDLER_FAILURES = Counter(
     "allocation_event_handler_failures_total",
     "Event deliveries a handler failed; the event stays in the outbox",
@@ -122,7 +126,8 @@ REPLICA_LAG = Gauge(
 _COUNTED: dict[type[events.Event], Counter] = {
     events.Allocated: ALLOCATIONS,
     events.Deallocated: DEALLOCATIONS,
-    events.OutOfStock: OUT_OF_STOCK,
+    events.LineRefused: OUT_OF_STOCK,
+    events.OutOfStock: STOCK_OUTS,
 }
 
 

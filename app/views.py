@@ -13,12 +13,12 @@ read that must see that write.
 
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, exists, null, select, union_all
 
-from app.adapters.orm import allocations_view, batches_view
+from app.adapters.orm import allocations_view, batches_view, refused_lines_view
 from app.adapters.read_source import ReadSource
 
-_a, _b = allocations_view.c, batches_view.c
+_a, _b, _r = allocations_view.c, batches_view.c, refused_lines_view.c
 
 _ALLOCATIONS = (
     select(_a.sku, _a.batchref)
@@ -28,6 +28,16 @@ _ALLOCATIONS = (
 _ALLOCATION = select(_a.batchref).where(
     _a.orderid == bindparam("orderid"), _a.sku == bindparam("sku"), _a.batchref.is_not(None)
 )
+# Each line of the order: allocated to a batch, or not (no batch could take
+# it, or it lost its batch and no other could). A refused line since
+# allocated is told by its allocation.
+_ORDER = union_all(
+    select(_a.sku, _a.batchref).where(_a.orderid == bindparam("orderid")),
+    select(_r.sku, null().label("batchref")).where(
+        _r.orderid == bindparam("orderid"),
+        ~exists().where(_a.orderid == _r.orderid, _a.sku == _r.sku),
+    ),
+).order_by("sku")
 _BATCH = select(_b.reference, _b.sku, _b.eta, _b.purchased, _b.allocated).where(
     _b.reference == bindparam("ref")
 )
@@ -50,6 +60,22 @@ async def allocation(
 ) -> dict[str, str] | None:
     rows = await reads.fetch(_ALLOCATION, {"orderid": orderid, "sku": sku}, after)
     return {"sku": sku, "batchref": rows[0][0]} if rows else None
+
+
+async def order(
+    reads: ReadSource, orderid: str, after: str | None = None
+) -> dict[str, Any] | None:
+    """Every line of the order the service accepted, and whether it is allocated."""
+    rows = await reads.fetch(_ORDER, {"orderid": orderid}, after)
+    if not rows:
+        return None
+    return {
+        "orderid": orderid,
+        "lines": [
+            {"sku": sku, "state": "allocated" if ref else "out_of_stock", "batchref": ref}
+            for sku, ref in rows
+        ],
+    }
 
 
 async def batch(reads: ReadSource, ref: str, after: str | None = None) -> dict[str, Any] | None:

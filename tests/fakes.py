@@ -54,6 +54,10 @@ class FakeReadModel(AbstractReadModel):
         self.allocations: dict[tuple[str, str], str | None] = {}
         self._versions: dict[tuple[str, str], int] = {}
         self.batches: dict[str, dict[str, object]] = {}
+        self.refused: dict[tuple[str, str], int] = {}
+
+    async def line_refused(self, orderid: str, sku: str, qty: int) -> None:
+        self.refused[(orderid, sku)] = qty
 
     async def allocation_changed(
         self, orderid: str, sku: str, batchref: str | None, version: int
@@ -189,7 +193,7 @@ class FakeNotifications(AbstractNotifications):
     def __init__(self) -> None:
         self.sent: list[str] = []
 
-    async def send_out_of_stock(self, sku: str, event_id: str) -> None:
+    async def send_out_of_stock(self, sku: str, orderid: str | None, event_id: str) -> None:
         self.sent.append(sku)
 
 

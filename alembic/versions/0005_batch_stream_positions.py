@@ -2,7 +2,7 @@
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-05
+Create Date: 2026-11-28
 """
 
 from collections.abc import Sequence

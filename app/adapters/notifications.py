@@ -12,8 +12,13 @@ logger = logging.getLogger(__name__)
 
 class AbstractNotifications(abc.ABC):
     @abc.abstractmethod
-    async def send_out_of_stock(self, sku: str, event_id: str) -> None:
-        """Tell of ``sku`` running out; the same ``event_id`` means the same notice."""
+    async def send_out_of_stock(self, sku: str, orderid: str | None, event_id: str) -> None:
+        """Tell of ``sku`` running out, first for ``orderid``; one ``event_id``, one notice.
+
+        One notice per stock-out: until stock of the sku is added, the lines
+        refused after the first send none. (``orderid`` is None for an event
+        stored before notices named the order.)
+        """
 
 
 class EmailNotifications(AbstractNotifications):
@@ -28,7 +33,7 @@ class EmailNotifications(AbstractNotifications):
         self._recipient = recipient
         self._timeout = timeout
 
-    async def send_out_of_stock(self, sku: str, event_id: str) -> None:
+    async def send_out_of_stock(self, sku: str, orderid: str | None, event_id: str) -> None:
         message = EmailMessage()
         message["From"] = self._sender
         message["To"] = self._recipient
@@ -36,8 +41,10 @@ class EmailNotifications(AbstractNotifications):
         message["Date"] = formatdate(usegmt=True)
         # Sent again after a crash, it is recognisably the same message.
         message["Message-ID"] = f"<{event_id}@allocation.out-of-stock>"
+        first = f"Order {orderid}" if orderid else "An order"
         message.set_content(
-            f"An order for {sku} could not be allocated: no batch has enough stock left.\n"
+            f"{first} for {sku} could not be allocated: no batch has enough stock left.\n\n"
+            f"Until stock of {sku} is added, orders it cannot take send no further notice.\n"
         )
         await aiosmtplib.send(message, hostname=self._host, port=self._port, timeout=self._timeout)
 
@@ -45,5 +52,9 @@ class EmailNotifications(AbstractNotifications):
 class LogNotifications(AbstractNotifications):
     """Used while no mail server is configured: the notice goes to the log."""
 
-    async def send_out_of_stock(self, sku: str, event_id: str) -> None:
-        logger.warning("out of stock: %s (no SMTP_HOST set, so no email is sent)", sku)
+    async def send_out_of_stock(self, sku: str, orderid: str | None, event_id: str) -> None:
+        logger.warning(
+            "out of stock: %s, first for order %s (no SMTP_HOST set, so no email is sent)",
+            sku,
+            orderid or "-",
+        )

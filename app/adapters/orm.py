@@ -7,6 +7,7 @@ aggregate with Core statements on these tables (app.adapters.repository).
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 REF = 255  # longest reference, sku or order id, in characters
@@ -36,6 +38,8 @@ products = Table(
     metadata,
     Column("sku", String(REF), primary_key=True),
     Column("version_number", Integer, nullable=False, server_default="0"),
+    # Since a line of the sku could not be allocated, until stock is added.
+    Column("out_of_stock", Boolean, nullable=False, server_default=false()),
 )
 
 batches = Table(
@@ -92,6 +96,17 @@ allocations_view = Table(
     Column("sku", String(REF), primary_key=True),
     Column("batchref", String(REF), nullable=True),
     Column("version", Integer, nullable=False),
+)
+
+# Lines no batch could take, as refused: not derived from the write model,
+# which keeps nothing of a refused line, so rebuild-views leaves it be. A row
+# whose line was allocated since is outdated by its allocations_view row.
+refused_lines_view = Table(
+    "refused_lines_view",
+    metadata,
+    Column("orderid", String(REF), primary_key=True),
+    Column("sku", String(REF), primary_key=True),
+    Column("qty", Integer, nullable=False),
 )
 
 batches_view = Table(

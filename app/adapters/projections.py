@@ -5,7 +5,8 @@ write model: the events of one product come in order, exactly once, under
 its lock. The allocation rows carry the product version they reflect, and
 their upsert leaves a row of a newer version alone, so ``rebuild-views``
 and the events converge. A deallocated line stays as a row with no
-batchref (a tombstone), so that its version is kept.
+batchref (a tombstone), so that its version is kept. A refused line is
+kept apart (``refused_lines_view``): an allocation of it later outdates it.
 """
 
 import abc
@@ -26,6 +27,10 @@ class AbstractReadModel(abc.ABC):
         self, orderid: str, sku: str, batchref: str | None, version: int
     ) -> None:
         """The order's line of ``sku`` sits in ``batchref`` now (None: in none)."""
+
+    @abc.abstractmethod
+    async def line_refused(self, orderid: str, sku: str, qty: int) -> None:
+        """No batch could take the order's line of ``sku``: it is out of stock."""
 
     @abc.abstractmethod
     async def batch_added(
@@ -58,6 +63,12 @@ class _Statements:
         v = orm.batches_view.c
         self.allocation = _upsert(orm.allocations_view, dialect_name)
         self.batch = _upsert(orm.batches_view, dialect_name)
+        refused = (postgresql if dialect_name == "postgresql" else sqlite).insert(
+            orm.refused_lines_view
+        )
+        self.refused: Insert = refused.on_conflict_do_update(
+            index_elements=["orderid", "sku"], set_={"qty": refused.excluded.qty}
+        )
         by_ref = update(orm.batches_view).where(v.reference == bindparam("ref"))
         self.resize: Update = by_ref.values(
             purchased=bindparam("qty"), version=bindparam("new_version")
@@ -80,6 +91,9 @@ class SqlAlchemyReadModel(AbstractReadModel):
         self, orderid: str, sku: str, batchref: str | None, version: int
     ) -> None:
         await self._run("allocation", orderid=orderid, sku=sku, batchref=batchref, version=version)
+
+    async def line_refused(self, orderid: str, sku: str, qty: int) -> None:
+        await self._run("refused", orderid=orderid, sku=sku, qty=qty)
 
     async def batch_added(
         self, ref: str, sku: str, eta: date | None, qty: int, version: int

@@ -86,7 +86,11 @@ class _Statements:
         # The product's row lock serialises its writers. The batches are read
         # after it is granted, by a statement of their own: one joined to the
         # locked row would see them as they were before the wait.
-        self.product = select(p.version_number).where(p.sku == bindparam("sku")).with_for_update()
+        self.product = (
+            select(p.version_number, p.out_of_stock)
+            .where(p.sku == bindparam("sku"))
+            .with_for_update()
+        )
         self.batches = (
             select(b.id, b.reference, b.purchased_quantity, b.allocated_quantity, b.eta)
             .where(b.sku == bindparam("sku"))
@@ -105,13 +109,15 @@ class _Statements:
         )
         # (Parameters of INSERT and UPDATE may not be named as the table's columns.)
         self.add_product = insert(orm.products).values(
-            sku=bindparam("product"), version_number=bindparam("version")
+            sku=bindparam("product"),
+            version_number=bindparam("version"),
+            out_of_stock=bindparam("out_of_stock"),
         )
         # The version read is checked as a second guard behind the lock.
         self.set_version = (
             update(orm.products)
             .where(p.sku == bindparam("product"), p.version_number == bindparam("expected"))
-            .values(version_number=bindparam("version"))
+            .values(version_number=bindparam("version"), out_of_stock=bindparam("out_of_stock"))
         )
         self.add_batch = (
             insert(orm.batches)
@@ -174,6 +180,7 @@ class _Stored:
     """A product as the database has it in this transaction: what ``save`` compares to."""
 
     version: int | None  # None: not stored yet
+    out_of_stock: bool = False
     batch_ids: dict[str, int] = field(default_factory=dict)
     quantities: dict[str, tuple[int, int]] = field(default_factory=dict)
     line_ids: dict[tuple[str, model.OrderLine], int] = field(default_factory=dict)
@@ -227,10 +234,10 @@ class SqlAlchemyRepository(AbstractRepository):
         await self._tx.execute(statement, {"ref": ref, "ms": position[0], "seq": position[1]})
 
     async def _load(self, sku: str) -> model.Product | None:
-        version = await self._tx.scalar(_statements().product, {"sku": sku})
-        if version is None:
+        rows = await self._tx.fetch(_statements().product, {"sku": sku})
+        if not rows:
             return None
-        stored = _Stored(version=version)
+        stored = _Stored(version=rows[0][0], out_of_stock=bool(rows[0][1]))
         batches = []
         for batch_id, ref, purchased, allocated, eta in await self._tx.fetch(
             _statements().batches, {"sku": sku}
@@ -240,7 +247,9 @@ class SqlAlchemyRepository(AbstractRepository):
             batches.append(batch)
             stored.batch_ids[ref] = batch_id
             stored.quantities[ref] = (purchased, allocated)
-        product = model.Product(sku, batches, version_number=stored.version or 0)
+        product = model.Product(
+            sku, batches, version_number=stored.version or 0, out_of_stock=stored.out_of_stock
+        )
         self._products[sku] = product
         self._stored[sku] = stored
         return product
@@ -266,22 +275,31 @@ class SqlAlchemyRepository(AbstractRepository):
         statements, tx = _statements(), self._tx
         if stored.version is None:
             await tx.execute(
-                statements.add_product, {"product": product.sku, "version": product.version_number}
+                statements.add_product,
+                {
+                    "product": product.sku,
+                    "version": product.version_number,
+                    "out_of_stock": product.out_of_stock,
+                },
             )
-        elif stored.version != product.version_number:
+        elif (stored.version, stored.out_of_stock) != (
+            product.version_number,
+            product.out_of_stock,
+        ):
             changed = await tx.execute(
                 statements.set_version,
                 {
                     "product": product.sku,
                     "expected": stored.version,
                     "version": product.version_number,
+                    "out_of_stock": product.out_of_stock,
                 },
             )
             if changed != 1:
                 raise StaleDataError(
                     f"product {product.sku} is no longer at version {stored.version}"
                 )
-        stored.version = product.version_number
+        stored.version, stored.out_of_stock = product.version_number, product.out_of_stock
 
         held = {(b.reference, line) for b in product.batches for line in b.allocations}
         for key in [k for k in stored.line_ids if k not in held]:

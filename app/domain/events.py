@@ -62,5 +62,21 @@ class Deallocated(Event):
 
 
 @dataclass(frozen=True)
-class OutOfStock(Event):
+class LineRefused(Event):
+    """No batch of the sku could take the order's line: it is not allocated, and holds nothing."""
+
+    orderid: str
     sku: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class OutOfStock(Event):
+    """A stock-out of the sku began: ``orderid``'s line was the first no batch could take.
+
+    It lasts until stock of the sku is added again; lines refused meanwhile
+    raise LineRefused only. (Events stored before orders were named have none.)
+    """
+
+    sku: str
+    orderid: str | None = None

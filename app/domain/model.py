@@ -74,10 +74,18 @@ class Batch:
 
 
 class Product:
-    def __init__(self, sku: str, batches: list[Batch], version_number: int = 0) -> None:
+    def __init__(
+        self,
+        sku: str,
+        batches: list[Batch],
+        version_number: int = 0,
+        out_of_stock: bool = False,
+    ) -> None:
         self.sku = sku
         self.batches = batches
         self.version_number = version_number
+        # From the first line no batch could take until stock is added again.
+        self.out_of_stock = out_of_stock
         self.events: list[events.Event] = []
 
     def add_batch(self, batch: Batch) -> None:
@@ -94,6 +102,7 @@ class Product:
             raise DuplicateBatch(f"Batch {batch.reference} already exists with different details")
         self.batches.append(batch)
         self.version_number += 1
+        self.out_of_stock = False
         self.events.append(
             events.BatchCreated(
                 sku=self.sku,
@@ -122,7 +131,10 @@ class Product:
             return holder.reference
         batch = next((b for b in sorted(self.batches) if b.can_allocate(line)), None)
         if batch is None:
-            self.events.append(events.OutOfStock(sku=line.sku))
+            self.events.append(events.LineRefused(orderid=line.orderid, sku=line.sku, qty=line.qty))
+            if not self.out_of_stock:
+                self.out_of_stock = True
+                self.events.append(events.OutOfStock(sku=line.sku, orderid=line.orderid))
             return None
         batch.allocate(line)
         self.version_number += 1
@@ -143,6 +155,8 @@ class Product:
         batch = self._batch(ref)
         if batch is None:
             raise KeyError(ref)
+        if qty > batch.purchased_quantity:
+            self.out_of_stock = False  # stock was added
         batch.purchased_quantity = qty
         self.version_number += 1
         self.events.append(

@@ -91,6 +91,10 @@ async def remove_allocation_from_read_model(
     await uow.read_model.batch_allocated(event.batchref, -event.qty, event.version)
 
 
+async def add_refusal_to_read_model(event: events.LineRefused, uow: AbstractUnitOfWork) -> None:
+    await uow.read_model.line_refused(event.orderid, event.sku, event.qty)
+
+
 async def add_batch_to_read_model(event: events.BatchCreated, uow: AbstractUnitOfWork) -> None:
     await uow.read_model.batch_added(event.ref, event.sku, event.eta, event.qty, event.version)
 
@@ -122,4 +126,4 @@ async def publish_allocated_event(event: events.Allocated, publisher: AbstractPu
 async def send_out_of_stock_notification(
     event: events.OutOfStock, notifications: AbstractNotifications
 ) -> None:
-    await notifications.send_out_of_stock(event.sku, event_id=event.id)
+    await notifications.send_out_of_stock(event.sku, event.orderid, event_id=event.id)

@@ -13,12 +13,15 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import pytest
+from sqlalchemy import insert
 
 from app import views
+from app.adapters import orm
+from app.adapters.outbox import serialise, utcnow
 from app.adapters.read_source import ReadSource
 from app.config import Settings
 from app.container import Container
-from app.domain import commands
+from app.domain import commands, events
 from tests.conftest import free_port, random_ref
 from tests.integration.event_helpers import (
     OutboxRow,
@@ -181,3 +184,71 @@ async def test_with_smtp_down_the_notice_waits_in_the_outbox(
     [row] = await outbox_rows(engine, sku, "OutOfStock")
     assert not row.pending
     assert row.last_error is None
+
+
+async def test_one_stock_out_sends_one_notice_naming_its_first_refused_order(
+    container: Container, smtp: SmtpSink
+) -> None:
+    sku, ref = random_ref("sku"), random_ref("batch")
+    refused = [random_ref("order") for _ in range(5)]
+    await container.bus().handle(commands.CreateBatch(ref, sku, 10, None))
+    await container.bus().handle(commands.Allocate(random_ref("order"), sku, 10))
+    for orderid in refused:
+        await container.bus().handle(commands.Allocate(orderid, sku, 1))
+
+    [row] = await outbox_rows(container.engine(), sku, "OutOfStock")
+    await deliver_until_delivered(container, [row.id])
+
+    [mail] = smtp.about(sku)
+    assert_a_notice_of(mail, sku, row)
+    body = mail.message.get_body().get_content()  # type: ignore[union-attr]
+    assert refused[0] in body
+    assert all(orderid not in body for orderid in refused[1:])
+
+
+async def test_stock_added_ends_the_stock_out_and_the_next_one_is_told_again(
+    container: Container, smtp: SmtpSink
+) -> None:
+    sku, ref, more = random_ref("sku"), random_ref("batch"), random_ref("batch")
+    first, second = random_ref("order"), random_ref("order")
+    await container.bus().handle(commands.CreateBatch(ref, sku, 1, None))
+    await container.bus().handle(commands.Allocate(first, sku, 5))  # refused: a stock-out
+    await container.bus().handle(commands.CreateBatch(more, sku, 2, None))  # it ends
+    await container.bus().handle(commands.Allocate(second, sku, 5))  # a new one
+
+    rows = await outbox_rows(container.engine(), sku, "OutOfStock")
+    await deliver_until_delivered(container, [row.id for row in rows])
+
+    mails = smtp.about(sku)
+    assert len(mails) == 2
+    bodies = [m.message.get_body().get_content() for m in mails]  # type: ignore[union-attr]
+    assert first in bodies[0]
+    assert second in bodies[1]
+
+
+async def test_a_notice_stored_before_notices_named_the_order_is_still_delivered(
+    container: Container, smtp: SmtpSink
+) -> None:
+    sku = random_ref("sku")
+    old = events.OutOfStock(sku=sku)
+    payload = serialise(old)
+    del payload["orderid"]  # the shape rows had before orders were named
+    async with container.engine().begin() as conn:
+        now = utcnow()
+        await conn.execute(
+            insert(orm.outbox).values(
+                id=old.id,
+                type="OutOfStock",
+                payload=payload,
+                sku=sku,
+                created_at=now,
+                available_at=now,
+            )
+        )
+
+    await deliver_until_delivered(container, [old.id])
+
+    [mail] = smtp.about(sku)
+    [row] = await outbox_rows(container.engine(), sku, "OutOfStock")
+    assert_a_notice_of(mail, sku, row)
+    assert "An order for" in mail.message.get_body().get_content()  # type: ignore[union-attr]

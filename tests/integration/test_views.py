@@ -413,3 +413,38 @@ async def test_the_views_equal_a_rebuild_from_the_write_model(
     assert maintained == rebuilt
     assert len(maintained[0]) == 3
     assert maintained[1]
+
+
+async def test_the_order_read_tells_an_out_of_stock_line_from_an_allocated_one(
+    engine: AsyncEngine, write: Write
+) -> None:
+    orderid, ref, more = random_ref("order"), random_ref("batch"), random_ref("batch")
+    table, chair = random_ref("TABLE"), random_ref("CHAIR")
+    await write(commands.CreateBatch(ref, table, 10, None))
+    await write(commands.CreateBatch(random_ref("batch"), chair, 1, None))
+    reads = ReadSource(engine)
+
+    assert await allocate(write, orderid, table, 2) == ref
+    assert await allocate(write, orderid, chair, 5) is None  # accepted, not allocated
+
+    assert await views.order(reads, orderid) == {
+        "orderid": orderid,
+        "lines": sorted(
+            [
+                {"sku": table, "state": "allocated", "batchref": ref},
+                {"sku": chair, "state": "out_of_stock", "batchref": None},
+            ],
+            key=lambda line: str(line["sku"]),
+        ),
+    }
+    # The book's read is unchanged: only what is allocated.
+    assert await views.allocations(reads, orderid) == [{"sku": table, "batchref": ref}]
+
+    # Stock arrives; the same line sent again is allocated, as any new one.
+    await write(commands.CreateBatch(more, chair, 5, None))
+    assert await allocate(write, orderid, chair, 5) == more
+    order = await views.order(reads, orderid)
+    assert order is not None
+    assert {"sku": chair, "state": "allocated", "batchref": more} in order["lines"]
+    assert len(order["lines"]) == 2
+    assert await views.order(reads, random_ref("order")) is None

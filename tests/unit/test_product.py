@@ -59,7 +59,7 @@ def test_records_out_of_stock_event_if_cannot_allocate() -> None:
     allocation = product.allocate(OrderLine("order2", "SMALL-FORK", 1))
 
     assert allocation is None
-    assert product.events[-1] == events.OutOfStock(sku="SMALL-FORK")
+    assert product.events[-1] == events.OutOfStock(sku="SMALL-FORK", orderid="order2")
     assert available(product) == {"batch1": 0}
     assert product.version_number == version
 

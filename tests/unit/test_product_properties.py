@@ -79,6 +79,7 @@ class Products(RuleBasedStateMachine):
             version = product.version_number
             product.add_batch(batch)
             assert product.batches[-1] is batch
+            assert not product.out_of_stock  # stock was added: the stock-out is over
             assert self.raised() == [
                 events.BatchCreated(cmd.sku, cmd.ref, cmd.qty, cmd.eta, version + 1)
             ]
@@ -104,6 +105,7 @@ class Products(RuleBasedStateMachine):
             return
         versions, batches = state(self.products.values())
         fits = [b for b in product.batches if b.available_quantity >= line.qty]
+        was_out_of_stock = product.out_of_stock
 
         ref = product.allocate(line)
 
@@ -114,7 +116,10 @@ class Products(RuleBasedStateMachine):
         elif not fits:
             assert ref is None
             assert state(self.products.values()) == (versions, batches)
-            assert self.raised() == [events.OutOfStock(cmd.sku)]
+            refused = events.LineRefused(cmd.orderid, cmd.sku, cmd.qty)
+            began = [] if was_out_of_stock else [events.OutOfStock(cmd.sku, cmd.orderid)]
+            assert self.raised() == [refused, *began]  # one notice per stock-out
+            assert product.out_of_stock
         else:
             [batch] = [b for b in fits if b.reference == ref]
             assert preference(batch) == min(preference(b) for b in fits)
@@ -157,10 +162,12 @@ class Products(RuleBasedStateMachine):
         [batch] = [b for b in owner.batches if b.reference == cmd.ref]
         held = set(batch.allocations)
         version = owner.version_number + 1
+        out_of_stock, added = owner.out_of_stock, cmd.qty > batch.purchased_quantity
 
         owner.change_batch_quantity(cmd.ref, cmd.qty)
 
         assert batch.purchased_quantity == cmd.qty
+        assert owner.out_of_stock == (out_of_stock and not added)
         changed, *rest = self.raised()
         assert changed == events.BatchQuantityChanged(owner.sku, cmd.ref, cmd.qty, version)
         taken = [e for e in rest if isinstance(e, events.Deallocated)]

@@ -1,0 +1,63 @@
+"""docs/settings.md, .env.example and the code name the same settings, with the same defaults."""
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic_core import PydanticUndefined
+
+from app.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+# Read by others from the process environment (uvicorn, prometheus-client),
+# or by compose.yaml only: documented, but not fields of Settings.
+NOT_FIELDS = {"FORWARDED_ALLOW_IPS", "PROMETHEUS_MULTIPROC_DIR", "POSTGRES_PASSWORD"}
+ROW = re.compile(r"^\| `([A-Z_]+)` \| (.*?) \| (.*) \|$", re.M)
+
+
+def documented() -> dict[str, str]:
+    """Each variable of docs/settings.md's table, with its default as written there."""
+    rows = ROW.findall((ROOT / "docs" / "settings.md").read_text())
+    names = [name for name, _, _ in rows]
+    assert len(names) == len(set(names)), "a setting documented twice"
+    return {name: default for name, default, _ in rows}
+
+
+def in_env_example() -> set[str]:
+    text = (ROOT / ".env.example").read_text()
+    return set(re.findall(r"^([A-Z_]+)=", text, re.M))
+
+
+def fields() -> set[str]:
+    return {name.upper() for name in Settings.model_fields}
+
+
+def test_every_setting_is_documented_once_and_listed_in_env_example() -> None:
+    assert set(documented()) == fields() | NOT_FIELDS
+    assert in_env_example() == fields() | NOT_FIELDS
+
+
+def test_no_other_document_keeps_a_table_of_settings() -> None:
+    for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        if path.name != "settings.md":
+            assert "| variable | default |" not in path.read_text(), path
+
+
+@pytest.mark.parametrize("name", sorted(fields()))
+def test_the_documented_default_is_the_codes(name: str) -> None:
+    default = Settings.model_fields[name.lower()].default
+    written = documented()[name]
+    if default is None:
+        assert written == "unset"
+    elif default is PydanticUndefined:  # pragma: no cover - every field has one
+        pytest.fail(f"{name} has no default")
+    elif default == "":
+        assert written == "empty"
+    else:
+        value = written.strip("`")
+        if isinstance(default, bool):
+            assert value == str(default).lower()
+        elif isinstance(default, int | float):
+            assert float(value) == float(default)
+        else:
+            assert value == str(default)
