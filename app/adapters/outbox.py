@@ -40,6 +40,11 @@ _ADAPTERS: dict[type[events.Event], TypeAdapter[Any]] = {
 }
 
 
+# An undelivered event is failing once a delivery of it has failed: the same
+# word for `allocation outbox` and /metrics.
+FAILING_AFTER = 1  # attempts
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 

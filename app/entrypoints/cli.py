@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from app import container as composition
 from app import logs, metrics
 from app.adapters.dead_letters import RedisDeadLetters
+from app.adapters.outbox import FAILING_AFTER
 from app.adapters.rebuild import rebuild_views
 from app.adapters.schema import StartupError, check_database
 from app.adapters.streams import group_stats
@@ -30,7 +31,6 @@ cli = typer.Typer(help="The allocation service's worker and tools.", no_args_is_
 logger = logging.getLogger("app.cli")
 T = TypeVar("T")
 
-FAILING_AFTER = 5  # attempts after which a pending event counts as failing
 PRUNE_SLACK = 300.0  # seconds past the retention before pruning counts as behind
 
 
@@ -145,7 +145,7 @@ def outbox() -> None:
             failing = await uow.outbox.failing(failing_after=FAILING_AFTER, limit=10)
         retention = container.settings().outbox_retention
         print(f"pending: {stats.pending}")
-        print(f"failing: {stats.failing}  (attempted {FAILING_AFTER} times or more)")
+        print(f"failing: {stats.failing}  (undelivered, and a delivery failed)")
         print(f"oldest pending: {_seconds(stats.oldest_pending_age)}")
         print(f"oldest delivered: {_seconds(stats.oldest_delivered_age)}  (kept {retention:g}s)")
         for event in failing:
