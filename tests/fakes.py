@@ -8,10 +8,11 @@ from datetime import date, datetime
 from typing import Any
 
 from app.adapters.notifications import AbstractNotifications
-from app.adapters.outbox import AbstractOutbox, FailingEvent, OutboxStats, Pending, utcnow
+from app.adapters.outbox import AbstractOutbox, FailingEvent, OutboxStats, Pending
 from app.adapters.projections import AbstractReadModel
 from app.adapters.publisher import AbstractPublisher
 from app.adapters.repository import AbstractRepository
+from app.clock import utcnow
 from app.domain import events, model
 from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers
 

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters import orm
-from app.adapters.outbox import utcnow
+from app.clock import utcnow
 
 # A reservation older than this is taken to belong to a process that died
 # before recording its answer, and the next request with its key runs again.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from app.adapters import orm
 from app.adapters.database import Transaction, discard
+from app.clock import utcnow
 from app.domain import events
 
 EVENT_TYPES: dict[str, type[events.Event]] = {
@@ -43,10 +44,6 @@ _ADAPTERS: dict[type[events.Event], TypeAdapter[Any]] = {
 # An undelivered event is failing once a delivery of it has failed: the same
 # word for `allocation outbox` and /metrics.
 FAILING_AFTER = 1  # attempts
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def serialise(event: events.Event) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from typing import Any, TypeAlias
 
 from app import correlation, metrics
 from app.adapters.database import DatabaseUnavailable
-from app.adapters.outbox import AbstractOutbox, Pending, utcnow
+from app.adapters.outbox import AbstractOutbox, Pending
+from app.clock import utcnow
 from app.domain import events
 from app.service_layer.unit_of_work import AbstractUnitOfWork
 

@@ -17,8 +17,9 @@ from sqlalchemy import insert
 
 from app import views
 from app.adapters import orm
-from app.adapters.outbox import serialise, utcnow
+from app.adapters.outbox import serialise
 from app.adapters.read_source import ReadSource
+from app.clock import utcnow
 from app.config import Settings
 from app.container import Container
 from app.domain import commands, events

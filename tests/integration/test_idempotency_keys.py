@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters import orm
 from app.adapters.idempotency import Answer, Existing, Reserved, SqlAlchemyIdempotencyKeys
-from app.adapters.outbox import utcnow
+from app.clock import utcnow
 
 DAY = timedelta(days=1)
 ROUTE = "POST /allocate"

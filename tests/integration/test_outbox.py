@@ -26,8 +26,8 @@ from app.adapters.outbox import (
     SqlAlchemyOutbox,
     deserialise,
     serialise,
-    utcnow,
 )
+from app.clock import utcnow
 from app.domain import events, model
 from app.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from tests.conftest import random_ref

@@ -17,7 +17,7 @@ import pytest
 from dependency_injector import providers
 
 from app import correlation, metrics
-from app.adapters.outbox import utcnow
+from app.clock import utcnow
 from app.container import Container
 from app.domain import commands, events
 from app.service_layer.delivery import Backoff, Delivery
