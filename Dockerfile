@@ -4,19 +4,21 @@
 #   docker run allocation allocation worker                (the worker)
 #   docker run allocation alembic upgrade head             (migrations)
 
-FROM python:3.11-slim AS build
+FROM python:3.11.14-slim-bookworm AS build
 WORKDIR /src
 RUN python -m venv /venv
-# Dependencies first, from pyproject.toml alone: this layer is rebuilt only
-# when they change, not with every change to the source.
+# Dependencies first, from the lock alone (make lock writes it from
+# pyproject.toml): the same versions in every build, each file checked
+# against its hash, and a layer rebuilt only when the lock changes.
+COPY requirements.lock ./
+RUN /venv/bin/pip install --no-cache-dir --require-hashes -r requirements.lock
+# Then the service itself, resolving nothing more: the lock holds its build
+# backend too, so nothing unpinned is fetched to build it.
 COPY pyproject.toml README.md ./
-RUN mkdir app && touch app/__init__.py \
-    && /venv/bin/pip install --no-cache-dir . \
-    && /venv/bin/pip uninstall --yes allocation
 COPY app ./app
-RUN /venv/bin/pip install --no-cache-dir --no-deps .
+RUN /venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation .
 
-FROM python:3.11-slim
+FROM python:3.11.14-slim-bookworm
 RUN useradd --create-home --uid 10001 allocation
 COPY --from=build /venv /venv
 WORKDIR /srv

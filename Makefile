@@ -5,15 +5,24 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint migrate install bench system-deps soak fuzz
+.PHONY: run test lint migrate install install-dev bench system-deps soak fuzz lock
 
-$(BIN)/activate: pyproject.toml
+# Running the service needs its runtime dependencies alone (make install);
+# the tests, linters and bench add the dev tools on top (make install-dev:
+# Playwright, schemathesis, mypy...). Each stamp redoes its install when
+# pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(BIN)/activate
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
 
-install: $(BIN)/activate
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
 
 # Debian packages the proxy and browser tests drive (CI installs them; elsewhere
 # those tests skip, saying what is missing).
@@ -33,29 +42,44 @@ migrate: install
 run: migrate
 	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
 
-test: install
+test: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The API fuzzed against its own /openapi.json at length (tests/e2e/test_fuzz.py;
 # `make test` runs the same tests briefly).
 FUZZ_EXAMPLES ?= 500
 FUZZ_STEPS    ?= 200
-fuzz: install
+fuzz: install-dev
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_STEPS=$(FUZZ_STEPS) $(BIN)/pytest tests/e2e/test_fuzz.py $(PYTEST_ARGS)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy app tests
 
 # The performance bench on a fresh PostgreSQL database (BENCH_DATABASE_URL);
 # wrk comes from Debian's package.
-bench: install
+bench: install-dev
 	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/run.py
 
 # Minutes of mixed load with Redis restarted under it (SOAK_SECONDS, 180 by
 # default); PostgreSQL from TEST_DATABASE_URL. Prints its figures.
-soak: install
+soak: install-dev
 	TEST_DATABASE_URL=$${TEST_DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres} \
 	$(BIN)/pytest -m soak -s tests/soak $(PYTEST_ARGS)
+
+# requirements.lock, the image's dependencies with their hashes, compiled
+# from pyproject.toml (its build backend included). Pins that still satisfy
+# pyproject.toml are kept; LOCK_ARGS=--upgrade moves every one to the newest
+# allowed. pip-tools runs from a throwaway venv: no dependency of the project.
+# Run it with the image's Python (3.11): markers are resolved for this one.
+LOCK_ARGS ?=
+lock:
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
+	&& $(PYTHON) -m venv "$$tmp" \
+	&& "$$tmp/bin/python" -m pip install --quiet 'pip-tools>=7.4' \
+	&& CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/bin/pip-compile" --quiet \
+		--generate-hashes --allow-unsafe --strip-extras --build-deps-for wheel \
+		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) \
+		--output-file requirements.lock pyproject.toml

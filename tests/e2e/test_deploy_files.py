@@ -1,4 +1,4 @@
-"""The Dockerfile and compose.yaml: linted, validated, and their commands run.
+"""The Dockerfile, compose.yaml and the lock: linted, validated, and their commands run.
 
 No container engine runs here, so the image's own install and start
 commands are proven the next best way: in a clean virtual environment.
@@ -6,21 +6,33 @@ commands are proven the next best way: in a clean virtual environment.
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+import tomllib
 import venv
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml  # type: ignore[import-untyped]
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from app.config import Settings
 from tests.conftest import free_port, wait_until_serving
 from tests.databases import ROOT
 
 BIN = Path(sys.executable).parent
+LOCK = ROOT / "requirements.lock"
+# Compose files the services read their settings from, when they exist.
+ENV_FILE = [{"path": "allocation.env", "required": False}]
 
 
 def image_command() -> list[str]:
@@ -30,6 +42,36 @@ def image_command() -> list[str]:
     assert len(cmd) == 1, cmd
     command: list[str] = json.loads(cmd[0].removeprefix("CMD "))
     return command
+
+
+def build_stage() -> list[str]:
+    """The Dockerfile's lines up to its second FROM: the stage that installs."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("FROM ")]
+    assert len(starts) == 2, starts
+    return lines[starts[0] : starts[1]]
+
+
+def image_installs() -> list[list[str]]:
+    """The build stage's ``pip install`` commands, one argv each."""
+    runs = [line.removeprefix("RUN ") for line in build_stage() if line.startswith("RUN ")]
+    return [shlex.split(command) for command in runs if "/venv/bin/pip install" in command]
+
+
+def lay_out_build_context(workdir: Path) -> None:
+    """Copy into ``workdir`` what the build stage's COPY lines copy into its WORKDIR."""
+    for line in build_stage():
+        if not line.startswith("COPY "):
+            continue
+        *sources, dest = line.split()[1:]
+        for source in sources:
+            target = workdir / dest / source if dest.endswith("/") else workdir / dest
+            if (ROOT / source).is_dir():
+                ignore = shutil.ignore_patterns("__pycache__")
+                shutil.copytree(ROOT / source, target, ignore=ignore)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / source, target)
 
 
 def run(*args: str | Path, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
@@ -59,13 +101,17 @@ def test_compose_yaml_follows_the_compose_specification() -> None:
 
 @pytest.mark.slow
 def test_the_images_install_and_start_commands_work_in_a_clean_venv(tmp_path: Path) -> None:
-    # What the Dockerfile does: install the project into a fresh venv, copy
-    # alembic beside it, migrate, then serve with the image's CMD.
+    # What the Dockerfile does: its pip installs (the lock, then the service)
+    # into a fresh venv, alembic copied beside it, migrate, serve with its CMD.
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     bin_dir = env_dir / "bin"
-    install = run(bin_dir / "pip", "install", "--no-cache-dir", ROOT)
-    assert install.returncode == 0, install.stderr[-3000:]
+    workdir = tmp_path / "src"
+    lay_out_build_context(workdir)
+    for argv in image_installs():
+        argv = [str(bin_dir / "pip") if arg == "/venv/bin/pip" else arg for arg in argv]
+        install = run(*argv, cwd=workdir)
+        assert install.returncode == 0, f"{shlex.join(argv)}\n{install.stderr[-3000:]}"
     srv = tmp_path / "srv"
     srv.mkdir()
     shutil.copy(ROOT / "alembic.ini", srv)
@@ -100,6 +146,142 @@ def test_the_images_install_and_start_commands_work_in_a_clean_venv(tmp_path: Pa
     finally:
         server.terminate()
         server.wait(timeout=15)
+
+
+def test_the_image_installs_exactly_the_locked_dependencies() -> None:
+    installs = [argv[argv.index("install") + 1 :] for argv in image_installs()]
+
+    assert installs == [
+        ["--no-cache-dir", "--require-hashes", "-r", LOCK.name],
+        ["--no-cache-dir", "--no-deps", "--no-build-isolation", "."],
+    ]
+    assert f"COPY {LOCK.name} ./" in build_stage()
+
+
+def test_the_lock_pins_every_dependency_of_pyproject_at_an_allowed_version() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wanted = [Requirement(r) for r in project["project"]["dependencies"]]
+    # The image builds the service with the locked build backend, too.
+    wanted += [Requirement(r) for r in project["build-system"]["requires"]]
+    pins = locked_versions()
+
+    unmet = [
+        f"{req} (locked: {pins.get(canonicalize_name(req.name), 'nothing')})"
+        for req in wanted
+        if (req.marker is None or req.marker.evaluate())
+        and not req.specifier.contains(
+            pins.get(canonicalize_name(req.name), Version("0.dev0")), prereleases=True
+        )
+    ]
+    assert unmet == [], "requirements.lock is out of date; run make lock"
+
+
+def test_the_lock_has_a_hash_for_every_pin_and_names_no_index() -> None:
+    text = LOCK.read_text()
+    pins = [line for line in text.splitlines() if line and line[0].isalnum()]
+    entries = re.split(r"\n(?=[A-Za-z0-9])", text)
+
+    assert len(pins) > 20
+    assert all(entry.count("--hash=sha256:") >= 1 for entry in entries if "==" in entry)
+    # Where packages come from is the installer's business, not the lock's.
+    assert not re.search(r"--(index-url|extra-index-url|find-links|trusted-host)|://", text)
+
+
+def test_compose_requires_an_api_token_for_the_api_alone() -> None:
+    services = compose_services()
+    token = services["api"]["environment"]["API_TOKEN"]
+
+    with pytest.raises(MissingVariableError, match="API_TOKEN"):
+        interpolate(token, {})
+    assert interpolate(token, {"API_TOKEN": "t" * 32}) == "t" * 32
+    # The worker, migrations and the CLI (run in either) take no writes over HTTP.
+    assert "API_TOKEN" not in services["worker"]["environment"]
+    assert "API_TOKEN" not in services["migrate"]["environment"]
+    # The API still runs in production, with the same database as the rest.
+    assert services["api"]["environment"]["ENVIRONMENT"] == "production"
+    assert (
+        services["api"]["environment"]["DATABASE_URL"]
+        == services["worker"]["environment"]["DATABASE_URL"]
+    )
+
+
+def test_compose_publishes_ports_on_loopback_unless_told_otherwise() -> None:
+    services = compose_services()
+    published = {
+        name: [interpolate(port, {}) for port in service.get("ports", [])]
+        for name, service in services.items()
+    }
+
+    assert published["api"] == ["127.0.0.1:8000:8000"]
+    assert all(port.startswith("127.0.0.1:") for ports in published.values() for port in ports)
+    (api_port,) = services["api"]["ports"]
+    chosen = {"API_ADDRESS": "0.0.0.0", "API_PORT": "8080"}
+    assert interpolate(api_port, chosen) == "0.0.0.0:8080:8000"
+
+
+def test_compose_services_read_an_optional_env_file() -> None:
+    services = compose_services()
+
+    for name in ("api", "worker", "migrate"):
+        assert services[name]["env_file"] == ENV_FILE, name
+
+
+def test_every_image_is_pinned_to_a_patch_release() -> None:
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    bases = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    images = [s["image"] for s in compose_services().values() if "image" in s]
+
+    unpinned = [image for image in bases + images if not pinned(image)]
+    assert unpinned == []
+    assert len(images) == 3
+
+
+def pinned(image: str) -> bool:
+    """Whether ``image``'s tag names one release: 3.11.14-slim, v1.22.3, 15.18.
+
+    PostgreSQL numbers its releases MAJOR.MINOR; everything else here MAJOR.MINOR.PATCH.
+    """
+    name, _, tag = image.partition(":")
+    parts = 2 if name == "postgres" else 3
+    return re.fullmatch(rf"v?\d+(\.\d+){{{parts - 1}}}(-[a-z0-9.-]+)?", tag) is not None
+
+
+def locked_versions() -> dict[str, Version]:
+    """Each package requirements.lock pins, by canonical name, at its version."""
+    pins: dict[str, Version] = {}
+    for line in LOCK.read_text().splitlines():
+        if line and line[0].isalnum():
+            req = Requirement(line.removesuffix("\\").strip())
+            (specifier,) = req.specifier
+            assert specifier.operator == "==", line
+            pins[canonicalize_name(req.name)] = Version(specifier.version)
+    return pins
+
+
+def compose_services() -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    return services
+
+
+class MissingVariableError(Exception):
+    """A ``${NAME:?message}`` whose NAME is unset or empty: compose refuses to start."""
+
+
+_VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?::(?P<op>[-?])(?P<arg>[^}]*))?\}")
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """``value`` with compose's ``${NAME}``, ``${NAME:-default}``, ``${NAME:?error}`` filled in."""
+
+    def fill(match: re.Match[str]) -> str:
+        given = env.get(match["name"], "")
+        if given:
+            return given
+        if match["op"] == "?":
+            raise MissingVariableError(f"{match['name']}: {match['arg']}")
+        return match["arg"] if match["op"] == "-" else ""
+
+    return _VARIABLE.sub(fill, value)
 
 
 def test_env_example_lists_every_setting_with_a_comment() -> None:

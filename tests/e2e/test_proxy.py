@@ -3,19 +3,30 @@
 A real nginx (Debian's package) runs on loopback with the location block
 from deploy/nginx-location.conf, in front of a real uvicorn started as the
 README says: ROOT_PATH set, ``--proxy-headers --forwarded-allow-ips``.
+Swagger UI is then used through it in Debian's chromium.
 """
 
 import asyncio
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Response, sync_playwright
 
 from tests.conftest import free_port, random_ref, require_program
 from tests.databases import ROOT
 from tests.e2e.processes import Api, Processes, Service, fresh_database, service_env
+from tests.e2e.swagger_ui import (
+    CHROMIUM_ARGS,
+    execute,
+    fill_body,
+    local_only,
+    require_chromium,
+    try_it_out,
+)
 from tests.e2e.test_lifecycle import json_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -47,6 +58,11 @@ http {{
 @pytest.fixture(scope="module")
 def nginx() -> str:
     return require_program("nginx", package="nginx", also=("/usr/sbin/nginx",))
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    return require_chromium()
 
 
 @pytest.fixture
@@ -125,6 +141,63 @@ async def test_docs_and_openapi_under_the_prefix(behind_nginx: tuple[str, Api]) 
     assert spec.json()["servers"] == [{"url": PREFIX}]
 
 
+async def test_swagger_uis_own_files_load_through_the_proxy(behind_nginx: tuple[str, Api]) -> None:
+    url, _ = behind_nginx
+    origin = url.removesuffix(PREFIX)
+    async with httpx.AsyncClient() as client:
+        page = (await client.get(f"{url}/docs")).text
+        files = re.findall(r'(?:href|src)="(/[^"]+)"', page)
+        answers = {path: (await client.get(origin + path)).status_code for path in files}
+
+    scripts = [path for path in files if path.endswith(".js")]
+    assert scripts, page
+    assert all(path.startswith(f"{PREFIX}/") for path in files), files
+    assert answers == dict.fromkeys(files, 200)
+
+
+async def test_a_person_adds_a_batch_in_swagger_ui_through_the_proxy(
+    behind_nginx: tuple[str, Api], chromium: str
+) -> None:
+    url, _ = behind_nginx
+    ref, sku = random_ref("batch"), random_ref("sku")
+
+    await asyncio.to_thread(_add_a_batch_in_swagger_ui, chromium, url, ref, sku)
+
+    # Executed for real: the batch is there, read back past the browser.
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"{url}/batches/{ref}")
+    assert r.status_code == 200, r.text
+    assert r.json()["sku"] == sku
+
+
+def _add_a_batch_in_swagger_ui(chromium: str, url: str, ref: str, sku: str) -> None:
+    """Open /docs through the proxy, "Try it out" on POST /add_batch, Execute."""
+    outside: list[str] = []
+    failed: list[str] = []
+
+    def note_failure(response: Response) -> None:
+        if response.status >= 400:
+            failed.append(f"{response.status} {response.url}")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.route("**/*", lambda route: local_only(route, url, outside))
+            page.on("response", note_failure)
+            page.goto(f"{url}/docs")  # returns once the page's files have loaded
+            assert failed == [], "Swagger UI's own files did not load"
+
+            added = try_it_out(page, "post", "/add_batch")
+            fill_body(added, {"ref": ref, "sku": sku, "qty": 20, "eta": None})
+            execute(added, "201", f"location: {PREFIX}/batches/{ref}")
+        finally:
+            browser.close()
+
+    assert outside == [], "the page asked for files from outside the proxy"
+    assert failed == []
+
+
 async def test_the_callers_address_and_request_id_reach_the_log(
     behind_nginx: tuple[str, Api],
 ) -> None:
@@ -139,6 +212,7 @@ async def test_the_callers_address_and_request_id_reach_the_log(
     assert r.headers["x-request-id"] == "via-proxy-1"
     await api.shut_down()
     lines = [rec for rec in json_lines(api.output()) if rec["request_id"] == "via-proxy-1"]
-    assert [(rec["path"], rec["client"]) for rec in lines] == [
-        ("/batches/none-such", "203.0.113.9")
+    # The path as the caller asked for it: the proxy passes it on whole.
+    assert [(rec["path"], rec["route"], rec["client"]) for rec in lines] == [
+        (f"{PREFIX}/batches/none-such", "/batches/{ref}", "203.0.113.9")
     ]
