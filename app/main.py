@@ -85,6 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     errors.install(app)
+    # What /openapi.json says of the errors: no 401 (nor a security scheme)
+    # where no API_TOKEN is set, and the 413 of the app's own limit.
+    openapi.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)  # outermost: a 413 is logged and counted too
     return app

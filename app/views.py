@@ -62,9 +62,7 @@ async def allocation(
     return {"sku": sku, "batchref": rows[0][0]} if rows else None
 
 
-async def order(
-    reads: ReadSource, orderid: str, after: str | None = None
-) -> dict[str, Any] | None:
+async def order(reads: ReadSource, orderid: str, after: str | None = None) -> dict[str, Any] | None:
     """Every line of the order the service accepted, and whether it is allocated."""
     rows = await reads.fetch(_ORDER, {"orderid": orderid}, after)
     if not rows:

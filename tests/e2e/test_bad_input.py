@@ -40,7 +40,7 @@ BAD_REQUESTS = [
     case("POST", "/allocate", "qty-string", json=line(qty="5")),
     case("POST", "/allocate", "qty-true", json=line(qty=True)),
     case("POST", "/allocate", "qty-float", json=line(qty=1.5)),
-    case("POST", "/allocate", "qty-whole-float", json=line(qty=5.0)),
+    case("POST", "/allocate", "qty-fraction-of-a-whole", json=line(qty=5.000001)),
     case("POST", "/allocate", "qty-null", json=line(qty=None)),
     case("POST", "/allocate", "sku-number", json=line(sku=123)),
     case("POST", "/allocate", "orderid-list", json=line(orderid=["o-1"])),
@@ -71,6 +71,9 @@ BAD_REQUESTS = [
     case("POST", "/allocate", "sku-tab", json=line(sku="LA\tMP")),
     case("POST", "/add_batch", "ref-slash", json=batch(ref="b/1")),
     case("POST", "/allocate", "orderid-zero-width", json=line(orderid="\u200b")),
+    case("POST", "/batches", "ref-dot", json=batch(ref=".")),
+    case("POST", "/batches", "ref-dot-dot", json=batch(ref="..")),
+    case("POST", "/allocate", "orderid-dot-dot", json=line(orderid="..")),
     case(
         "POST",
         "/allocate",
@@ -84,6 +87,11 @@ BAD_REQUESTS = [
     case("PATCH", "/batches/a%00b", "patch-path-ref-nul", json={"qty": 1}),
     case("GET", "/batches/a%0Ab", "path-ref-newline"),
     case("GET", "/allocations/%20%20", "path-orderid-blank"),
+    case("GET", "/batches/%2E", "path-ref-dot"),
+    case("GET", "/batches/%2E%2E", "path-ref-dot-dot"),
+    case("PATCH", "/batches/%2e%2E", "patch-path-ref-dot-dot", json={"qty": 1}),
+    case("GET", "/allocations/%2E%2E/SKU", "path-orderid-dot-dot"),
+    case("GET", "/products/%2E", "path-sku-dot"),
     case("GET", "/batches/" + "x" * 10_000, "path-ref-10kB"),
     # dates
     case("POST", "/add_batch", "eta-month-13", json=batch(eta="2011-13-45")),
@@ -155,6 +163,8 @@ async def test_a_bad_sentgets_a_4xx_with_a_message(
         ("PATCH", "/batches/b-1", {"json": {"qty": -1}}, "qty"),
         ("GET", "/batches/a%00b", {}, "ref"),
         ("GET", "/allocations/%00", {}, "orderid"),
+        ("POST", "/batches", {"json": batch(ref="..")}, "ref"),
+        ("GET", "/batches/%2E%2E", {}, "ref"),
     ],
     ids=[
         "qty-type",
@@ -168,6 +178,8 @@ async def test_a_bad_sentgets_a_4xx_with_a_message(
         "patch-qty",
         "path-ref",
         "path-orderid",
+        "ref-dot-dot",
+        "path-ref-dot-dot",
     ],
 )
 async def test_a_422_names_the_offending_field(
@@ -189,7 +201,7 @@ async def test_a_rejected_sentchanges_nothing(client: httpx.AsyncClient) -> None
 
     created = await client.post("/batches", json=batch(ref=ref, sku=sku, qty=5))
     assert created.status_code == 201
-    for bad in [line(orderid=orderid, sku=sku, qty=6.0), line(orderid=orderid + "\n", sku=sku)]:
+    for bad in [line(orderid=orderid, sku=sku, qty=1.5), line(orderid=orderid + "\n", sku=sku)]:
         assert (await client.post("/allocate", json=bad)).status_code == 422
     assert (await client.patch(f"/batches/{ref}", json={"qty": -5})).status_code == 422
 
@@ -223,3 +235,27 @@ async def test_a_wrong_method_is_a_405_that_allows_every_method_of_the_path(
     assert r.status_code == 405
     assert r.headers["allow"] == allowed
     assert isinstance(r.json()["message"], str)
+
+
+async def test_dot_ids_are_refused_saying_why(client: httpx.AsyncClient) -> None:
+    # "." and ".." would make a Location that every URL client resolves away.
+    for r in [
+        await client.post("/batches", json=batch(ref="..")),
+        await client.get("/batches/%2E%2E"),
+    ]:
+        assert r.status_code == 422
+        assert "must not be '..'" in r.json()["message"]
+
+
+async def test_a_whole_float_quantity_is_that_integer(client: httpx.AsyncClient) -> None:
+    # JSON Schema, and so the document, calls 573.0 an integer.
+    ref, sku, orderid = random_ref("batch"), random_ref("sku"), random_ref("order")
+    assert (
+        await client.post("/batches", json=batch(ref=ref, sku=sku, qty=573.0))
+    ).status_code == 201
+    assert (
+        await client.post("/allocate", json=line(orderid=orderid, sku=sku, qty=3.0))
+    ).status_code == 202
+    assert (await client.patch(f"/batches/{ref}", json={"qty": 600.0})).status_code == 202
+    read = (await client.get(f"/batches/{ref}")).json()
+    assert (read["purchased"], read["allocated"]) == (600, 3)

@@ -1,15 +1,35 @@
 """What Swagger UI shows: every route, its real statuses, and bodies with working examples."""
 
+import inspect
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
+from asgi_lifespan import LifespanManager
+from dependency_injector import providers
+from fastapi import FastAPI
+from starlette.requests import Request
 
-# The schema does not depend on the database; one is enough.
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+from app.adapters.database import ConcurrencyError, DatabaseUnavailable
+from app.config import Settings
+from app.entrypoints.api import schemas
+from app.entrypoints.api.idempotency import Idempotency, fingerprint
+from app.main import create_app
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def database_url(sqlite_url: str) -> str:
+    """The schema does not depend on the database; one is enough."""
+    return sqlite_url
+
 
 # Every route reaches the database, so every one may answer 503; every write
-# may meet the API token (401) and the body size limit (413).
+# may meet the API token (401, where one is set) and the body size limit (413).
 ROUTES = [
     ("/add_batch", "post", {"201", "401", "409", "413", "422", "503"}),
     ("/batches", "post", {"201", "401", "409", "413", "422", "503"}),
@@ -18,9 +38,13 @@ ROUTES = [
     ("/allocate", "post", {"202", "400", "401", "409", "413", "422", "503"}),
     ("/allocations/{orderid}", "get", {"200", "404", "422", "503"}),
     ("/allocations/{orderid}/{sku}", "get", {"200", "404", "422", "503"}),
+    ("/orders/{orderid}", "get", {"200", "404", "422", "503"}),
     ("/products/{sku}", "get", {"200", "404", "422", "503"}),
 ]
 WRITES = [(path, method) for path, method, _ in ROUTES if method in {"post", "patch"}]
+
+
+TOKEN = "documented-token"
 
 
 @pytest.fixture
@@ -29,6 +53,25 @@ async def openapi(client: httpx.AsyncClient) -> dict[str, Any]:
     assert r.status_code == 200
     schema: dict[str, Any] = r.json()
     return schema
+
+
+@pytest.fixture
+async def guarded_openapi(sqlite_url: str) -> dict[str, Any]:
+    """The document of a service with an API token set."""
+    async with serving(Settings(database_url=sqlite_url, api_token=TOKEN)) as (_, c):
+        r = await c.get("/openapi.json")
+    assert r.status_code == 200
+    schema: dict[str, Any] = r.json()
+    return schema
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield app, c
 
 
 def resolve(openapi: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -62,31 +105,263 @@ async def test_every_route_is_listed(openapi: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(("path", "method", "statuses"), ROUTES)
 async def test_a_route_documents_the_statuses_it_answers_with(
-    openapi: dict[str, Any], path: str, method: str, statuses: set[str]
+    guarded_openapi: dict[str, Any], path: str, method: str, statuses: set[str]
 ) -> None:
-    operation = openapi["paths"][path][method]
+    operation = guarded_openapi["paths"][path][method]
     assert set(operation["responses"]) == statuses
     assert operation["summary"]
 
 
 @pytest.mark.parametrize(("path", "method", "statuses"), ROUTES)
-async def test_every_error_is_documented_as_a_message(
+async def test_without_a_token_set_no_route_documents_a_401_or_wants_a_token(
     openapi: dict[str, Any], path: str, method: str, statuses: set[str]
 ) -> None:
-    responses = openapi["paths"][path][method]["responses"]
+    operation = openapi["paths"][path][method]
+    assert set(operation["responses"]) == statuses - {"401"}
+    assert "security" not in operation
+    assert "securitySchemes" not in openapi["components"]
+
+
+async def test_with_a_token_set_writes_want_it_as_a_bearer_token(
+    guarded_openapi: dict[str, Any],
+) -> None:
+    schemes = guarded_openapi["components"]["securitySchemes"]
+    assert schemes == {
+        "API token": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": schemes["API token"]["description"],
+        }
+    }
+    for path, method, _ in ROUTES:
+        operation = guarded_openapi["paths"][path][method]
+        wanted: list[dict[str, list[str]]] | None = (
+            [{"API token": []}] if (path, method) in WRITES else None
+        )
+        assert operation.get("security") == wanted, (path, method)
+
+
+MESSAGE = {"$ref": "#/components/schemas/Error"}
+INVALID_INPUT = {"$ref": "#/components/schemas/InvalidInput"}
+
+
+@pytest.mark.parametrize(("path", "method", "statuses"), ROUTES)
+async def test_every_error_is_documented_as_a_message(
+    guarded_openapi: dict[str, Any], path: str, method: str, statuses: set[str]
+) -> None:
+    responses = guarded_openapi["paths"][path][method]["responses"]
     for status in sorted(s for s in statuses if s[0] in "45"):
         schema = responses[status]["content"]["application/json"]["schema"]
-        assert schema == {"$ref": "#/components/schemas/Error"}, status
-        error = resolve(openapi, schema)
-        assert "message" in error["required"], status
+        # A 422 adds `detail`, and only a 422: the others show `message` alone.
+        assert schema == (INVALID_INPUT if status == "422" else MESSAGE), status
+        error = resolve(guarded_openapi, schema)
+        assert error["required"] == ["message"], status
         assert error["properties"]["message"]["type"] == "string"
+    assert set(resolve(guarded_openapi, MESSAGE)["properties"]) == {"message"}
+    assert set(resolve(guarded_openapi, INVALID_INPUT)["properties"]) == {"message", "detail"}
+
+
+def error_examples(openapi: dict[str, Any]) -> list[tuple[str, str, str, str, Any, dict[str, Any]]]:
+    """Every documented error example: route, status, name, body, and the body's schema."""
+    found = []
+    for path, item in openapi["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                if status[0] not in "45":
+                    continue
+                content = response["content"]["application/json"]
+                schema = {**content["schema"], "components": openapi["components"]}
+                for name, example in content["examples"].items():
+                    found.append((path, method, status, name, example["value"], schema))
+    return found
+
+
+def guarded_document() -> dict[str, Any]:
+    return create_app(Settings(database_url="sqlite+aiosqlite://", api_token=TOKEN)).openapi()
+
+
+EXAMPLES = error_examples(guarded_document())
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status", "name", "body", "schema"),
+    EXAMPLES,
+    ids=[f"{m.upper()} {p} {s} {n}" for p, m, s, n, _, _ in EXAMPLES],
+)
+async def test_an_error_example_is_what_the_service_really_answers(
+    sqlite_url: str,
+    path: str,
+    method: str,
+    status: str,
+    name: str,
+    body: Any,
+    schema: dict[str, Any],
+) -> None:
+    assert jsonschema_rs.validator_for(schema).is_valid(body), body
+    assert body["message"] != "string"
+    settings = Settings(database_url=sqlite_url, api_token=TOKEN)
+    if name == "redis down":
+        settings = Settings(
+            database_url=sqlite_url,
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            relay_enabled=False,
+        )
+    async with serving(settings) as (app, client):
+        client.headers["Authorization"] = f"Bearer {TOKEN}"
+        document = (await client.get("/openapi.json")).json()
+        real = await PRODUCERS[name](Route(document, app, client, path, method))
+
+    assert (real.status_code, real.json()) == (int(status), body)
+
+
+class Route:
+    """One operation of the document, and the app and client to call it with."""
+
+    def __init__(
+        self,
+        document: dict[str, Any],
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        path: str,
+        method: str,
+    ) -> None:
+        self.app, self.client, self.path, self.method = app, client, path, method
+        self.operation = document["paths"][path][method]
+
+    def url(self, **values: str) -> str:
+        url = self.path
+        for parameter in self.operation.get("parameters", []):
+            if parameter["in"] == "path":
+                [example, *_] = parameter["examples"].values()
+                value = values.get(parameter["name"], example["value"])
+                url = url.replace("{" + parameter["name"] + "}", value)
+        return url
+
+    def body(self, **changes: Any) -> Any:
+        if "requestBody" not in self.operation:
+            return None
+        examples = self.operation["requestBody"]["content"]["application/json"]["examples"]
+        [example, *_] = examples.values()
+        return {**example["value"], **changes}
+
+    async def send(self, **kwargs: Any) -> httpx.Response:
+        kwargs.setdefault("json", self.body())
+        return await self.client.request(self.method, self.url(), **kwargs)
+
+    async def handled(self, exc: Exception) -> httpx.Response:
+        """The app's own answer to ``exc``, raised by this route: as its handler writes it."""
+        scope = {"type": "http", "method": self.method.upper(), "path": self.url(), "headers": []}
+        answer = self.app.exception_handlers[type(exc)](Request(scope), exc)
+        assert inspect.isawaitable(answer)
+        response = await answer
+        return httpx.Response(response.status_code, content=bytes(response.body))
+
+
+async def _example_request(route: Route) -> httpx.Response:
+    # On an empty service: the unknown batch, order or sku of the examples.
+    return await route.send()
+
+
+async def _again_with_more(route: Route, field: str) -> httpx.Response:
+    await _setup_batch(route)
+    if field == "qty" and route.path == "/allocate":
+        assert (await route.send()).status_code == 202
+    return await route.send(json=route.body(qty=route.body()["qty"] + 1))
+
+
+async def _setup_batch(route: Route) -> None:
+    batch = {"ref": "batch-001", "sku": "SMALL-TABLE", "qty": 20}
+    assert (await route.client.post("/batches", json=batch)).status_code == 201
+
+
+async def _key_reused(route: Route) -> httpx.Response:
+    key = {"Idempotency-Key": "reused-key"}
+    assert (await route.send(headers=key)).status_code < 500
+    return await route.send(headers=key, json=route.body(qty=route.body()["qty"] + 1))
+
+
+async def _key_in_progress(route: Route) -> httpx.Response:
+    container = route.app.state.container
+    keys = container.idempotency_keys()
+    container.idempotency.override(providers.Object(Idempotency(keys, wait=0.0)))
+    model = {"/allocate": schemas.AllocateIn}.get(route.path, schemas.BatchIn)
+    request = f"{route.method.upper()} {route.path}"
+    await keys.reserve("in-progress", request, fingerprint(request, model(**route.body())))
+    return await route.send(headers={"Idempotency-Key": "in-progress"})
+
+
+async def _not_json(route: Route) -> httpx.Response:
+    return await route.send(
+        json=None, content=b"not json", headers={"content-type": "application/json"}
+    )
+
+
+async def _missing_qty(route: Route) -> httpx.Response:
+    return await route.send(json={k: v for k, v in route.body().items() if k != "qty"})
+
+
+async def _dots(route: Route) -> httpx.Response:
+    # A client would resolve "/.." away: sent percent-encoded, as one that quotes ids does.
+    [name] = re.findall(
+        r"path\.(\w+):",
+        route.operation["responses"]["422"]["content"]["application/json"]["examples"][
+            "an invalid identifier"
+        ]["value"]["message"],
+    )
+    return await route.client.request(route.method, route.url(**{name: "%2E%2E"}))
+
+
+async def _no_token(route: Route) -> httpx.Response:
+    del route.client.headers["Authorization"]
+    return await route.send()
+
+
+async def _another_token(route: Route) -> httpx.Response:
+    return await route.send(headers={"Authorization": "Bearer not-the-token"})
+
+
+async def _too_large(route: Route) -> httpx.Response:
+    return await route.send(json=route.body(padding="x" * 70_000))
+
+
+async def _ready(route: Route) -> httpx.Response:
+    return await route.client.get("/ready")
+
+
+Producer = Callable[[Route], Awaitable[httpx.Response]]
+PRODUCERS: dict[str, Producer] = {
+    "unknown batch": _example_request,
+    "unknown sku": _example_request,
+    "no allocations": _example_request,
+    "no allocation": _example_request,
+    "unknown order": _example_request,
+    "reference used with other details": lambda route: _again_with_more(route, "ref"),
+    "order holds another quantity": lambda route: _again_with_more(route, "qty"),
+    "write kept colliding": lambda route: route.handled(ConcurrencyError("kept colliding")),
+    "database down": lambda route: route.handled(DatabaseUnavailable("connection refused")),
+    "key in progress": _key_in_progress,
+    "key used with another body": _key_reused,
+    "a body that is not JSON": _not_json,
+    "a missing field": _missing_qty,
+    "an invalid identifier": _dots,
+    "no token": _no_token,
+    "another token": _another_token,
+    "too large": _too_large,
+    "redis down": _ready,
+}
+
+
+async def test_every_error_example_has_a_real_answer_to_compare_with() -> None:
+    assert {name for _, _, _, name, _, _ in EXAMPLES} == set(PRODUCERS)
+    statuses = {status for _, _, status, _, _, _ in EXAMPLES}
+    assert statuses == {"400", "401", "404", "409", "413", "422", "503"}
 
 
 @pytest.mark.parametrize(("path", "method", "statuses"), ROUTES)
 async def test_every_error_says_when_it_happens(
-    openapi: dict[str, Any], path: str, method: str, statuses: set[str]
+    guarded_openapi: dict[str, Any], path: str, method: str, statuses: set[str]
 ) -> None:
-    responses = openapi["paths"][path][method]["responses"]
+    responses = guarded_openapi["paths"][path][method]["responses"]
     described = {s: responses[s]["description"] for s in statuses if s[0] in "45"}
     assert all(d and d != "Additional Response" for d in described.values()), described
     assert "detail" in described["422"]
@@ -130,6 +405,9 @@ async def test_a_post_write_documents_its_idempotency_key(
     operation = openapi["paths"][path][method]
     [parameter] = [p for p in operation["parameters"] if p["name"] == "Idempotency-Key"]
     assert (parameter["in"], parameter["required"]) == ("header", False)
+    # A plain optional string: not `string | (string | null)`.
+    assert parameter["schema"]["type"] == "string"
+    assert not {"anyOf", "oneOf"} & set(parameter["schema"])
     assert "422" in parameter["description"]
     assert "409" in parameter["description"]
     assert parameter["schema"]["maxLength"] == 255
@@ -201,6 +479,58 @@ async def test_path_identifiers_are_documented(
         [parameter] = [p for p in operation["parameters"] if p["in"] == "path"]
         assert (parameter["name"], parameter["required"]) == (name, True)
         assert parameter["schema"]["maxLength"] == 255
+        assert parameter["schema"]["pattern"] == schemas.ID_PATTERN
+        assert "`.` or `..`" in parameter["description"]
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"),
+    [("BatchIn", {"ref", "sku"}), ("AllocateIn", {"orderid", "sku"})],
+)
+async def test_body_identifiers_say_what_the_service_accepts(
+    openapi: dict[str, Any], model: str, fields: set[str]
+) -> None:
+    properties = openapi["components"]["schemas"][model]["properties"]
+    for field in fields:
+        assert properties[field]["pattern"] == schemas.ID_PATTERN, field
+        assert "`.` or `..`" in properties[field]["description"]
+    # JSON Schema's integers include 573.0, and so does the service.
+    assert properties["qty"]["type"] == "integer"
+
+
+async def test_every_operation_id_is_the_routes_name(openapi: dict[str, Any]) -> None:
+    ids = {
+        (path, method): operation["operationId"]
+        for path, item in openapi["paths"].items()
+        for method, operation in item.items()
+    }
+    assert ids == {
+        ("/add_batch", "post"): "add_batch_book",
+        ("/batches", "post"): "add_batch",
+        ("/batches/{ref}", "get"): "get_batch",
+        ("/batches/{ref}", "patch"): "change_batch_quantity",
+        ("/allocate", "post"): "allocate",
+        ("/allocations/{orderid}", "get"): "get_allocations",
+        ("/allocations/{orderid}/{sku}", "get"): "get_allocation",
+        ("/orders/{orderid}", "get"): "get_order",
+        ("/products/{sku}", "get"): "get_product",
+        ("/health", "get"): "health",
+        ("/ready", "get"): "ready",
+        ("/metrics", "get"): "get_metrics",
+    }
+
+
+async def test_every_json_answer_has_a_named_schema(openapi: dict[str, Any]) -> None:
+    # Generated clients name a model after its schema: Health, not
+    # "Response Health Health Get".
+    for path, item in openapi["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                schema = response.get("content", {}).get("application/json", {}).get("schema")
+                if schema is None:
+                    continue
+                named = schema.get("items", schema)
+                assert set(named) == {"$ref"}, (path, method, status, schema)
 
 
 async def test_the_service_describes_itself(openapi: dict[str, Any]) -> None:
@@ -228,7 +558,12 @@ async def test_swagger_ui_is_served(client: httpx.AsyncClient) -> None:
             "/allocate",
             "post",
             "202",
-            {"/allocations/{orderid}", "/allocations/{orderid}/{sku}", "/products/{sku}"},
+            {
+                "/allocations/{orderid}",
+                "/allocations/{orderid}/{sku}",
+                "/orders/{orderid}",
+                "/products/{sku}",
+            },
         ),
     ],
 )
@@ -245,3 +580,15 @@ async def test_a_write_links_to_the_calls_that_can_follow_it(
         assert set(link.get("parameters", {})) == names, link
         linked.add(target_path)
     assert linked == targets
+
+
+async def test_the_413_example_names_the_services_own_limit(sqlite_url: str) -> None:
+    async with serving(Settings(database_url=sqlite_url, max_body_bytes=2048)) as (_, client):
+        document = (await client.get("/openapi.json")).json()
+        real = await client.post(
+            "/batches", json={"ref": "b", "sku": "s", "qty": 1, "x": "y" * 3000}
+        )
+    content = document["paths"]["/batches"]["post"]["responses"]["413"]["content"]
+    [example] = content["application/json"]["examples"].values()
+    assert (real.status_code, real.json()) == (413, example["value"])
+    assert "2048" in example["value"]["message"]

@@ -83,3 +83,34 @@ async def test_a_deallocated_line_is_gone_from_its_order(client: httpx.AsyncClie
 
     assert (await client.get(f"/allocations/{orderid}/{sku}")).status_code == 404
     assert (await client.get(f"/allocations/{orderid}")).status_code == 404
+
+
+async def test_an_out_of_stock_line_reads_as_such_not_as_an_unknown_order(
+    client: httpx.AsyncClient,
+) -> None:
+    sku, ref, more = random_ref("sku"), random_ref("batch"), random_ref("batch")
+    orderid = random_ref("order")
+    await add_batch(client, ref, sku, 1)
+
+    r = await client.post("/allocate", json={"orderid": orderid, "sku": sku, "qty": 5})
+
+    assert r.status_code == 202
+    assert r.headers["link"] == f'</orders/{orderid}>; rel="order"'
+    # The book's read: nothing allocated, a 404 as for an order never seen.
+    assert (await client.get(r.headers["location"])).status_code == 404
+    order = await client.get(f"/orders/{orderid}")
+    assert order.status_code == 200
+    assert order.json() == {
+        "orderid": orderid,
+        "lines": [{"sku": sku, "state": "out_of_stock", "batchref": None}],
+    }
+    unknown = await client.get(f"/orders/{random_ref('order')}")
+    assert unknown.status_code == 404
+    assert unknown.json()["message"].startswith("No order ")
+
+    # Stock arrives; the refused line held nothing, and sent again it is allocated.
+    await add_batch(client, more, sku, 10)
+    await allocate(client, orderid, sku, 5)
+    assert (await client.get(f"/orders/{orderid}")).json()["lines"] == [
+        {"sku": sku, "state": "allocated", "batchref": more}
+    ]

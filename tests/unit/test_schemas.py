@@ -1,10 +1,16 @@
+import re
 from datetime import date
 from typing import Any
 
+import jsonschema_rs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from app.entrypoints.api.schemas import (
+    ETA_PATTERN,
+    ID_PATTERN,
     MAX_ID_LENGTH,
     MAX_QTY,
     AllocateIn,
@@ -19,7 +25,10 @@ BAD_QUANTITIES = [
     pytest.param(0, id="zero"),
     pytest.param(-1, id="negative"),
     pytest.param(MAX_QTY + 1, id="above-max"),
-    pytest.param(5.0, id="float"),
+    pytest.param(5.5, id="fraction"),
+    pytest.param(float(MAX_QTY + 1), id="whole-float-above-max"),
+    pytest.param(float("inf"), id="infinity"),
+    pytest.param(float("nan"), id="nan"),
     pytest.param("5", id="string"),
     pytest.param(True, id="bool"),
     pytest.param(None, id="null"),
@@ -32,6 +41,14 @@ BAD_IDS = [
     pytest.param("a\x00b", id="nul"),
     pytest.param("a\nb", id="newline"),
     pytest.param("a/b", id="slash"),
+    pytest.param(".", id="dot"),
+    pytest.param("..", id="dot-dot"),
+    pytest.param("\u200b", id="zero-width-space"),
+    pytest.param("a\u00a0b", id="no-break-space"),
+    pytest.param("\ufeffa", id="byte-order-mark"),
+    pytest.param("a\u2028b", id="line-separator"),
+    pytest.param("a\x85b", id="c1-control"),
+    pytest.param("a\ud800", id="lone-surrogate"),
     pytest.param(5, id="number"),
     pytest.param(None, id="null"),
 ]
@@ -61,9 +78,23 @@ def test_accepts_the_quantity_bounds(qty: int) -> None:
     assert AllocateIn.model_validate({**ALLOCATION, "qty": qty}).qty == qty
 
 
-@pytest.mark.parametrize("value", ["x" * MAX_ID_LENGTH, "Ünïcode table 3", "a-b_c.d:e"])
+@pytest.mark.parametrize(
+    "value",
+    ["x" * MAX_ID_LENGTH, "Ünïcode table 3", "a-b_c.d:e", "...", ".a", " .", ". ", "a b", "🪑"],
+)
 def test_accepts_printable_ids_up_to_the_maximum_length(value: str) -> None:
     assert AllocateIn.model_validate({**ALLOCATION, "orderid": value}).orderid == value
+
+
+@pytest.mark.parametrize("model", [BatchIn, AllocateIn, QuantityIn])
+@pytest.mark.parametrize(("sent", "qty"), [(573.0, 573), (1e3, 1000), (float(MAX_QTY), MAX_QTY)])
+def test_a_whole_float_is_the_integer_json_schema_says_it_is(
+    model: type[BaseModel], sent: float, qty: int
+) -> None:
+    body = {BatchIn: BATCH, AllocateIn: ALLOCATION, QuantityIn: {}}[model]
+    validated = model.model_validate({**body, "qty": sent})
+    assert validated.qty == qty  # type: ignore[attr-defined]
+    assert type(validated.qty) is int  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("model", [BatchIn, AllocateIn])
@@ -134,7 +165,8 @@ def test_a_batch_may_be_emptied_but_not_made_negative() -> None:
     [
         pytest.param(-1, id="negative"),
         pytest.param(MAX_QTY + 1, id="above-max"),
-        pytest.param(5.0, id="float"),
+        pytest.param(5.5, id="fraction"),
+        pytest.param(-1.0, id="negative-whole-float"),
         pytest.param("5", id="string"),
         pytest.param(True, id="bool"),
     ],
@@ -142,3 +174,46 @@ def test_a_batch_may_be_emptied_but_not_made_negative() -> None:
 def test_rejects_a_bad_new_quantity(qty: object) -> None:
     with pytest.raises(ValidationError):
         QuantityIn.model_validate({"qty": qty})
+
+
+# What a JSON Schema validator reads the document's patterns as (ECMA 262).
+_DOCUMENTED_ID = jsonschema_rs.validator_for({"type": "string", "pattern": ID_PATTERN})
+_DOCUMENTED_ETA = jsonschema_rs.validator_for(
+    {"type": "string", "format": "date", "pattern": ETA_PATTERN}, validate_formats=True
+)
+# Text from every plane, with the characters the rules are about drawn often.
+_ID_TEXT = st.text(
+    st.sampled_from(" ./a\t\x00\x7f\x85\u00a0\u00ad\u200b\u2028\u3000\ufeff\ufffa\U0001f600")
+    | st.characters(exclude_categories=["Cs"]),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _accepted_as_orderid(value: object) -> bool:
+    try:
+        AllocateIn.model_validate({**ALLOCATION, "orderid": value})
+    except ValidationError:
+        return False
+    return True
+
+
+@given(_ID_TEXT)
+def test_the_documented_id_pattern_is_what_the_service_enforces(value: str) -> None:
+    accepted = _accepted_as_orderid(value)
+    assert accepted == _DOCUMENTED_ID.is_valid(value), value
+    assert accepted == bool(re.fullmatch(ID_PATTERN, value)), value
+
+
+@given(
+    st.dates(date(1900, 1, 1), date(2400, 12, 31)).map(date.isoformat)
+    | st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", fullmatch=True)
+)
+def test_the_documented_eta_is_what_the_service_enforces(eta: str) -> None:
+    try:
+        BatchIn.model_validate({**BATCH, "eta": eta})
+    except ValidationError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted == _DOCUMENTED_ETA.is_valid(eta), eta

@@ -22,6 +22,8 @@ from app.service_layer.handlers import InvalidSku, UnknownBatch
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER = 2  # seconds: about what a restarted database takes to accept connections
+COLLIDED = "The write collided with concurrent writes; try again"
+UNAVAILABLE = "The database is unavailable; try again shortly"
 
 STATUS_OF: dict[type[Exception], int] = {
     InvalidSku: 400,
@@ -56,12 +58,12 @@ def _domain_error(status: int) -> Any:
 
 async def _conflict(_: Request, exc: Exception) -> JSONResponse:
     logger.warning("write given up after repeated conflicts: %s", exc)
-    return error(409, "The write collided with concurrent writes; try again")
+    return error(409, COLLIDED)
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
-    response = error(503, "The database is unavailable; try again shortly")
+    response = error(503, UNAVAILABLE)
     response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
 

@@ -10,15 +10,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters import database
 from app.adapters.read_source import ReadSource
+from app.entrypoints.api.openapi import operation_id
+from app.entrypoints.api.schemas import Health, NotReady, Readiness
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], generate_unique_id_function=operation_id)
 
 CHECK_TIMEOUT = 1.0  # seconds: a dependency slower than this counts as down
 
 
-@router.get("/health", summary="The process is alive", response_model=dict[str, str])
+@router.get("/health", summary="The process is alive", response_model=Health)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
+
+
+NOT_READY = {
+    "message": "not ready: redis unreachable",
+    "checks": {"database": "ok", "replica": "off", "redis": "error: ConnectionError"},
+}
 
 
 @router.get(
@@ -26,7 +34,18 @@ async def health() -> dict[str, str]:
     summary="The service can serve: its database (and Redis, when configured) answer",
     description="`checks` gives each dependency's state. A replica that is down makes "
     "`replica` degraded, not the process unready: reads go to the primary meanwhile.",
-    responses={503: {"description": "A dependency is down; `message` names it."}},
+    response_model=Readiness,
+    responses={
+        503: {
+            "model": NotReady,
+            "description": "A dependency is down; `message` names it.",
+            "content": {
+                "application/json": {
+                    "examples": {"redis down": {"summary": "redis down", "value": NOT_READY}}
+                }
+            },
+        }
+    },
 )
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Header, Request, Response
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator, BaseModel, WithJsonSchema
 
 from app.adapters.database import DatabaseUnavailable, is_unavailable, unavailable_reason
 from app.adapters.idempotency import (
@@ -53,6 +53,17 @@ MAX_KEY_LENGTH = 255
 # Printable ASCII; a space at either end would not survive an HTTP header.
 _PATTERN = rf"^[!-~]([ -~]{{0,{MAX_KEY_LENGTH - 2}}}[!-~])?$"
 _KEY = re.compile(_PATTERN)
+
+IN_PROGRESS = "A request with this Idempotency-Key is still in progress"
+OTHER_BODY = (
+    "This Idempotency-Key was already used with a different request body; "
+    "use a new key for a new request"
+)
+
+
+def other_route(request: str) -> str:
+    return f"This Idempotency-Key was already used for {request}; use a new key for a new request"
+
 
 DESCRIPTION = (
     "Makes the write safe to send again: a repeat with the same key and body gets the "
@@ -77,9 +88,13 @@ IdempotencyKey = Annotated[
     Header(
         alias=HEADER,
         description=DESCRIPTION,
-        json_schema_extra={"minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": _PATTERN},
         # No example: "Try it out" would send the same key with every body
         # a person tries, and each after the first would be a 422.
+    ),
+    # A string, optional as the parameter is: not "string or null", which no
+    # header can be, and which /docs shows as `string | (string | null)`.
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": _PATTERN}
     ),
     AfterValidator(_printable_ascii),
 ]
@@ -142,7 +157,7 @@ class Idempotency:
             if found.answer is not None:
                 return _replay(found.answer)
             if time.monotonic() + pause > deadline:
-                busy = error(409, "A request with this Idempotency-Key is still in progress")
+                busy = error(409, IN_PROGRESS)
                 busy.headers["Retry-After"] = str(RETRY_AFTER)
                 return busy
             await asyncio.sleep(pause)
@@ -167,17 +182,9 @@ class Idempotency:
 
 def _mismatch(found: Existing, route: str, digest: str) -> Response | None:
     if found.request != route:
-        return error(
-            422,
-            f"This Idempotency-Key was already used for {found.request}; "
-            "use a new key for a new request",
-        )
+        return error(422, other_route(found.request))
     if found.fingerprint != digest:
-        return error(
-            422,
-            "This Idempotency-Key was already used with a different request body; "
-            "use a new key for a new request",
-        )
+        return error(422, OTHER_BODY)
     return None
 
 

@@ -6,15 +6,15 @@ from fastapi import APIRouter, Request, Response
 from redis.asyncio import Redis
 
 from app import metrics
+from app.adapters.outbox import FAILING_AFTER
 from app.adapters.streams import group_stats
+from app.entrypoints.api.openapi import operation_id
 from app.entrypoints.redis_consumer import STREAM
 from app.service_layer.unit_of_work import AbstractUnitOfWork
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["operations"])
-
-FAILING_AFTER = 1  # attempts: an event tried once and still pending has failed
+router = APIRouter(tags=["operations"], generate_unique_id_function=operation_id)
 
 
 @router.get(

@@ -2,7 +2,15 @@
 
 from typing import Any
 
-from app.entrypoints.api.schemas import Error
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from app.config import Settings
+from app.entrypoints.api import idempotency, security
+from app.entrypoints.api.errors import UNAVAILABLE as UNAVAILABLE_MESSAGE
+from app.entrypoints.api.schemas import Error, InvalidInput
+
+DEFAULT_MAX_BODY_BYTES: int = Settings.model_fields["max_body_bytes"].default
 
 DESCRIPTION = """
 Allocates warehouse stock (batches) to customer order lines.
@@ -35,15 +43,18 @@ to read; a 422 adds `detail`, each invalid field as `{"loc", "msg", "type"}`.
 | 503 | the database is unavailable: retry after the seconds in `Retry-After` |
 
 **Writes** need `Authorization: Bearer <token>` when the service has an
-`API_TOKEN` set (use "Authorize" above); reads never do.
+`API_TOKEN` set (this page then shows "Authorize" above); reads never do.
 
 **Retrying a POST** is safe with an `Idempotency-Key` header: a repeat with the
 same key and body gets the first answer (marked `Idempotent-Replayed: true`)
 and does not run again. The same key with another body is a 422.
 
-Identifiers are 1 to 255 printable characters without `/`; quantities are
-integers from 1 to 1,000,000,000 (0 is allowed when changing a batch); dates
-are `YYYY-MM-DD`.
+Identifiers are 1 to 255 printable characters without `/`: no control
+characters, no invisible format or separator characters, and no spaces but
+U+0020; not blank, and not `.` or `..`, which every URL client resolves away.
+Quantities are integers from 1 to 1,000,000,000 (0 is allowed when changing a
+batch), and `5.0` is the integer 5, as JSON Schema has it. Dates are
+`YYYY-MM-DD`.
 """
 
 TAGS: list[dict[str, Any]] = [
@@ -68,11 +79,37 @@ TAGS: list[dict[str, Any]] = [
 ]
 
 Responses = dict[int | str, dict[str, Any]]
+Bodies = dict[str, dict[str, Any]]
+
+
+def said(**examples: str) -> Bodies:
+    """Error bodies, each named by the case it shows: ``said(unknown_sku="Invalid sku X")``."""
+    return {name.replace("_", " "): {"message": message} for name, message in examples.items()}
+
+
+def operation_id(route: APIRoute) -> str:
+    """An operation's id is its route's name: ``allocate``, not ``allocate_allocate_post``."""
+    return route.name
+
 
 INVALID = (
     "Invalid input: `message` names the first invalid field, `detail` lists each "
     "(a body that is not JSON has a `message` only)."
 )
+INVALID_BODY: Bodies = {
+    "a missing field": {
+        "message": "body.qty: Field required",
+        "detail": [{"loc": ["body", "qty"], "msg": "Field required", "type": "missing"}],
+    },
+    "a body that is not JSON": {"message": "The request body is not valid JSON (at character 0)"},
+}
+_DOTS = "Value error, must not be '..': a URL cannot name it as a path segment"
+INVALID_PATH: Bodies = {
+    "an invalid identifier": {
+        "message": f"path.{{name}}: {_DOTS}",
+        "detail": [{"loc": ["path", "{name}"], "msg": _DOTS, "type": "value_error"}],
+    },
+}
 UNAVAILABLE = (
     "The database is unavailable: retry after the number of seconds in the "
     "`Retry-After` header. Every write is safe to repeat."
@@ -85,14 +122,44 @@ _RETRY_AFTER = {
 }
 
 
-def errors(described: dict[int, str]) -> Responses:
-    """Each status of ``described`` as an Error body, with 422 and 503 that every route has."""
-    statuses = {**described, 422: INVALID, 503: UNAVAILABLE}
+def errors(
+    described: dict[int, tuple[str, Bodies]], invalid: Bodies | None = None, name: str = ""
+) -> Responses:
+    """Each status of ``described`` with its real body, and the 422 and 503 every route has.
+
+    ``described`` gives each status's description and example bodies; ``invalid``
+    the 422's examples, by default those of the path parameter ``name``.
+    """
+    if invalid is None:
+        invalid = {case: _named(body, name or "id") for case, body in INVALID_PATH.items()}
+    statuses = {
+        **described,
+        422: (INVALID, invalid),
+        503: (UNAVAILABLE, said(database_down=UNAVAILABLE_MESSAGE)),
+    }
     responses: Responses = {}
-    for status, description in sorted(statuses.items()):
-        responses[status] = {"model": Error, "description": description}
+    for status, (description, bodies) in sorted(statuses.items()):
+        responses[status] = {
+            "model": InvalidInput if status == 422 else Error,
+            "description": description,
+            "content": {"application/json": {"examples": _examples(bodies)}},
+        }
     responses[503]["headers"] = _RETRY_AFTER
     return responses
+
+
+def _examples(bodies: Bodies) -> dict[str, Any]:
+    return {case: {"summary": case, "value": body} for case, body in bodies.items()}
+
+
+def _named(body: dict[str, Any], name: str) -> dict[str, Any]:
+    named: dict[str, Any] = {"message": body["message"].replace("{name}", name)}
+    if "detail" in body:
+        named["detail"] = [
+            {**d, "loc": [name if part == "{name}" else part for part in d["loc"]]}
+            for d in body["detail"]
+        ]
+    return named
 
 
 UNAUTHORIZED = (
@@ -110,9 +177,21 @@ _CHALLENGE = {
 TOO_LARGE = "The request body is larger than the limit (`MAX_BODY_BYTES`, 64 KiB by default)."
 
 
-def write_errors(described: dict[int, str]) -> Responses:
+def too_large(max_bytes: int) -> str:
+    """What a 413 says: as app.entrypoints.api.middleware.BodyLimit words it."""
+    return f"The request body is larger than {max_bytes} bytes"
+
+
+def write_errors(described: dict[int, tuple[str, Bodies]]) -> Responses:
     """``errors`` of a write route: with 401, for when API_TOKEN is set, and 413."""
-    responses = errors({401: UNAUTHORIZED, 413: TOO_LARGE, **described})
+    responses = errors(
+        {
+            401: (UNAUTHORIZED, said(no_token=security.MISSING, another_token=security.INVALID)),
+            413: (TOO_LARGE, said(too_large=too_large(DEFAULT_MAX_BODY_BYTES))),
+            **described,
+        },
+        invalid=INVALID_BODY,
+    )
     responses[401]["headers"] = _CHALLENGE
     return responses
 
@@ -142,8 +221,55 @@ def idempotent(responses: Responses) -> Responses:
             response["headers"] = {**response.get("headers", {}), **_REPLAYED}
     result[409]["description"] += KEY_IN_PROGRESS
     result[409]["headers"] = {**result[409].get("headers", {}), **_RETRY_AFTER}
+    _add_examples(result[409], said(key_in_progress=idempotency.IN_PROGRESS))
     result[422]["description"] += KEY_REUSED
+    _add_examples(result[422], said(key_used_with_another_body=idempotency.OTHER_BODY))
     return result
+
+
+def _add_examples(response: dict[str, Any], bodies: Bodies) -> None:
+    content = response["content"]["application/json"]
+    content["examples"] = {**content["examples"], **_examples(bodies)}
+
+
+def install(app: FastAPI) -> None:
+    """Make /openapi.json say what this app's settings make true.
+
+    Without ``API_TOKEN`` nothing needs a token: no security scheme, and no 401.
+    The 413's example names the app's own body limit.
+    """
+    generate = app.openapi
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            token = getattr(app.state, "api_token", None) is not None
+            _fit(generate(), token=token, max_bytes=_body_limit(app))
+        schema: dict[str, Any] = app.openapi_schema or generate()
+        return schema
+
+    app.openapi = document  # type: ignore[method-assign]
+
+
+def _body_limit(app: FastAPI) -> int:
+    container = getattr(app.state, "container", None)
+    if container is None:
+        return DEFAULT_MAX_BODY_BYTES
+    limit: int = container.settings().max_body_bytes
+    return limit
+
+
+def _fit(schema: dict[str, Any], token: bool, max_bytes: int) -> None:
+    if not token:
+        schema.get("components", {}).pop("securitySchemes", None)
+    for item in schema["paths"].values():
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            if not token:
+                operation.pop("security", None)
+                responses.pop("401", None)
+            if "413" in responses:
+                content = responses["413"]["content"]["application/json"]
+                content["examples"] = _examples(said(too_large=too_large(max_bytes)))
 
 
 def located(status: int, where: str, links: dict[str, Any] | None = None) -> Responses:
@@ -202,6 +328,12 @@ _ORDER = {"orderid": "$request.body#/orderid"}
 AFTER_ALLOCATION = {
     "GetAllocations": _link(
         "get", "/allocations/{orderid}", "Read where the order's lines are allocated.", _ORDER
+    ),
+    "GetOrder": _link(
+        "get",
+        "/orders/{orderid}",
+        "Read every line of the order: allocated, or out of stock.",
+        _ORDER,
     ),
     "GetAllocation": _link(
         "get",

@@ -5,7 +5,7 @@ from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator, BaseModel, WithJsonSchema
 from pydantic.config import JsonDict
 
 from app import views
@@ -13,7 +13,7 @@ from app.adapters.read_source import CONSISTENCY_TOKEN, POSITION, ReadSource
 from app.domain import commands
 from app.entrypoints.api import schemas
 from app.entrypoints.api.dependencies import Bus, Once
-from app.entrypoints.api.errors import error
+from app.entrypoints.api.errors import COLLIDED, error
 from app.entrypoints.api.idempotency import IdempotencyKey
 from app.entrypoints.api.openapi import (
     AFTER_ALLOCATION,
@@ -22,11 +22,13 @@ from app.entrypoints.api.openapi import (
     errors,
     idempotent,
     located,
+    operation_id,
+    said,
     write_errors,
 )
 from app.entrypoints.api.security import require_writer
 
-router = APIRouter()
+router = APIRouter(generate_unique_id_function=operation_id)
 
 WRITER = [Depends(require_writer)]  # with API_TOKEN set, writes need it
 
@@ -40,7 +42,8 @@ def _identifier(description: str, example: str) -> Any:
     return Path(
         min_length=1,
         max_length=schemas.MAX_ID_LENGTH,
-        description=description,
+        description=f"{description} {schemas.ID_RULES}",
+        json_schema_extra={"pattern": schemas.ID_PATTERN},
         openapi_examples={example: {"value": example}},
     )
 
@@ -65,9 +68,11 @@ After = Annotated[
         pattern=f"^{POSITION.pattern}$",
         description="A write's position, from its `Location` or its "
         f"`{CONSISTENCY_TOKEN}` header: the answer includes that write. Without it, "
-        "a read is as fresh as the database it is served from (see Scaling out).",
+        "a read is as fresh as the database it is served from (docs/scaling.md).",
         openapi_examples={"a write's position": {"value": "0/16B3748"}},
     ),
+    # Optional as a parameter, a string when given: not "string or null".
+    WithJsonSchema({"type": "string", "pattern": f"^{POSITION.pattern}$"}),
 ]
 Sku = Annotated[str, _identifier("The product's sku.", "SMALL-TABLE"), Printable]
 
@@ -114,8 +119,15 @@ ADD_BATCH = (
 )
 BATCH_ERRORS = write_errors(
     {
-        409: "The reference is already used with other details; or the write kept "
-        "colliding with concurrent writes to the same sku (try again)."
+        409: (
+            "The reference is already used with other details; or the write kept "
+            "colliding with concurrent writes to the same sku (try again).",
+            said(
+                reference_used_with_other_details="Batch batch-001 already exists with "
+                "different details",
+                write_kept_colliding=COLLIDED,
+            ),
+        )
     }
 )
 BATCH_CREATED = located(201, "the batch, `/batches/{ref}`", AFTER_BATCH_ADDED)
@@ -141,6 +153,7 @@ BATCH_CREATED = located(201, "the batch, `/batches/{ref}`", AFTER_BATCH_ADDED)
     responses=idempotent({**BATCH_CREATED, **BATCH_ERRORS}),
     tags=["batches"],
     summary="Add a batch of stock (the book's route)",
+    name="add_batch_book",
     description="The book's name for `POST /batches`, and the same in every way.\n\n" + ADD_BATCH,
 )
 async def add_batch(
@@ -159,7 +172,10 @@ async def add_batch(
     "/batches/{ref}",
     response_model=schemas.BatchOut,
     response_description="The batch.",
-    responses=errors({404: "No batch has this reference."}),
+    responses=errors(
+        {404: ("No batch has this reference.", said(unknown_batch="Unknown batch batch-001"))},
+        name="ref",
+    ),
     tags=["batches"],
     summary="Read a batch's quantities",
     description="How many units were `purchased`, how many are `allocated` to order "
@@ -182,8 +198,14 @@ async def get_batch(ref: BatchRef, request: Request, after: After = None) -> Res
         **located(202, "the batch, `/batches/{ref}`", AFTER_BATCH_CHANGED),
         **write_errors(
             {
-                404: "No batch has this reference.",
-                409: "The write kept colliding with concurrent writes to the same sku (try again).",
+                404: (
+                    "No batch has this reference.",
+                    said(unknown_batch="Unknown batch batch-001"),
+                ),
+                409: (
+                    "The write kept colliding with concurrent writes to the same sku (try again).",
+                    said(write_kept_colliding=COLLIDED),
+                ),
             }
         ),
     },
@@ -214,9 +236,19 @@ async def change_batch_quantity(
             **located(202, "the order's allocations, `/allocations/{orderid}`", AFTER_ALLOCATION),
             **write_errors(
                 {
-                    400: "No batch of this sku was ever added: `Invalid sku ...`.",
-                    409: "The order already holds a different quantity of this sku; or the "
-                    "write kept colliding with concurrent writes to the same sku (try again).",
+                    400: (
+                        "No batch of this sku was ever added: `Invalid sku ...`.",
+                        said(unknown_sku="Invalid sku SMALL-TABLE"),
+                    ),
+                    409: (
+                        "The order already holds a different quantity of this sku; or the "
+                        "write kept colliding with concurrent writes to the same sku (try again).",
+                        said(
+                            order_holds_another_quantity="Order order-001 already has 2 of "
+                            "SMALL-TABLE allocated to batch batch-001",
+                            write_kept_colliding=COLLIDED,
+                        ),
+                    ),
                 }
             ),
         }
@@ -226,7 +258,8 @@ async def change_batch_quantity(
     description="Allocates the line to a batch of its sku: warehouse stock first, then "
     "the shipment arriving soonest. Answers 202 with `Location: /allocations/{orderid}`; "
     "read the allocation there. A line no batch has stock for is accepted but is not "
-    "allocated: it is missing there.\n\n"
+    "allocated: it is missing there, and `GET /orders/{orderid}` (the `Link` header, "
+    '`rel="order"`) says it is out of stock.\n\n'
     "Sending the same line again changes nothing; the same order asking for a different "
     "quantity of the sku is a 409.",
 )
@@ -237,7 +270,12 @@ async def allocate(
         await bus.handle(commands.Allocate(body.orderid, body.sku, body.qty))
         location = _location(request, "get_allocations", orderid=body.orderid)
         position = await _reads(request).position()
-        return _written(202, schemas.AllocationAccepted(orderid=body.orderid), location, position)
+        answer = _written(202, schemas.AllocationAccepted(orderid=body.orderid), location, position)
+        # Where to tell an out-of-stock line from an unknown order.
+        order = _location(request, "get_order", orderid=body.orderid)
+        order += f"?after={position}" if position else ""
+        answer.headers["Link"] = f'<{order}>; rel="order"'
+        return answer
 
     return await once(key, request, body, allocate_line)
 
@@ -247,7 +285,13 @@ async def allocate(
     response_model=list[schemas.Allocation],
     response_description="One entry per allocated line: its sku and the batch it is in.",
     responses=errors(
-        {404: "The order has no allocated lines: unknown, or every line out of stock."}
+        {
+            404: (
+                "The order has no allocated lines: unknown, or every line out of stock.",
+                said(no_allocations="No allocations for order order-001"),
+            )
+        },
+        name="orderid",
     ),
     tags=["allocations"],
     summary="Read where an order's lines are allocated",
@@ -262,10 +306,45 @@ async def get_allocations(orderid: OrderId, request: Request, after: After = Non
 
 
 @router.get(
+    "/orders/{orderid}",
+    response_model=schemas.Order,
+    response_description="Every line of the order the service accepted, and its state.",
+    responses=errors(
+        {
+            404: (
+                "The service never accepted a line of this order.",
+                said(unknown_order="No order order-001"),
+            )
+        },
+        name="orderid",
+    ),
+    tags=["allocations"],
+    summary="Read an order: each line allocated, or out of stock",
+    description="Each line `POST /allocate` accepted for the order: `allocated` (with its "
+    "batch), or `out_of_stock` when no batch could take it. Unlike "
+    "`GET /allocations/{orderid}`, an order whose every line is out of stock is a 200 "
+    "here, and only an order never seen is a 404. `POST /allocate` links here.",
+)
+async def get_order(orderid: OrderId, request: Request, after: After = None) -> Response:
+    result = await views.order(_reads(request), orderid, after)
+    if result is None:
+        return error(404, f"No order {orderid}")
+    return _json(result)
+
+
+@router.get(
     "/allocations/{orderid}/{sku}",
     response_model=schemas.Allocation,
     response_description="The sku and the batch the line is in.",
-    responses=errors({404: "The order has no allocated line of this sku."}),
+    responses=errors(
+        {
+            404: (
+                "The order has no allocated line of this sku.",
+                said(no_allocation="Order order-001 has no allocation of SMALL-TABLE"),
+            )
+        },
+        name="orderid",
+    ),
     tags=["allocations"],
     summary="Read where one line of an order is allocated",
     description="The batch the order's line of `sku` is allocated to, from the "
@@ -284,7 +363,15 @@ async def get_allocation(
     "/products/{sku}",
     response_model=schemas.ProductOut,
     response_description="The sku's stock, and each batch in the order allocation uses them.",
-    responses=errors({404: "No batch of this sku was ever added."}),
+    responses=errors(
+        {
+            404: (
+                "No batch of this sku was ever added.",
+                said(unknown_sku="Unknown sku SMALL-TABLE"),
+            )
+        },
+        name="sku",
+    ),
     tags=["products"],
     summary="Read the stock of a sku, now and per batch",
     description="Units available in the warehouse now, units arriving in shipments, and "

@@ -2,26 +2,63 @@
 
 import re
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.config import JsonDict
 
 MAX_ID_LENGTH = 255
 MAX_QTY = 1_000_000_000
 
 
+# What an identifier may not contain, besides "/": control characters (C0, DEL,
+# C1); spaces other than U+0020, and line and paragraph separators; and the
+# invisible format characters of the Basic Multilingual Plane (soft hyphen,
+# zero-width and direction marks, word joiners, the byte order mark...). The
+# same list is the pattern /openapi.json gives, so the two cannot differ.
+_REFUSED = (
+    r"\x00-\x1f\x7f-\x9f/\u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891"
+    r"\u08e2\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff\ufff9-\ufffb"
+)
+# Printable, not only spaces, and not "." or "..": in a URL those two are the
+# path segments every client resolves away, and a Location naming one breaks.
+# ECMA 262 and Python's re read it alike.
+ID_PATTERN = rf"^(?!\.\.?$| *$)[^{_REFUSED}]+$"
+ID_RULES = (
+    "Printable: no control characters, no spaces but U+0020, no line separators or "
+    "invisible format characters, and no `/`; not blank, and not `.` or `..`."
+)
+_ID = re.compile(ID_PATTERN)
+_NOT_PRINTABLE = re.compile(f"[{_REFUSED.replace('/', '')}]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def printable(value: str) -> str:
-    if not value.strip():
+    """``value``, if it matches ``ID_PATTERN``; the first rule it breaks, otherwise."""
+    if _SURROGATE.search(value):
+        # JSON can spell a lone surrogate ("\ud800"), which no text encoding can store.
+        raise ValueError("must be valid Unicode text (it holds an unpaired surrogate)")
+    if not value.strip(" "):
         raise ValueError("must not be blank")
-    if not value.isprintable():
+    if _NOT_PRINTABLE.search(value):
         raise ValueError("must contain printable characters only")
     if "/" in value:
         raise ValueError("must not contain '/'")
+    if value in (".", ".."):
+        raise ValueError(f"must not be {value!r}: a URL cannot name it as a path segment")
+    if not _ID.fullmatch(value):  # pragma: no cover - each rule of the pattern is above
+        raise ValueError(f"must match {ID_PATTERN}")
     return value
 
 
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+def _integral(value: Any) -> Any:
+    # JSON Schema calls 573.0 an integer, and so does the document: take it as 573.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _iso_date(value: Any) -> Any:
@@ -35,11 +72,18 @@ def _iso_date(value: Any) -> Any:
 
 Identifier = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_ID_LENGTH, strict=True),
+    Field(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        strict=True,
+        json_schema_extra={"pattern": ID_PATTERN},
+    ),
     AfterValidator(printable),
 ]
-Quantity = Annotated[int, Field(gt=0, le=MAX_QTY, strict=True)]
-NewQuantity = Annotated[int, Field(ge=0, le=MAX_QTY, strict=True)]
+# The validator outside the constraints, so that they stay on the integer and in
+# the JSON Schema: it runs first.
+Quantity = Annotated[int, Field(gt=0, le=MAX_QTY, strict=True), BeforeValidator(_integral)]
+NewQuantity = Annotated[int, Field(ge=0, le=MAX_QTY, strict=True), BeforeValidator(_integral)]
 # Shipments dated from the past (the book's are) to well beyond any real one.
 EARLIEST_ETA, LATEST_ETA = date(1970, 1, 1), date(2199, 12, 31)
 
@@ -50,7 +94,17 @@ def _eta_in_range(value: date | None) -> date | None:
     return value
 
 
-Eta = Annotated[date | None, BeforeValidator(_iso_date), AfterValidator(_eta_in_range)]
+# The years of the range in a pattern, beside the format: JSON Schema has no
+# bounds for dates.
+ETA_PATTERN = "^(19[7-9][0-9]|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
+Eta = Annotated[
+    date | None,
+    BeforeValidator(_iso_date),
+    AfterValidator(_eta_in_range),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "format": "date", "pattern": ETA_PATTERN}, {"type": "null"}]}
+    ),
+]
 
 # Examples that work as they stand, in this order: "Try it out" in /docs sends them.
 # FastAPI leaves nulls out of /openapi.json, so /docs shows the first without "eta".
@@ -70,8 +124,8 @@ class Request(BaseModel):
 
 
 class BatchIn(Request):
-    ref: Identifier = Field(description="Batch reference, unique across skus.")
-    sku: Identifier = Field(description="The product the batch holds.")
+    ref: Identifier = Field(description="Batch reference, unique across skus. " + ID_RULES)
+    sku: Identifier = Field(description="The product the batch holds. " + ID_RULES)
     qty: Quantity = Field(description="Units purchased.")
     eta: Eta = Field(
         None,
@@ -83,8 +137,8 @@ class BatchIn(Request):
 
 
 class AllocateIn(Request):
-    orderid: Identifier = Field(description="The order the line belongs to.")
-    sku: Identifier = Field(description="The product ordered.")
+    orderid: Identifier = Field(description="The order the line belongs to. " + ID_RULES)
+    sku: Identifier = Field(description="The product ordered. " + ID_RULES)
     qty: Quantity = Field(description="Units ordered.")
 
     model_config = ConfigDict(json_schema_extra={"examples": [LINE_EXAMPLE]})
@@ -113,6 +167,20 @@ class Allocation(BaseModel):
     batchref: str
 
 
+class OrderLineState(BaseModel):
+    sku: str
+    state: Literal["allocated", "out_of_stock"] = Field(
+        description="`allocated` to `batchref`; or `out_of_stock`: accepted, but no batch "
+        "could take it (sending the same line again once stock is added allocates it)."
+    )
+    batchref: str | None
+
+
+class Order(BaseModel):
+    orderid: str
+    lines: list[OrderLineState]
+
+
 class BatchOut(BaseModel):
     reference: str
     sku: str
@@ -135,14 +203,38 @@ class ProductOut(BaseModel):
     batches: list[BatchStock] = Field(description="In the order allocation uses them.")
 
 
+class Health(BaseModel):
+    status: str = Field(description="`ok`: the process answers.", examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="`ready`.", examples=["ready"])
+    checks: dict[str, str] = Field(
+        description="Each dependency's state: `ok`, `off` (not configured), `degraded: ...` "
+        "(the replica, which reads do without) or `error: ...`.",
+        examples=[{"database": "ok", "replica": "off", "redis": "ok"}],
+    )
+
+
+class Error(BaseModel):
+    """The body of every error answer but a 422's."""
+
+    message: str = Field(description="What went wrong, for a person to read.")
+
+
 class ErrorDetail(BaseModel):
-    loc: list[str | int]
+    loc: list[str | int] = Field(description="Where: `body`, `path` or `header`, then the field.")
     msg: str
     type: str
 
 
-class Error(BaseModel):
-    message: str = Field(description="What went wrong, for a person to read.")
+class InvalidInput(Error):
+    """The body of a 422: the first invalid field in ``message``, each in ``detail``."""
+
     detail: list[ErrorDetail] | None = Field(
-        None, description="Each invalid field, for 422 answers."
+        None, description="Each invalid field; absent when the body is not JSON at all."
     )
+
+
+class NotReady(Error):
+    checks: dict[str, str] = Field(description="Each dependency's state, as when ready.")

@@ -11,6 +11,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
+MISSING = "This route needs `Authorization: Bearer <token>`"
+INVALID = "The bearer token is not valid"
+
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="API token",
@@ -26,10 +29,10 @@ async def require_writer(
     if expected is None:
         return
     if credentials is None:
-        raise _unauthorized("This route needs `Authorization: Bearer <token>`")
+        raise _unauthorized(MISSING)
     # Constant time: how much of a guess was right must not show in the timing.
     if not secrets.compare_digest(credentials.credentials.encode(), expected):
-        raise _unauthorized("The bearer token is not valid", error="invalid_token")
+        raise _unauthorized(INVALID, error="invalid_token")
 
 
 def _unauthorized(message: str, error: str | None = None) -> HTTPException:
