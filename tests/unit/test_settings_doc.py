@@ -11,7 +11,13 @@ from app.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 # Read by others from the process environment (uvicorn, prometheus-client),
 # or by compose.yaml only: documented, but not fields of Settings.
-NOT_FIELDS = {"FORWARDED_ALLOW_IPS", "PROMETHEUS_MULTIPROC_DIR", "POSTGRES_PASSWORD"}
+NOT_FIELDS = {
+    "FORWARDED_ALLOW_IPS",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "POSTGRES_PASSWORD",
+    "API_ADDRESS",
+    "API_PORT",
+}
 ROW = re.compile(r"^\| `([A-Z_]+)` \| (.*?) \| (.*) \|$", re.M)
 
 
