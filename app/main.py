@@ -11,7 +11,7 @@ from fastapi_offline import FastAPIOffline
 
 from app import container as composition
 from app import logs
-from app.adapters.schema import StartupError, check_database
+from app.adapters.schema_version import StartupError, check_database
 from app.config import InvalidSettings, Settings
 from app.container import Container
 from app.entrypoints.api import errors, health, metrics, openapi, routes

@@ -20,7 +20,7 @@ from app import logs, metrics
 from app.adapters.dead_letters import RedisDeadLetters
 from app.adapters.outbox import FAILING_AFTER
 from app.adapters.rebuild import rebuild_views
-from app.adapters.schema import StartupError, check_database
+from app.adapters.schema_version import StartupError, check_database
 from app.adapters.streams import group_stats
 from app.config import InvalidSettings
 from app.container import Container

@@ -57,7 +57,7 @@ from app.adapters import streams
 from app.adapters.database import DatabaseUnavailable
 from app.adapters.dead_letters import DeadLetter, RedisDeadLetters
 from app.domain import commands
-from app.entrypoints.api.schemas import Identifier, NewQuantity
+from app.entrypoints.fields import Identifier, NewQuantity
 from app.service_layer.handlers import Superseded, UnknownBatch
 from app.service_layer.messagebus import MessageBus
 

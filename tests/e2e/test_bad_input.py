@@ -5,7 +5,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.entrypoints.api.schemas import MAX_ID_LENGTH
+from app.entrypoints.fields import MAX_ID_LENGTH
 from tests.conftest import random_ref
 
 JSON = {"content-type": "application/json"}

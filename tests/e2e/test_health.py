@@ -8,7 +8,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.adapters.schema import StartupError
+from app.adapters.schema_version import StartupError
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import free_port

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.adapters.schema import SCHEMA_VERSION
+from app.adapters.schema_version import SCHEMA_VERSION
 from tests.conftest import free_port, random_ref
 from tests.databases import ROOT, alembic_upgrade
 from tests.e2e.processes import Processes, fresh_database, run_cli, service_env, wait_for

@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from app.adapters.database import ConcurrencyError, DatabaseUnavailable
 from app.config import Settings
+from app.entrypoints import fields
 from app.entrypoints.api import schemas
 from app.entrypoints.api.idempotency import Idempotency, fingerprint
 from app.main import create_app
@@ -479,20 +480,20 @@ async def test_path_identifiers_are_documented(
         [parameter] = [p for p in operation["parameters"] if p["in"] == "path"]
         assert (parameter["name"], parameter["required"]) == (name, True)
         assert parameter["schema"]["maxLength"] == 255
-        assert parameter["schema"]["pattern"] == schemas.ID_PATTERN
+        assert parameter["schema"]["pattern"] == fields.ID_PATTERN
         assert "`.` or `..`" in parameter["description"]
 
 
 @pytest.mark.parametrize(
-    ("model", "fields"),
+    ("model", "names"),
     [("BatchIn", {"ref", "sku"}), ("AllocateIn", {"orderid", "sku"})],
 )
 async def test_body_identifiers_say_what_the_service_accepts(
-    openapi: dict[str, Any], model: str, fields: set[str]
+    openapi: dict[str, Any], model: str, names: set[str]
 ) -> None:
     properties = openapi["components"]["schemas"][model]["properties"]
-    for field in fields:
-        assert properties[field]["pattern"] == schemas.ID_PATTERN, field
+    for field in names:
+        assert properties[field]["pattern"] == fields.ID_PATTERN, field
         assert "`.` or `..`" in properties[field]["description"]
     # JSON Schema's integers include 573.0, and so does the service.
     assert properties["qty"]["type"] == "integer"

@@ -122,7 +122,7 @@ _RETRY_AFTER = {
 }
 
 
-def errors(
+def error_responses(
     described: dict[int, tuple[str, Bodies]], invalid: Bodies | None = None, name: str = ""
 ) -> Responses:
     """Each status of ``described`` with its real body, and the 422 and 503 every route has.
@@ -184,7 +184,7 @@ def too_large(max_bytes: int) -> str:
 
 def write_errors(described: dict[int, tuple[str, Bodies]]) -> Responses:
     """``errors`` of a write route: with 401, for when API_TOKEN is set, and 413."""
-    responses = errors(
+    responses = error_responses(
         {
             401: (UNAUTHORIZED, said(no_token=security.MISSING, another_token=security.INVALID)),
             413: (TOO_LARGE, said(too_large=too_large(DEFAULT_MAX_BODY_BYTES))),

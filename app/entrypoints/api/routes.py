@@ -11,6 +11,7 @@ from pydantic.config import JsonDict
 from app import views
 from app.adapters.read_source import CONSISTENCY_TOKEN, POSITION, ReadSource
 from app.domain import commands
+from app.entrypoints import fields
 from app.entrypoints.api import schemas
 from app.entrypoints.api.dependencies import Bus, Once
 from app.entrypoints.api.errors import COLLIDED, error
@@ -19,7 +20,7 @@ from app.entrypoints.api.openapi import (
     AFTER_ALLOCATION,
     AFTER_BATCH_ADDED,
     AFTER_BATCH_CHANGED,
-    errors,
+    error_responses,
     idempotent,
     located,
     operation_id,
@@ -41,9 +42,9 @@ def _body(examples: dict[str, JsonDict]) -> Any:
 def _identifier(description: str, example: str) -> Any:
     return Path(
         min_length=1,
-        max_length=schemas.MAX_ID_LENGTH,
-        description=f"{description} {schemas.ID_RULES}",
-        json_schema_extra={"pattern": schemas.ID_PATTERN},
+        max_length=fields.MAX_ID_LENGTH,
+        description=f"{description} {fields.ID_RULES}",
+        json_schema_extra={"pattern": fields.ID_PATTERN},
         openapi_examples={example: {"value": example}},
     )
 
@@ -59,7 +60,7 @@ NewBatch = Annotated[
 ]
 NewLine = Annotated[schemas.AllocateIn, _body({"two tables": schemas.LINE_EXAMPLE})]
 NewQuantity = Annotated[schemas.QuantityIn, _body({"ten units": schemas.QUANTITY_EXAMPLE})]
-Printable = AfterValidator(schemas.printable)
+Printable = AfterValidator(fields.printable)
 BatchRef = Annotated[str, _identifier("The batch's reference.", "batch-001"), Printable]
 OrderId = Annotated[str, _identifier("The order's id.", "order-001"), Printable]
 After = Annotated[
@@ -172,7 +173,7 @@ async def add_batch(
     "/batches/{ref}",
     response_model=schemas.BatchOut,
     response_description="The batch.",
-    responses=errors(
+    responses=error_responses(
         {404: ("No batch has this reference.", said(unknown_batch="Unknown batch batch-001"))},
         name="ref",
     ),
@@ -284,7 +285,7 @@ async def allocate(
     "/allocations/{orderid}",
     response_model=list[schemas.Allocation],
     response_description="One entry per allocated line: its sku and the batch it is in.",
-    responses=errors(
+    responses=error_responses(
         {
             404: (
                 "The order has no allocated lines: unknown, or every line out of stock.",
@@ -309,7 +310,7 @@ async def get_allocations(orderid: OrderId, request: Request, after: After = Non
     "/orders/{orderid}",
     response_model=schemas.Order,
     response_description="Every line of the order the service accepted, and its state.",
-    responses=errors(
+    responses=error_responses(
         {
             404: (
                 "The service never accepted a line of this order.",
@@ -336,7 +337,7 @@ async def get_order(orderid: OrderId, request: Request, after: After = None) -> 
     "/allocations/{orderid}/{sku}",
     response_model=schemas.Allocation,
     response_description="The sku and the batch the line is in.",
-    responses=errors(
+    responses=error_responses(
         {
             404: (
                 "The order has no allocated line of this sku.",
@@ -363,7 +364,7 @@ async def get_allocation(
     "/products/{sku}",
     response_model=schemas.ProductOut,
     response_description="The sku's stock, and each batch in the order allocation uses them.",
-    responses=errors(
+    responses=error_responses(
         {
             404: (
                 "No batch of this sku was ever added.",
