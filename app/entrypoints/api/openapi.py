@@ -3,10 +3,12 @@
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi import status as http
 from fastapi.routing import APIRoute
 
 from app.config import Settings
-from app.entrypoints.api import idempotency, security
+from app.entrypoints.api import idempotency, schemas, security
+from app.entrypoints.api.errors import COLLIDED
 from app.entrypoints.api.errors import UNAVAILABLE as UNAVAILABLE_MESSAGE
 from app.entrypoints.api.schemas import Error, InvalidInput
 
@@ -344,4 +346,205 @@ AFTER_ALLOCATION = {
     "GetProduct": _link(
         "get", "/products/{sku}", "Read the stock of the sku.", {"sku": "$request.body#/sku"}
     ),
+}
+
+
+_ADD_BATCH_TEXT = (
+    "Adds `qty` units of `sku`: stock in the warehouse when `eta` is null, a shipment "
+    "arriving on `eta` otherwise. Answers 201 with `Location: /batches/{ref}`, where "
+    "the batch can be read at once.\n\n"
+    "Adding an identical batch again changes nothing and answers 201 again; a reference "
+    "already used with another sku, quantity or eta is a 409."
+)
+_BATCH_ERRORS = write_errors(
+    {
+        409: (
+            "The reference is already used with other details; or the write kept "
+            "colliding with concurrent writes to the same sku (try again).",
+            said(
+                reference_used_with_other_details="Batch batch-001 already exists with "
+                "different details",
+                write_kept_colliding=COLLIDED,
+            ),
+        )
+    }
+)
+_BATCH_CREATED = located(201, "the batch, `/batches/{ref}`", AFTER_BATCH_ADDED)
+
+
+# POST /batches, and the book's POST /add_batch: one operation under two paths.
+_ADD_BATCH_ROUTE: dict[str, Any] = {
+    "status_code": http.HTTP_201_CREATED,
+    "response_model": schemas.BatchCreated,
+    "response_description": "Created: read the batch at `Location`.",
+    "responses": idempotent({**_BATCH_CREATED, **_BATCH_ERRORS}),
+    "tags": ["batches"],
+}
+
+
+# Each operation's documentation: what /docs and /openapi.json say of it.
+
+ADD_BATCH: dict[str, Any] = {
+    **_ADD_BATCH_ROUTE,
+    "summary": "Add a batch of stock",
+    "description": _ADD_BATCH_TEXT,
+}
+
+GET_BATCH: dict[str, Any] = {
+    "response_model": schemas.BatchOut,
+    "response_description": "The batch.",
+    "responses": error_responses(
+        {404: ("No batch has this reference.", said(unknown_batch="Unknown batch batch-001"))},
+        name="ref",
+    ),
+    "tags": ["batches"],
+    "summary": "Read a batch's quantities",
+    "description": "How many units were `purchased`, how many are `allocated` to order "
+    "lines, and how many are still `available`. Served from the batches read model.",
+}
+
+CHANGE_BATCH_QUANTITY: dict[str, Any] = {
+    "status_code": http.HTTP_202_ACCEPTED,
+    "response_model": schemas.BatchAccepted,
+    "response_description": "Accepted: read the batch at `Location`.",
+    "responses": {
+        **located(202, "the batch, `/batches/{ref}`", AFTER_BATCH_CHANGED),
+        **write_errors(
+            {
+                404: (
+                    "No batch has this reference.",
+                    said(unknown_batch="Unknown batch batch-001"),
+                ),
+                409: (
+                    "The write kept colliding with concurrent writes to the same sku (try again).",
+                    said(write_kept_colliding=COLLIDED),
+                ),
+            }
+        ),
+    },
+    "tags": ["batches"],
+    "summary": "Change a batch's purchased quantity",
+    "description": "Sets how many units the batch holds, as when a shipment arrives short. "
+    "Order lines that no longer fit are deallocated and allocated again to other batches "
+    "of the sku where stock allows; lines no batch can take lose their allocation. "
+    "Answers 202 with `Location: /batches/{ref}`.",
+}
+
+ALLOCATE: dict[str, Any] = {
+    "status_code": http.HTTP_202_ACCEPTED,
+    "response_model": schemas.AllocationAccepted,
+    "response_description": "Accepted: read the order's allocations at `Location`.",
+    "responses": idempotent(
+        {
+            **located(202, "the order's allocations, `/allocations/{orderid}`", AFTER_ALLOCATION),
+            **write_errors(
+                {
+                    400: (
+                        "No batch of this sku was ever added: `Invalid sku ...`.",
+                        said(unknown_sku="Invalid sku SMALL-TABLE"),
+                    ),
+                    409: (
+                        "The order already holds a different quantity of this sku; or the "
+                        "write kept colliding with concurrent writes to the same sku (try again).",
+                        said(
+                            order_holds_another_quantity="Order order-001 already has 2 of "
+                            "SMALL-TABLE allocated to batch batch-001",
+                            write_kept_colliding=COLLIDED,
+                        ),
+                    ),
+                }
+            ),
+        }
+    ),
+    "tags": ["allocations"],
+    "summary": "Allocate an order line",
+    "description": "Allocates the line to a batch of its sku: warehouse stock first, then "
+    "the shipment arriving soonest. Answers 202 with `Location: /allocations/{orderid}`; "
+    "read the allocation there. A line no batch has stock for is accepted but is not "
+    "allocated: it is missing there, and `GET /orders/{orderid}` (the `Link` header, "
+    '`rel="order"`) says it is out of stock.\n\n'
+    "Sending the same line again changes nothing; the same order asking for a different "
+    "quantity of the sku is a 409.",
+}
+
+GET_ALLOCATIONS: dict[str, Any] = {
+    "response_model": list[schemas.Allocation],
+    "response_description": "One entry per allocated line: its sku and the batch it is in.",
+    "responses": error_responses(
+        {
+            404: (
+                "The order has no allocated lines: unknown, or every line out of stock.",
+                said(no_allocations="No allocations for order order-001"),
+            )
+        },
+        name="orderid",
+    ),
+    "tags": ["allocations"],
+    "summary": "Read where an order's lines are allocated",
+    "description": "The batch each line of the order is allocated to, from the allocations "
+    "read model. This is where `POST /allocate` points its `Location`.",
+}
+
+GET_ORDER: dict[str, Any] = {
+    "response_model": schemas.Order,
+    "response_description": "Every line of the order the service accepted, and its state.",
+    "responses": error_responses(
+        {
+            404: (
+                "The service never accepted a line of this order.",
+                said(unknown_order="No order order-001"),
+            )
+        },
+        name="orderid",
+    ),
+    "tags": ["allocations"],
+    "summary": "Read an order: each line allocated, or out of stock",
+    "description": "Each line `POST /allocate` accepted for the order: `allocated` (with its "
+    "batch), or `out_of_stock` when no batch could take it. Unlike "
+    "`GET /allocations/{orderid}`, an order whose every line is out of stock is a 200 "
+    "here, and only an order never seen is a 404. `POST /allocate` links here.",
+}
+
+GET_ALLOCATION: dict[str, Any] = {
+    "response_model": schemas.Allocation,
+    "response_description": "The sku and the batch the line is in.",
+    "responses": error_responses(
+        {
+            404: (
+                "The order has no allocated line of this sku.",
+                said(no_allocation="Order order-001 has no allocation of SMALL-TABLE"),
+            )
+        },
+        name="orderid",
+    ),
+    "tags": ["allocations"],
+    "summary": "Read where one line of an order is allocated",
+    "description": "The batch the order's line of `sku` is allocated to, from the "
+    "allocations read model.",
+}
+
+GET_PRODUCT: dict[str, Any] = {
+    "response_model": schemas.ProductOut,
+    "response_description": "The sku's stock, and each batch in the order allocation uses them.",
+    "responses": error_responses(
+        {
+            404: (
+                "No batch of this sku was ever added.",
+                said(unknown_sku="Unknown sku SMALL-TABLE"),
+            )
+        },
+        name="sku",
+    ),
+    "tags": ["products"],
+    "summary": "Read the stock of a sku, now and per batch",
+    "description": "Units available in the warehouse now, units arriving in shipments, and "
+    "what each batch has left. Served from the batches read model, which events keep "
+    "up to date.",
+}
+
+ADD_BATCH_BOOK: dict[str, Any] = {
+    **_ADD_BATCH_ROUTE,
+    "summary": "Add a batch of stock (the book's route)",
+    "description": "The book's name for `POST /batches`, and the same in every way.\n\n"
+    + _ADD_BATCH_TEXT,
 }
