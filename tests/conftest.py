@@ -4,21 +4,20 @@ PostgreSQL tests run when TEST_DATABASE_URL names a server (any database on
 it; the tests create and drop their own), Redis tests when TEST_REDIS_URL
 names one. Without them they skip, unless REQUIRE_SERVICES is set, when they
 fail: CI sets it. A server that is named but does not answer always fails.
+
+Only fixtures and hooks live here: the helpers are in tests/support, and the
+fixtures shared beyond these in tests/support/fixtures.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -32,48 +31,30 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.adapters import orm
 from app.config import Settings
 from app.main import create_app
-from tests.databases import ROOT, alembic_upgrade, postgres_database
-from tests.integration.event_helpers import RedisServer
-from tests.pg_cluster import PostgresCluster, find_bindir, running_cluster
+from tests.support.databases import ROOT, alembic_upgrade, postgres_database
+from tests.support.servers import (
+    PostgresCluster,
+    RedisServer,
+    find_bindir,
+    free_port,
+    required,
+    running_cluster,
+    unavailable,
+    wait_until_serving,
+)
 
-
-def _required(variable: str) -> str:
-    value = os.environ.get(variable)
-    if value:
-        return value
-    _unavailable(f"{variable} is not set")
-
-
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("REQUIRE_SERVICES"):
-        pytest.fail(f"{reason}, and REQUIRE_SERVICES says this run needs it")
-    pytest.skip(reason)
-
-
-def require_program(name: str, package: str, also: tuple[str, ...] = ()) -> str:
-    """The path of program ``name``, installed from Debian's ``package``.
-
-    Missing, the test skips, saying how to install it; with REQUIRE_SERVICES
-    set (as in CI) it fails instead.
-    """
-    found = shutil.which(name) or next((p for p in also if os.access(p, os.X_OK)), None)
-    if found:
-        return found
-    reason = f"{name} is not installed (apt-get install {package})"
-    if os.environ.get("REQUIRE_SERVICES"):
-        pytest.fail(f"{reason}, and REQUIRE_SERVICES says this run needs it")
-    pytest.skip(reason)
+pytest_plugins = ["tests.support.fixtures"]
 
 
 @pytest.fixture(scope="session")
 def postgres_server_url() -> str:
-    return _required("TEST_DATABASE_URL")
+    return required("TEST_DATABASE_URL")
 
 
 @pytest.fixture(scope="session")
 async def redis_url() -> str:
     """TEST_REDIS_URL, checked to answer: an unreachable server fails the run."""
-    url = _required("TEST_REDIS_URL")
+    url = required("TEST_REDIS_URL")
     client = Redis.from_url(url, socket_connect_timeout=5)
     try:
         await client.ping()
@@ -84,10 +65,10 @@ async def redis_url() -> str:
 
 @pytest.fixture
 def postgres_cluster() -> Iterator[PostgresCluster]:
-    """A PostgreSQL server of the test's own, to stop and start again (tests/pg_cluster.py)."""
+    """A PostgreSQL server of the test's own, to stop and start again (tests/support/servers.py)."""
     bindir = find_bindir()
     if bindir is None:
-        _unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
+        unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
     with running_cluster(bindir, free_port()) as cluster:
         yield cluster
 
@@ -148,29 +129,6 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
         yield server
     finally:
         await server.stop()
-
-
-def random_ref(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until_serving(url: str, process: subprocess.Popen[Any], deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{url} did not start serving")
 
 
 @pytest.fixture(scope="session")

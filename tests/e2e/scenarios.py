@@ -4,7 +4,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import random_ref
+from tests.support.refs import random_ref
 
 
 async def add_batch(

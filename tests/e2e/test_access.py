@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests.conftest import random_ref
 from tests.e2e.test_health import serving
+from tests.support.refs import random_ref
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from app.entrypoints.fields import MAX_ID_LENGTH
-from tests.conftest import random_ref
+from tests.support.refs import random_ref
 
 JSON = {"content-type": "application/json"}
 

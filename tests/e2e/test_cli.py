@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,24 +12,11 @@ import httpx
 import pytest
 from sqlalchemy import make_url
 
-from tests.conftest import random_ref
-from tests.e2e.processes import (
-    Processes,
-    dead_redis_url,
-    describe,
-    fresh_database,
-    query,
-    run_cli,
-    service_env,
-    wait_for,
-)
 from tests.e2e.scenarios import add_batch, allocate
-
-
-@pytest.fixture
-async def database(postgres_server_url: str) -> AsyncIterator[str]:
-    async with fresh_database(postgres_server_url) as url:
-        yield url
+from tests.support.databases import query
+from tests.support.polling import eventually
+from tests.support.processes import Processes, dead_redis_url, describe, run_cli, service_env
+from tests.support.refs import random_ref
 
 
 async def test_help_lists_the_commands() -> None:
@@ -53,8 +39,8 @@ async def test_rebuild_views_refuses_a_bad_chunk(chunk: str) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-async def test_outbox_on_a_fresh_database_has_nothing_pending(database: str) -> None:
-    result = await run_cli(service_env(database), "outbox")
+async def test_outbox_on_a_fresh_database_has_nothing_pending(private_database: str) -> None:
+    result = await run_cli(service_env(private_database), "outbox")
 
     assert result.returncode == 0, describe(result)
     assert result.stdout.splitlines() == [
@@ -67,9 +53,11 @@ async def test_outbox_on_a_fresh_database_has_nothing_pending(database: str) -> 
 
 @pytest.mark.postgres
 @pytest.mark.slow
-async def test_outbox_counts_pending_and_failing_events(database: str, tmp_path: Path) -> None:
+async def test_outbox_counts_pending_and_failing_events(
+    private_database: str, tmp_path: Path
+) -> None:
     # Three allocations whose line_allocated cannot be published: Redis is not there.
-    offline = service_env(database, dead_redis_url())
+    offline = service_env(private_database, dead_redis_url())
     async with Processes(tmp_path) as processes:
         api = processes.api(offline)
         await api.start_serving()
@@ -80,12 +68,14 @@ async def test_outbox_counts_pending_and_failing_events(database: str, tmp_path:
                 await allocate(http, random_ref("order"), sku, 1)
 
         async def tried() -> bool:
-            rows = await query(database, "SELECT count(*) FROM outbox WHERE last_error IS NOT NULL")
+            rows = await query(
+                private_database, "SELECT count(*) FROM outbox WHERE last_error IS NOT NULL"
+            )
             return bool(rows[0][0])
 
-        await wait_for(tried, 10, processes.report)
+        await eventually(tried, 10, processes.report)
         await api.shut_down()
-    env = service_env(database)
+    env = service_env(private_database)
 
     result = await run_cli(env, "outbox")
 
@@ -94,7 +84,7 @@ async def test_outbox_counts_pending_and_failing_events(database: str, tmp_path:
     pending, failing, oldest, delivered = lines[:4]
     assert pending == "pending: 3", describe(result)
     [(attempted,)] = await query(
-        database, "SELECT count(*) FROM outbox WHERE completed_at IS NULL AND attempts >= 1"
+        private_database, "SELECT count(*) FROM outbox WHERE completed_at IS NULL AND attempts >= 1"
     )
     assert attempted >= 1
     assert failing == f"failing: {attempted}  (undelivered, and a delivery failed)", describe(
@@ -113,17 +103,17 @@ async def test_outbox_counts_pending_and_failing_events(database: str, tmp_path:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-async def test_outbox_says_when_pruning_is_behind(database: str) -> None:
+async def test_outbox_says_when_pruning_is_behind(private_database: str) -> None:
     # An event delivered two days ago, kept for one: the relay's pruning is not keeping up.
     await query(
-        database,
+        private_database,
         "INSERT INTO outbox (id, type, payload, created_at, available_at, completed_at)"
         " VALUES ('0123456789abcdef0123456789abcdef', 'OutOfStock', '{}',"
         " :then, :then, :then)",
         then=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2),
     )
 
-    result = await run_cli(service_env(database), "outbox")
+    result = await run_cli(service_env(private_database), "outbox")
 
     assert result.returncode == 0, describe(result)
     assert result.stdout.splitlines()[-1].startswith("pruning is behind: events delivered"), (
@@ -148,8 +138,8 @@ async def test_outbox_on_a_missing_database_fails(postgres_server_url: str) -> N
 
 @pytest.mark.postgres
 @pytest.mark.slow
-async def test_rebuild_views_on_an_empty_database(database: str) -> None:
-    result = await run_cli(service_env(database), "rebuild-views")
+async def test_rebuild_views_on_an_empty_database(private_database: str) -> None:
+    result = await run_cli(service_env(private_database), "rebuild-views")
 
     assert result.returncode == 0, describe(result)
     assert result.stdout == "views rebuilt\n", describe(result)
@@ -162,9 +152,9 @@ async def test_rebuild_views_on_an_empty_database(database: str) -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 async def test_rebuild_views_prints_progress_and_repairs_corrupted_views(
-    database: str, tmp_path: Path
+    private_database: str, tmp_path: Path
 ) -> None:
-    env = service_env(database)
+    env = service_env(private_database)
     sku, other = random_ref("sku"), random_ref("sku")
     warehouse, shipment, elsewhere = random_ref("wh"), random_ref("ship"), random_ref("other")
     orders = [random_ref("order") for _ in range(3)]
@@ -199,7 +189,7 @@ async def test_rebuild_views_prints_progress_and_repairs_corrupted_views(
             assert right[orders[1]] == (200, [{"sku": sku, "batchref": shipment}])
             held = [o for o in (orders[2], gone) if right[o][0] == 200]
             assert len(held) == 1, right
-            [allocated_lines] = await query(database, "SELECT count(*) FROM allocations")
+            [allocated_lines] = await query(private_database, "SELECT count(*) FROM allocations")
             assert allocated_lines == (3,)
 
             # Rebuilt as they are: the same answers, and progress, two rows at a time.
@@ -219,16 +209,18 @@ async def test_rebuild_views_prints_progress_and_repairs_corrupted_views(
 
             # Corrupted by hand, which the answers show...
             await query(
-                database,
+                private_database,
                 "UPDATE allocations_view SET batchref = 'wrong' WHERE orderid = :o",
                 o=orders[0],
             )
             await query(
-                database,
+                private_database,
                 "UPDATE batches_view SET allocated = 99 WHERE reference = :ref",
                 ref=shipment,
             )
-            await query(database, "DELETE FROM allocations_view WHERE orderid = :o", o=orders[1])
+            await query(
+                private_database, "DELETE FROM allocations_view WHERE orderid = :o", o=orders[1]
+            )
             corrupted = await reads()
             assert corrupted[orders[0]] == (200, [{"sku": sku, "batchref": "wrong"}])
             assert corrupted[orders[1]][0] == 404
@@ -247,6 +239,8 @@ async def test_rebuild_views_prints_progress_and_repairs_corrupted_views(
             ], describe(result)
             assert await reads() == right
             rows = await query(
-                database, "SELECT batchref FROM allocations_view WHERE orderid = :o", o=orders[0]
+                private_database,
+                "SELECT batchref FROM allocations_view WHERE orderid = :o",
+                o=orders[0],
             )
             assert rows == [(warehouse,)]

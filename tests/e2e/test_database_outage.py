@@ -1,6 +1,6 @@
 """The database goes away and comes back: 503s at once, then service again, nothing lost.
 
-A PostgreSQL server of the test's own (tests/pg_cluster.py) is shut down
+A PostgreSQL server of the test's own (tests/support/servers.py) is shut down
 fast, as in an outage: every session ends and new connections are refused.
 Or it is frozen (SIGSTOP): connections hang, and only timeouts end a wait.
 One uvicorn process serves on it, its relay on, with DB_TIMEOUT=2. Nothing
@@ -22,20 +22,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import random_ref
-from tests.databases import alembic_upgrade
-from tests.e2e.processes import (
-    Api,
-    Processes,
-    describe,
-    outbox_pending,
-    query,
-    run_cli,
-    service_env,
-    snapshot,
-    wait_for,
-)
-from tests.pg_cluster import PostgresCluster
+from tests.support.databases import alembic_upgrade, query
+from tests.support.outbox import outbox_pending
+from tests.support.polling import eventually
+from tests.support.processes import Api, Processes, describe, run_cli, service_env, snapshot
+from tests.support.refs import random_ref
+from tests.support.servers import PostgresCluster
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -70,15 +62,21 @@ async def poll(
 ) -> tuple[httpx.Response, float]:
     """GET ``path`` every 100 ms until it answers ``status``: the answer, and when it came."""
     seen: Counter[int] = Counter()
-    deadline = time.monotonic() + within
-    while True:
+    answered: list[tuple[httpx.Response, float]] = []
+
+    async def answers() -> bool:
         r = await http.get(path)
         if r.status_code == status:
-            return r, time.monotonic()
+            answered.append((r, time.monotonic()))
+            return True
         seen[r.status_code] += 1
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {status} from {path} within {within}s: {dict(seen)}")
-        await asyncio.sleep(0.1)  # the probe's period, not a wait for a state
+        return False
+
+    # The interval is the probe's period, not a wait for a state.
+    await eventually(
+        answers, within, lambda: f"no {status} from {path}: {dict(seen)}", interval=0.1
+    )
+    return answered[0]
 
 
 async def test_ready_answers_503_within_a_second_of_the_database_going_and_200_once_back(
@@ -249,7 +247,7 @@ async def test_an_outage_under_load_answers_503_fast_and_loses_nothing_acknowled
 
         clients = [asyncio.create_task(client(n, http, load)) for n in range(CLIENTS)]
         try:
-            await wait_for(lambda: load.succeeded() >= 60, 30, lambda: str(load.outcomes()))
+            await eventually(lambda: load.succeeded() >= 60, 30, lambda: str(load.outcomes()))
 
             await asyncio.to_thread(postgres_cluster.stop)
             gone = time.monotonic()
@@ -258,7 +256,7 @@ async def test_an_outage_under_load_answers_503_fast_and_loses_nothing_acknowled
                 refused = sum(a.status == 503 and a.started >= gone for a in load.answers)
                 return refused >= 30 and time.monotonic() - gone >= OUTAGE
 
-            await wait_for(outage_served, OUTAGE + 10, lambda: str(load.outcomes()))
+            await eventually(outage_served, OUTAGE + 10, lambda: str(load.outcomes()))
 
             starting = time.monotonic()
             await asyncio.to_thread(postgres_cluster.start)
@@ -270,7 +268,7 @@ async def test_an_outage_under_load_answers_503_fast_and_loses_nothing_acknowled
                 reads = any(a.status == 200 for a in after)
                 return writes and reads
 
-            await wait_for(serving_again, RECOVERY_WITHIN, lambda: str(load.outcomes()))
+            await eventually(serving_again, RECOVERY_WITHIN, lambda: str(load.outcomes()))
             recovered = time.monotonic()
 
             def served_after() -> bool:
@@ -278,7 +276,7 @@ async def test_an_outage_under_load_answers_503_fast_and_loses_nothing_acknowled
                 settled = time.monotonic() > back + RECOVERY_WITHIN + 1
                 return settled and load.succeeded(after=recovered) >= 60
 
-            await wait_for(served_after, 30, lambda: str(load.outcomes()))
+            await eventually(served_after, 30, lambda: str(load.outcomes()))
         finally:
             load.stop.set()
             results = await asyncio.gather(*clients, return_exceptions=True)
@@ -312,7 +310,7 @@ async def test_an_outage_under_load_answers_503_fast_and_loses_nothing_acknowled
         assert recovered - back <= RECOVERY_WITHIN
 
         # -- the relay delivers what the outage left pending
-        await wait_for(
+        await eventually(
             lambda: _outbox_empty(database), 30, lambda: f"outbox not delivered\n{api.report()}"
         )
 

@@ -16,26 +16,13 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import random_ref
-from tests.e2e.processes import (
-    Processes,
-    dead_redis_url,
-    describe,
-    fresh_database,
-    run_cli,
-    service_env,
-    wait_for,
-)
 from tests.e2e.scenarios import add_batch, batch
+from tests.support.polling import eventually
+from tests.support.processes import Processes, dead_redis_url, describe, run_cli, service_env
+from tests.support.refs import random_ref
 
 DEADLINE = 10.0
 DROPPED_ONE = "dropped 1 dead letter\n"
-
-
-@pytest.fixture(scope="module")
-async def database(postgres_server_url: str) -> AsyncIterator[str]:
-    async with fresh_database(postgres_server_url) as url:
-        yield url
 
 
 @pytest.fixture
@@ -57,9 +44,11 @@ async def dead_letter_key(redis: Redis) -> AsyncIterator[str]:
 @pytest.mark.redis
 @pytest.mark.slow
 async def test_the_worker_dead_letters_and_the_operator_lists_replays_and_drops(
-    database: str, redis_url: str, redis: Redis, dead_letter_key: str, tmp_path: Path
+    module_database: str, redis_url: str, redis: Redis, dead_letter_key: str, tmp_path: Path
 ) -> None:
-    env = service_env(database, redis_url, relay_interval=0.2, dead_letter_key=dead_letter_key)
+    env = service_env(
+        module_database, redis_url, relay_interval=0.2, dead_letter_key=dead_letter_key
+    )
     ref, sku = random_ref("batch"), random_ref("sku")  # the batch comes later
     sent = [
         b"\xff\xfe not even UTF-8",
@@ -67,11 +56,7 @@ async def test_the_worker_dead_letters_and_the_operator_lists_replays_and_drops(
         json.dumps({"batchref": ref, "qty": 4}).encode(),
     ]
     async with Processes(tmp_path) as processes:
-        api, worker = processes.api(env), processes.worker(env)
-        api.start()
-        worker.start()
-        await api.serving()
-        await worker.listening()
+        api, worker = await processes.start_api_and_worker(env)
 
         for data in sent:
             await redis.publish("change_batch_quantity", data)
@@ -79,7 +64,7 @@ async def test_the_worker_dead_letters_and_the_operator_lists_replays_and_drops(
         async def all_kept() -> bool:
             return await redis.llen(dead_letter_key) == len(sent)
 
-        await wait_for(all_kept, DEADLINE, processes.report)
+        await eventually(all_kept, DEADLINE, processes.report)
 
         # Listed as JSON, whole...
         result = await run_cli(env, "dead-letters", "list", "--json")

@@ -26,8 +26,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from app.config import Settings
-from tests.conftest import free_port, wait_until_serving
-from tests.databases import ROOT
+from tests.support.databases import ROOT
+from tests.support.servers import free_port, wait_until_serving
 
 BIN = Path(sys.executable).parent
 LOCK = ROOT / "requirements.lock"

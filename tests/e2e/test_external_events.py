@@ -20,27 +20,14 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import random_ref
-from tests.e2e.processes import (
-    Api,
-    Processes,
-    Subscriber,
-    Worker,
-    fresh_database,
-    service_env,
-    wait_for,
-)
 from tests.e2e.scenarios import add_batch, allocate
+from tests.support.polling import eventually
+from tests.support.processes import Api, Processes, Subscriber, Worker, service_env
+from tests.support.refs import random_ref
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
 DEADLINE = 10.0  # seconds for a message to have its effect
-
-
-@pytest.fixture(scope="module")
-async def database(postgres_server_url: str) -> AsyncIterator[str]:
-    async with fresh_database(postgres_server_url) as url:
-        yield url
 
 
 @dataclass
@@ -55,16 +42,14 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(database: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(module_database: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
     """An API and a worker on the module's database, and a line_allocated subscriber."""
     dead_letter_key = f"test:dead-letters:{uuid.uuid4().hex}"
-    env = service_env(database, redis_url, relay_interval=0.2, dead_letter_key=dead_letter_key)
+    env = service_env(
+        module_database, redis_url, relay_interval=0.2, dead_letter_key=dead_letter_key
+    )
     async with Processes(tmp_path) as processes:
-        api, worker = processes.api(env), processes.worker(env)
-        api.start()
-        worker.start()
-        await api.serving()
-        await worker.listening()
+        api, worker = await processes.start_api_and_worker(env)
         redis = Redis.from_url(redis_url)
         try:
             async with (
@@ -90,7 +75,7 @@ async def test_change_batch_quantity_message_reallocates_and_publishes(stack: St
 
     await allocate(stack.http, orderid, sku, 10)
 
-    await wait_for(
+    await eventually(
         lambda: bool(stack.line_allocated.where(orderid=orderid)),
         DEADLINE,
         lambda: f"no line_allocated for {orderid}\n{stack.processes.report()}",
@@ -102,7 +87,7 @@ async def test_change_batch_quantity_message_reallocates_and_publishes(stack: St
 
     await stack.redis.publish("change_batch_quantity", json.dumps({"batchref": earlier, "qty": 5}))
 
-    await wait_for(
+    await eventually(
         lambda: bool(stack.line_allocated.where(orderid=orderid, batchref=later)),
         DEADLINE,
         lambda: (
@@ -118,7 +103,7 @@ async def test_change_batch_quantity_message_reallocates_and_publishes(stack: St
     async def reads_later() -> bool:
         return await allocations_of(stack, orderid) == (200, [{"sku": sku, "batchref": later}])
 
-    await wait_for(
+    await eventually(
         reads_later,
         DEADLINE,
         lambda: (
@@ -159,7 +144,7 @@ async def test_worker_dead_letters_malformed_messages_and_unknown_batches(stack:
         r = await stack.http.get(f"/batches/{ref}")
         return r.status_code == 200 and r.json()["purchased"] == 7
 
-    await wait_for(
+    await eventually(
         applied,
         DEADLINE,
         lambda: f"the valid message was not applied\n{stack.processes.report()}",
@@ -188,7 +173,7 @@ async def test_sigterm_stops_the_worker_with_exit_code_0(stack: Stack) -> None:
         r = await stack.http.get(f"/batches/{ref}")
         return r.status_code == 200 and r.json()["purchased"] == 4
 
-    await wait_for(applied, DEADLINE, stack.processes.report)
+    await eventually(applied, DEADLINE, stack.processes.report)
 
     started = time.monotonic()
     stack.worker.send(signal.SIGTERM)
@@ -206,9 +191,9 @@ async def test_sigterm_stops_the_worker_with_exit_code_0(stack: Stack) -> None:
 
 
 async def test_sigterm_stops_an_idle_worker_and_sigint_too(
-    database: str, redis_url: str, tmp_path: Path
+    module_database: str, redis_url: str, tmp_path: Path
 ) -> None:
-    env = service_env(database, redis_url, relay_interval=0.2)
+    env = service_env(module_database, redis_url, relay_interval=0.2)
     async with Processes(tmp_path) as processes:
         for sig in (signal.SIGTERM, signal.SIGINT):
             worker = processes.worker(env, name=f"worker-{sig.name}")

@@ -40,9 +40,9 @@ from sqlalchemy.pool import NullPool
 from app.adapters import orm
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import free_port, wait_until_serving
-from tests.databases import ROOT, postgres_database
 from tests.e2e import fuzz_hooks  # registers the hook that keeps Idempotency-Keys apart
+from tests.support.databases import ROOT, postgres_database
+from tests.support.servers import free_port, wait_until_serving
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 STEPS = int(os.environ.get("FUZZ_STEPS", "20"))
@@ -224,22 +224,16 @@ def toml(token: str | None) -> str:
     return "\n".join(lines).replace("'", '"') + "\n"
 
 
-@pytest.fixture
-async def fuzzed_database(postgres_server_url: str) -> AsyncIterator[str]:
-    async with postgres_database(postgres_server_url) as url:
-        yield url
-
-
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.parametrize("token", [None, TOKEN], ids=["without-token", "with-token"])
 def test_schemathesis_run_with_every_check_and_phase_reports_nothing(
-    token: str | None, fuzzed_database: str, tmp_path: Path
+    token: str | None, private_database: str, tmp_path: Path
 ) -> None:
     settings = tmp_path / "schemathesis.toml"
     settings.write_text(toml(token))
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": fuzzed_database, "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "DATABASE_URL": private_database, "LOG_LEVEL": "WARNING"}
     env.pop("READ_DATABASE_URL", None)
     env.pop("API_TOKEN", None)
     if token is not None:

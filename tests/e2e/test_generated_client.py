@@ -22,8 +22,8 @@ from typing import NoReturn
 
 import pytest
 
-from tests.conftest import free_port, wait_until_serving
-from tests.databases import ROOT, alembic_upgrade
+from tests.support.databases import ROOT, alembic_upgrade
+from tests.support.servers import free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ EXAMPLE = re.compile(r"<!-- generated-client-example -->\n```python\n(.*?)```", 
 PACKAGE = "allocation_service_client"  # from the document's title, "Allocation service"
 
 
-def _unavailable(reason: str) -> NoReturn:
+def unavailable(reason: str) -> NoReturn:
     if os.environ.get("REQUIRE_SERVICES"):
         pytest.fail(f"{reason}, and REQUIRE_SERVICES says this run needs it")
     pytest.skip(reason)
@@ -64,7 +64,7 @@ def tools() -> Path:
             timeout=600,
         )
         if installed.returncode != 0:
-            _unavailable(f"cannot install {' '.join(REQUIREMENTS)}: {installed.stderr[-2000:]}")
+            unavailable(f"cannot install {' '.join(REQUIREMENTS)}: {installed.stderr[-2000:]}")
         (building / "installed").write_text("\n".join(REQUIREMENTS) + "\n")
         shutil.rmtree(venv, ignore_errors=True)  # an unfinished one
         try:

@@ -11,7 +11,7 @@ from asgi_lifespan import LifespanManager
 from app.adapters.schema_version import StartupError
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import free_port
+from tests.support.servers import free_port
 
 
 @asynccontextmanager

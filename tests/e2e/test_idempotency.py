@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.main import create_app
 from app.service_layer.unit_of_work import SqlAlchemyUnitOfWork
-from tests.conftest import random_ref
+from tests.support.refs import random_ref
 
 REPLAYED = "idempotent-replayed"
 

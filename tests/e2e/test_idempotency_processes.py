@@ -5,25 +5,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import random_ref
-from tests.e2e.processes import Api, Processes, fresh_database, query, service_env
+from tests.support.databases import query
+from tests.support.processes import Api, Processes, service_env
+from tests.support.refs import random_ref
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 ROUNDS = 10  # keys of each kind
 SENDS = 3  # copies of each request to each API, all at once
-
-
-@pytest.fixture
-async def database(postgres_server_url: str) -> AsyncIterator[str]:
-    async with fresh_database(postgres_server_url) as url:
-        yield url
 
 
 async def send_everywhere(
@@ -48,10 +42,10 @@ def assert_one_answer(answers: list[httpx.Response], status: int, location: str)
 
 
 async def test_concurrent_repeats_on_two_processes_run_the_command_once(
-    database: str, tmp_path: Path
+    private_database: str, tmp_path: Path
 ) -> None:
     async with Processes(tmp_path) as processes:
-        apis = [processes.api(service_env(database), name=f"api-{n}") for n in (1, 2)]
+        apis = [processes.api(service_env(private_database), name=f"api-{n}") for n in (1, 2)]
         await asyncio.gather(*(api.start_serving() for api in apis))
         refs, orderids = [], []
         async with httpx.AsyncClient(timeout=30) as http:
@@ -68,16 +62,18 @@ async def test_concurrent_repeats_on_two_processes_run_the_command_once(
                 orderids.append(orderid)
 
         # Each command ran once: one batch per reference, one Allocated per order.
-        batches = Counter(ref for (ref,) in await query(database, "SELECT reference FROM batches"))
+        batches = Counter(
+            ref for (ref,) in await query(private_database, "SELECT reference FROM batches")
+        )
         assert batches == Counter(refs), processes.report()
         events = Counter(
             payload["orderid"]
             for (payload,) in await query(
-                database, "SELECT payload FROM outbox WHERE type = 'Allocated'"
+                private_database, "SELECT payload FROM outbox WHERE type = 'Allocated'"
             )
         )
         assert events == Counter(orderids), processes.report()
         answered = await query(
-            database, "SELECT status, count(*) FROM idempotency_keys GROUP BY status"
+            private_database, "SELECT status, count(*) FROM idempotency_keys GROUP BY status"
         )
         assert sorted(answered) == [(201, ROUNDS), (202, ROUNDS)]

@@ -19,7 +19,6 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -29,20 +28,19 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import random_ref
-from tests.e2e.processes import (
+from tests.e2e.scenarios import add_batch
+from tests.support.databases import query
+from tests.support.outbox import outbox_pending
+from tests.support.polling import eventually
+from tests.support.processes import (
     Processes,
     Subscriber,
     allocations_of,
     describe,
-    fresh_database,
-    outbox_pending,
-    query,
     run_cli,
     service_env,
-    wait_for,
 )
-from tests.e2e.scenarios import add_batch
+from tests.support.refs import random_ref
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -55,12 +53,6 @@ OWED_WITHIN = 5.0  # seconds after the restart: what the dead process owed is de
 SKUS = 3
 BATCHES = 3  # per sku: one in the warehouse, two shipments
 STOCK = 12  # units per batch at the start: orders run out
-
-
-@pytest.fixture
-async def database(postgres_server_url: str) -> AsyncIterator[str]:
-    async with fresh_database(postgres_server_url) as url:
-        yield url
 
 
 @dataclass
@@ -133,19 +125,15 @@ async def client(n: int, http: httpx.AsyncClient, redis: Redis, load: Load) -> N
 
 
 async def test_killing_the_api_under_load_loses_nothing(
-    database: str, redis_url: str, tmp_path: Path
+    private_database: str, redis_url: str, tmp_path: Path
 ) -> None:
-    env = service_env(database, redis_url, relay_interval=0.2)
+    env = service_env(private_database, redis_url, relay_interval=0.2)
     async with (
         Processes(tmp_path) as processes,
         httpx.AsyncClient(timeout=10) as http,
         Subscriber(redis_url, "line_allocated") as line_allocated,
     ):
-        api, worker = processes.api(env), processes.worker(env)
-        api.start()
-        worker.start()
-        await api.serving()
-        await worker.listening()
+        api, worker = await processes.start_api_and_worker(env)
         http.base_url = httpx.URL(api.url)
         redis = Redis.from_url(redis_url)
         try:
@@ -163,7 +151,7 @@ async def test_killing_the_api_under_load_loses_nothing(
             load = Load(batches)
             clients = [asyncio.create_task(client(n, http, redis, load)) for n in range(CLIENTS)]
             try:
-                await wait_for(
+                await eventually(
                     lambda: load.succeeded() >= PHASE_OPS or all(c.done() for c in clients),
                     PHASE_TIMEOUT,
                     lambda: f"load too slow: {load.outcomes()}\n{processes.report()}",
@@ -172,7 +160,7 @@ async def test_killing_the_api_under_load_loses_nothing(
                 code = await api.kill()
                 assert code == -signal.SIGKILL
                 committed_before_kill = await query(
-                    database, "SELECT id FROM outbox WHERE completed_at IS NULL"
+                    private_database, "SELECT id FROM outbox WHERE completed_at IS NULL"
                 )
                 before_kill = load.succeeded()
                 await api.start_serving()
@@ -184,10 +172,12 @@ async def test_killing_the_api_under_load_loses_nothing(
                 owed = {event_id for (event_id,) in committed_before_kill}
 
                 async def owed_delivered() -> bool:
-                    rows = await query(database, "SELECT id FROM outbox WHERE completed_at IS NULL")
+                    rows = await query(
+                        private_database, "SELECT id FROM outbox WHERE completed_at IS NULL"
+                    )
                     return not owed & {event_id for (event_id,) in rows}
 
-                await wait_for(
+                await eventually(
                     owed_delivered,
                     OWED_WITHIN,
                     lambda: (
@@ -195,7 +185,7 @@ async def test_killing_the_api_under_load_loses_nothing(
                         f"the restart\n{processes.report()}"
                     ),
                 )
-                await wait_for(
+                await eventually(
                     lambda: (
                         load.succeeded() >= before_kill + PHASE_OPS
                         or all(c.done() for c in clients)
@@ -241,12 +231,12 @@ async def test_killing_the_api_under_load_loses_nothing(
                 r = await http.get(f"/batches/{sentinel}")
                 return r.status_code == 200 and r.json()["purchased"] == 9
 
-            await wait_for(sentinel_applied, SETTLE_TIMEOUT, processes.report)
+            await eventually(sentinel_applied, SETTLE_TIMEOUT, processes.report)
 
             async def outbox_empty() -> bool:
-                return await outbox_pending(database) == 0
+                return await outbox_pending(private_database) == 0
 
-            await wait_for(
+            await eventually(
                 outbox_empty,
                 SETTLE_TIMEOUT,
                 lambda: f"outbox not delivered\n{processes.report()}",
@@ -272,7 +262,7 @@ async def test_killing_the_api_under_load_loses_nothing(
             # -- and they read what the write model holds
             held: dict[str, list[dict[str, str]]] = {}
             for orderid, sku, ref in await query(
-                database,
+                private_database,
                 "SELECT l.orderid, l.sku, b.reference FROM order_lines l"
                 " JOIN allocations a ON a.orderline_id = l.id"
                 " JOIN batches b ON b.id = a.batch_id",
@@ -296,7 +286,7 @@ async def test_killing_the_api_under_load_loses_nothing(
 
             # -- the write model adds up, and the batches' view shows it
             rows = await query(
-                database,
+                private_database,
                 "SELECT b.reference, b.purchased_quantity, b.allocated_quantity,"
                 " coalesce(sum(l.qty), 0) AS lines"
                 " FROM batches b LEFT JOIN allocations a ON a.batch_id = b.id"
@@ -310,7 +300,7 @@ async def test_killing_the_api_under_load_loses_nothing(
                 r = await http.get(f"/batches/{ref}")
                 assert (r.json()["purchased"], r.json()["allocated"]) == (purchased, allocated)
             lines_per_order = await query(
-                database,
+                private_database,
                 "SELECT orderid, sku, count(*) FROM order_lines GROUP BY orderid, sku"
                 " HAVING count(*) > 1",
             )
@@ -319,12 +309,12 @@ async def test_killing_the_api_under_load_loses_nothing(
             allocated = {
                 event_id
                 for (event_id,) in await query(
-                    database, "SELECT id FROM outbox WHERE type = 'Allocated'"
+                    private_database, "SELECT id FROM outbox WHERE type = 'Allocated'"
                 )
             }
             sentinel_change = random_ref("sentinel")
             await redis.publish("line_allocated", json.dumps({"event_id": sentinel_change}))
-            await wait_for(
+            await eventually(
                 lambda: any(m.get("event_id") == sentinel_change for m in line_allocated.messages),
                 SETTLE_TIMEOUT,
                 "the subscriber to catch up",

@@ -4,7 +4,6 @@ import asyncio
 import json
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.adapters.schema_version import SCHEMA_VERSION
-from tests.conftest import free_port, random_ref
-from tests.databases import ROOT, alembic_upgrade
-from tests.e2e.processes import Processes, fresh_database, run_cli, service_env, wait_for
 from tests.e2e.scenarios import add_batch
+from tests.support.databases import ROOT, alembic_upgrade
+from tests.support.polling import eventually
+from tests.support.processes import Processes, run_cli, service_env
+from tests.support.refs import random_ref
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -137,21 +138,17 @@ def test_the_schema_version_is_alembics_head() -> None:
     assert ScriptDirectory(str(ROOT / "alembic")).get_current_head() == SCHEMA_VERSION
 
 
-@pytest.fixture
-async def postgres(postgres_server_url: str) -> AsyncIterator[str]:
-    async with fresh_database(postgres_server_url) as url:
-        yield url
-
-
 @pytest.mark.postgres
-async def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path, postgres: str) -> None:
+async def test_sigterm_lets_a_request_in_flight_finish(
+    tmp_path: Path, private_database: str
+) -> None:
     async with Processes(tmp_path) as processes:
-        api = processes.api(service_env(postgres))
+        api = processes.api(service_env(private_database))
         await api.start_serving()
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
             sku = random_ref("sku")
             await add_batch(client, random_ref("batch"), sku, 10)
-            engine = create_async_engine(postgres)
+            engine = create_async_engine(private_database)
             try:
                 async with engine.connect() as conn, conn.begin():
                     # Hold the product's row lock: the allocation below waits on it.
@@ -169,7 +166,7 @@ async def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path, postgres:
                         )
                         return bool(waiting.scalar_one())
 
-                    await wait_for(waiting_on_the_lock, 10, "the allocation never started")
+                    await eventually(waiting_on_the_lock, 10, "the allocation never started")
                     api.send(signal.SIGTERM)
                     await asyncio.sleep(0.5)
                     assert api.running, "stopped before its request finished"

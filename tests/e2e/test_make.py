@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_program
-from tests.databases import ROOT
+from tests.support.databases import ROOT
+from tests.support.servers import require_program
 
 RUNTIME = ["-e", "."]
 DEV = ["-e", ".[dev]"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import random_ref
-from tests.e2e.processes import (
-    Processes,
-    SlowProxy,
-    Subscriber,
-    dead_redis_url,
-    fresh_database,
-    outbox_pending,
-    query,
-    service_env,
-    wait_for,
-)
 from tests.e2e.scenarios import add_batch, allocate
+from tests.support.databases import query
+from tests.support.outbox import outbox_pending
+from tests.support.polling import eventually
+from tests.support.processes import Processes, SlowProxy, Subscriber, dead_redis_url, service_env
+from tests.support.refs import random_ref
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -40,12 +32,6 @@ FRESH = 40  # orders sent to the two APIs while the backlog drains
 SKUS = 4
 CONCURRENCY = 4
 DRAIN_TIMEOUT = 60.0
-
-
-@pytest.fixture
-async def database(postgres_server_url: str) -> AsyncIterator[str]:
-    async with fresh_database(postgres_server_url) as url:
-        yield url
 
 
 async def allocate_all(clients: list[httpx.AsyncClient], orders: dict[str, str]) -> None:
@@ -71,10 +57,10 @@ async def allocated_events(database: str) -> dict[str, dict[str, Any]]:
 
 
 async def make_backlog(
-    processes: Processes, database: str, skus: list[str], orders: dict[str, str]
+    processes: Processes, private_database: str, skus: list[str], orders: dict[str, str]
 ) -> None:
     """Allocate ``orders`` with no relay running and no Redis: all publishes pending."""
-    offline = service_env(database, dead_redis_url(), relay_enabled=False)
+    offline = service_env(private_database, dead_redis_url(), relay_enabled=False)
     api = processes.api(offline, name="api-offline")
     await api.start_serving()
     async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
@@ -83,18 +69,18 @@ async def make_backlog(
         await allocate_all([http], orders)
     await api.shut_down()
 
-    events = await allocated_events(database)
+    events = await allocated_events(private_database)
     assert len(events) == len(orders)
     assert not any(e["delivered"] for e in events.values())
     # Only the publishes failed: nothing else waits.
-    assert await outbox_pending(database) == len(orders)
+    assert await outbox_pending(private_database) == len(orders)
 
 
 async def drained(database: str, subscriber: Subscriber, processes: Processes) -> None:
     async def empty() -> bool:
         return await outbox_pending(database) == 0
 
-    await wait_for(
+    await eventually(
         empty,
         DRAIN_TIMEOUT,
         lambda: (
@@ -152,16 +138,16 @@ def check_published_once(
 
 
 async def test_two_apis_and_two_workers_deliver_every_event_exactly_once(
-    database: str, redis_url: str, tmp_path: Path
+    private_database: str, redis_url: str, tmp_path: Path
 ) -> None:
     skus = [random_ref("sku") for _ in range(SKUS)]
     backlog = {random_ref("order"): skus[n % SKUS] for n in range(BACKLOG)}
     fresh = {random_ref("fresh"): skus[n % SKUS] for n in range(FRESH)}
 
     async with Processes(tmp_path) as processes:
-        await make_backlog(processes, database, skus, backlog)
+        await make_backlog(processes, private_database, skus, backlog)
 
-        online = service_env(database, redis_url, relay_interval=0.2)
+        online = service_env(private_database, redis_url, relay_interval=0.2)
         async with Subscriber(redis_url, "line_allocated") as line_allocated:
             apis = [processes.api(online, name=f"api-{n}") for n in (1, 2)]
             workers = [processes.worker(online, name=f"worker-{n}") for n in (1, 2)]
@@ -175,14 +161,14 @@ async def test_two_apis_and_two_workers_deliver_every_event_exactly_once(
                 await allocate_all([one, two], fresh)
             await asyncio.gather(*(worker.listening() for worker in workers))
 
-            await drained(database, line_allocated, processes)
+            await drained(private_database, line_allocated, processes)
             await asyncio.gather(*(api.shut_down() for api in apis))
             for worker in workers:
                 code = await worker.terminate()
                 assert code == 0, f"{worker.name}: exit code {code}\n{processes.report()}"
             await caught_up(line_allocated, redis_url)
 
-        events = await allocated_events(database)
+        events = await allocated_events(private_database)
         assert len(events) == BACKLOG + FRESH
         for service in [*apis, *workers]:
             assert "Traceback" not in service.output(), processes.report()
@@ -190,7 +176,7 @@ async def test_two_apis_and_two_workers_deliver_every_event_exactly_once(
 
 
 async def test_relays_never_share_an_event_however_slow_the_broker(
-    database: str, redis_url: str, tmp_path: Path
+    private_database: str, redis_url: str, tmp_path: Path
 ) -> None:
     """Two workers, a slow broker: one relay's claim takes seconds to publish.
 
@@ -201,26 +187,28 @@ async def test_relays_never_share_an_event_however_slow_the_broker(
     backlog = {random_ref("order"): skus[0] for _ in range(60)}
 
     async with Processes(tmp_path) as processes:
-        await make_backlog(processes, database, skus, backlog)
+        await make_backlog(processes, private_database, skus, backlog)
         async with (
             Subscriber(redis_url, "line_allocated") as line_allocated,
             SlowProxy(redis_url, delay=0.05) as slow_redis,
         ):
-            env = service_env(database, slow_redis.url, relay_interval=0.2)
+            env = service_env(private_database, slow_redis.url, relay_interval=0.2)
             workers = [processes.worker(env, name=f"worker-{n}") for n in (1, 2)]
             for worker in workers:
                 worker.start()
-            await drained(database, line_allocated, processes)
+            await drained(private_database, line_allocated, processes)
             for worker in workers:
                 code = await worker.terminate()
                 assert code == 0, f"{worker.name}: exit code {code}\n{processes.report()}"
             await caught_up(line_allocated, redis_url)
 
-        check_published_once(await allocated_events(database), line_allocated, skus, backlog)
+        check_published_once(
+            await allocated_events(private_database), line_allocated, skus, backlog
+        )
 
 
 async def test_reallocations_are_read_at_once_and_published_once(
-    database: str, redis_url: str, tmp_path: Path
+    private_database: str, redis_url: str, tmp_path: Path
 ) -> None:
     """Shrinking a batch to nothing moves its lines to another batch, in the same transaction.
 
@@ -236,16 +224,16 @@ async def test_reallocations_are_read_at_once_and_published_once(
         Subscriber(redis_url, "line_allocated") as line_allocated,
         SlowProxy(redis_url, delay=0.1) as slow_redis,
     ):
-        api = processes.api(service_env(database, slow_redis.url, relay_interval=0.2))
+        api = processes.api(service_env(private_database, slow_redis.url, relay_interval=0.2))
         await api.start_serving()
-        worker = processes.worker(service_env(database, redis_url, relay_interval=0.2))
+        worker = processes.worker(service_env(private_database, redis_url, relay_interval=0.2))
         await worker.start_listening()
         async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
             await add_batch(http, warehouse, sku, lines, None)
             await add_batch(http, shipment, sku, lines, "2031-01-01")
             for orderid in orders:
                 await allocate(http, orderid, sku, 1)
-            first = await allocated_events(database)
+            first = await allocated_events(private_database)
             assert len(first) == lines
 
             r = await http.patch(f"/batches/{warehouse}", json={"qty": 0})
@@ -253,11 +241,11 @@ async def test_reallocations_are_read_at_once_and_published_once(
             for orderid in orders:
                 r = await http.get(f"/allocations/{orderid}")
                 assert r.json() == [{"sku": sku, "batchref": shipment}], r.text
-        await drained(database, line_allocated, processes)
+        await drained(private_database, line_allocated, processes)
         await api.shut_down()
         assert await worker.terminate() == 0, processes.report()
         await caught_up(line_allocated, redis_url)
 
-    events = await allocated_events(database)
+    events = await allocated_events(private_database)
     assert len(events) == 2 * lines
     check_published_once(events, line_allocated, [sku], orders)

@@ -1,6 +1,5 @@
 """What an operator sees: request ids, the request log, and /metrics."""
 
-import asyncio
 import logging
 import re
 from pathlib import Path
@@ -12,9 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.adapters import orm
-from tests.conftest import free_port, random_ref
-from tests.e2e.processes import Processes, service_env, wait_for
 from tests.e2e.scenarios import add_batch, allocate
+from tests.support.polling import eventually
+from tests.support.processes import Processes, service_env
+from tests.support.refs import random_ref
+from tests.support.servers import free_port
 
 
 async def test_a_request_id_is_made_up_and_echoed(client: httpx.AsyncClient) -> None:
@@ -80,7 +81,7 @@ async def test_the_request_id_follows_into_events_and_their_log_lines(
     def notices() -> list[logging.LogRecord]:
         return [rec for rec in caplog.records if "out of stock" in rec.getMessage()]
 
-    await wait_for(lambda: bool(notices()), 5, "the out-of-stock notice to be logged")
+    await eventually(lambda: bool(notices()), 5, "the out-of-stock notice to be logged")
     assert [rec.request_id for rec in notices()] == ["req-out-of-stock"]  # type: ignore[attr-defined]
     # And the event itself, in the outbox, names the request.
     engine = create_async_engine(database_url)
@@ -118,15 +119,17 @@ async def test_metrics_count_requests_allocations_and_out_of_stock(
     # line_allocated goes out after the 202, from the outbox: wait until it has.
     published = {"handler": "publish_allocated_event"}
     count = "allocation_event_delivery_lag_seconds_count"
-    deadline = asyncio.get_running_loop().time() + 5
-    while True:
-        r = await client.get("/metrics")
-        after = r.text
-        delivered = sample(after, count, **published) - sample(before, count, **published)
-        if delivered >= 1 and sample(after, "allocation_outbox_pending_events") == 0:
-            break
-        assert asyncio.get_running_loop().time() < deadline, "line_allocated not delivered"
-        await asyncio.sleep(0.05)
+    answers: list[httpx.Response] = []
+
+    async def delivered() -> bool:
+        answers.append(await client.get("/metrics"))
+        after = answers[-1].text
+        done = sample(after, count, **published) - sample(before, count, **published)
+        return done >= 1 and sample(after, "allocation_outbox_pending_events") == 0
+
+    await eventually(delivered, 5.0, "line_allocated not delivered", interval=0.05)
+    r = answers[-1]
+    after = r.text
 
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
@@ -186,4 +189,4 @@ async def test_the_worker_serves_its_own_metrics(
             text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
             return sample(text, "allocation_dead_letters_total", reason="malformed") >= 1
 
-        await wait_for(counted, 20, processes.report)
+        await eventually(counted, 20, processes.report)

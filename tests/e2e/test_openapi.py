@@ -20,7 +20,7 @@ from app.entrypoints import fields
 from app.entrypoints.api import schemas
 from app.entrypoints.api.idempotency import Idempotency, fingerprint
 from app.main import create_app
-from tests.conftest import free_port
+from tests.support.servers import free_port
 
 
 @pytest.fixture

@@ -16,9 +16,6 @@ import httpx
 import pytest
 from playwright.sync_api import Response, sync_playwright
 
-from tests.conftest import free_port, random_ref, require_program
-from tests.databases import ROOT
-from tests.e2e.processes import Api, Processes, Service, fresh_database, service_env
 from tests.e2e.swagger_ui import (
     CHROMIUM_ARGS,
     execute,
@@ -28,6 +25,10 @@ from tests.e2e.swagger_ui import (
     try_it_out,
 )
 from tests.e2e.test_lifecycle import json_lines
+from tests.support.databases import ROOT
+from tests.support.processes import Api, Processes, Service, service_env
+from tests.support.refs import random_ref
+from tests.support.servers import free_port, require_program
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -67,11 +68,11 @@ def chromium() -> str:
 
 @pytest.fixture
 async def behind_nginx(
-    nginx: str, postgres_server_url: str, tmp_path: Path
+    nginx: str, private_database: str, tmp_path: Path
 ) -> AsyncIterator[tuple[str, Api]]:
     """(the proxy's URL with the prefix, the API behind it, on PostgreSQL)."""
-    async with fresh_database(postgres_server_url) as database, Processes(tmp_path) as processes:
-        api = processes.api(service_env(database, root_path=PREFIX))
+    async with Processes(tmp_path) as processes:
+        api = processes.api(service_env(private_database, root_path=PREFIX))
         api.argv += ["--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"]
         await api.start_serving()
 

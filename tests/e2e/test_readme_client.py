@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_until_serving
-from tests.databases import ROOT, alembic_upgrade
+from tests.support.databases import ROOT, alembic_upgrade
+from tests.support.servers import free_port, wait_until_serving
 
 EXAMPLE = re.compile(r"<!-- httpx-example -->\n```python\n(.*?)```", re.DOTALL)
 

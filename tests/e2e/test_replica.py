@@ -19,11 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import _unavailable, free_port, random_ref
-from tests.databases import ROOT, alembic_upgrade
-from tests.e2e.processes import Api, Processes, service_env, wait_for
 from tests.e2e.test_readme_client import EXAMPLE
-from tests.pg_cluster import PostgresCluster, find_bindir
+from tests.support.databases import ROOT, alembic_upgrade
+from tests.support.polling import eventually
+from tests.support.processes import Api, Processes, service_env
+from tests.support.refs import random_ref
+from tests.support.servers import PostgresCluster, find_bindir, free_port, unavailable
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -38,7 +39,7 @@ POSITION = re.compile(r"[0-9A-F]+/[0-9A-F]+")
 def clusters() -> Iterator[tuple[PostgresCluster, PostgresCluster]]:
     bindir = find_bindir()
     if bindir is None:
-        _unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
+        unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
     primary = PostgresCluster(bindir, free_port())
     replica: PostgresCluster | None = None
     try:
@@ -115,7 +116,7 @@ async def test_plain_reads_go_to_the_replica_and_are_as_fresh_as_it_is(
 ) -> None:
     ref, _, _ = await add_batch(http)
     assert (await http.get(f"/batches/{ref}")).status_code == 404  # not applied yet
-    await wait_for(
+    await eventually(
         lambda: _answers(http, f"/batches/{ref}", 200), APPLY_DELAY * 10, "replica never applied"
     )
     assert reads_from((await http.get("/metrics")).text, "replica") > 0
@@ -201,7 +202,7 @@ async def test_reads_survive_a_stopped_replica_and_return_to_it(
     assert (await http.get(created.headers["location"])).status_code == 200
 
     replica.start()
-    await wait_for(lambda: _replica_ok(http), 15, "reads never went back to the replica")
+    await eventually(lambda: _replica_ok(http), 15, "reads never went back to the replica")
     before = reads_from((await http.get("/metrics")).text, "replica")
     await http.get(f"/batches/{ref}")
     assert reads_from((await http.get("/metrics")).text, "replica") > before
@@ -234,7 +235,7 @@ async def test_reads_survive_a_hanging_replica_within_db_timeout(
     # The checks that timed out meanwhile left the replica's pool whole.
     await asyncio.sleep(DB_TIMEOUT * 2)
     replica.thaw()
-    await wait_for(lambda: _replica_ok(http), 15, "reads never went back to the replica")
+    await eventually(lambda: _replica_ok(http), 15, "reads never went back to the replica")
 
 
 async def test_metrics_show_the_replicas_lag(http: httpx.AsyncClient) -> None:
@@ -244,5 +245,5 @@ async def test_metrics_show_the_replicas_lag(http: httpx.AsyncClient) -> None:
         text = (await http.get("/metrics")).text
         return re.search(r"^allocation_replica_lag_seconds \S+$", text, re.M) is not None
 
-    await wait_for(lag_seen, 10, "no replica lag in /metrics")
+    await eventually(lag_seen, 10, "no replica lag in /metrics")
     assert "allocation_replica_up 1.0" in (await http.get("/metrics")).text

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_until_serving
-from tests.databases import ROOT
-from tests.e2e.processes import ALLOCATION, service_env
+from tests.support.databases import ROOT
+from tests.support.processes import ALLOCATION, service_env
+from tests.support.servers import free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow
 

@@ -28,19 +28,13 @@ from redis.asyncio import Redis
 from app.adapters.streams import GroupStats, create_group, group_stats
 from app.config import Settings
 from app.domain import commands
-from tests.conftest import random_ref
-from tests.e2e.processes import (
-    Processes,
-    Worker,
-    describe,
-    fresh_database,
-    query,
-    run_cli,
-    service_env,
-    wait_for,
-)
 from tests.e2e.scenarios import add_batch, allocate
-from tests.integration.event_helpers import RedisServer, running_container
+from tests.support.containers import running_container
+from tests.support.databases import query
+from tests.support.polling import eventually
+from tests.support.processes import Processes, Worker, describe, run_cli, service_env
+from tests.support.refs import random_ref
+from tests.support.servers import RedisServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -55,12 +49,6 @@ STOPPED = re.compile(
 INITIAL = 1000  # every batch's quantity before the test sends anything
 
 
-@pytest.fixture(scope="module")
-async def database(postgres_server_url: str) -> AsyncIterator[str]:
-    async with fresh_database(postgres_server_url) as url:
-        yield url
-
-
 @dataclass
 class Setup:
     database: str
@@ -70,14 +58,18 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(database: str, redis_server: RedisServer) -> AsyncIterator[Setup]:
+async def setup(module_database: str, redis_server: RedisServer) -> AsyncIterator[Setup]:
     """Service settings on the module's database and the test's own Redis."""
     key = f"test:dead-letters:{uuid.uuid4().hex}"
     env = service_env(
-        database, redis_server.url, relay_interval=0.2, dead_letter_key=key, stream_claim_idle=1
+        module_database,
+        redis_server.url,
+        relay_interval=0.2,
+        dead_letter_key=key,
+        stream_claim_idle=1,
     )
     async with Redis.from_url(redis_server.url) as redis:
-        yield Setup(database, redis, env, key)
+        yield Setup(module_database, redis, env, key)
 
 
 async def new_batches(database: str, count: int) -> list[str]:
@@ -165,7 +157,7 @@ async def test_entries_added_while_no_worker_runs_are_applied_when_one_starts(
     async with Processes(tmp_path) as processes:
         worker = processes.worker(setup.env)
         await worker.start_reading()
-        await wait_for(lambda: settled(setup.redis), SETTLE, processes.report)
+        await eventually(lambda: settled(setup.redis), SETTLE, processes.report)
         result = await run_cli(setup.env, "outbox")
         assert await worker.terminate() == 0, processes.report()
 
@@ -192,7 +184,7 @@ async def test_two_workers_share_the_stream_and_the_last_entry_per_batch_wins(
 
         sent = await send(setup.redis, refs, 300, seed=2)
 
-        await wait_for(lambda: settled(setup.redis), SETTLE, processes.report)
+        await eventually(lambda: settled(setup.redis), SETTLE, processes.report)
         for worker in workers:
             assert await worker.terminate() == 0, processes.report()
 
@@ -219,7 +211,7 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_the_last_entry_wins(
             now = await stats(setup.redis)
             return now is not None and now.lag is not None and now.lag <= 400
 
-        await wait_for(well_under_way, SETTLE, processes.report, interval=0.02)
+        await eventually(well_under_way, SETTLE, processes.report, interval=0.02)
         assert await doomed.kill() == -signal.SIGKILL
         at_kill = await stats(setup.redis)
         assert at_kill is not None
@@ -229,7 +221,7 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_the_last_entry_wins(
         others = [processes.worker(setup.env, name="other"), doomed]
         for worker in others:
             worker.start()
-        await wait_for(lambda: settled(setup.redis), SETTLE, processes.report)
+        await eventually(lambda: settled(setup.redis), SETTLE, processes.report)
         for worker in others:
             assert await worker.terminate() == 0, processes.report()
 
@@ -284,7 +276,7 @@ async def test_sigterm_handles_every_pubsub_message_received(setup: Setup, tmp_p
             now = await quantities(setup.database, refs[:50])
             return sum(qty != INITIAL for qty in now.values()) >= 10
 
-        await wait_for(some_applied, 30, processes.report, interval=0.02)
+        await eventually(some_applied, 30, processes.report, interval=0.02)
         at_term = await quantities(setup.database, refs)
         worker.send(signal.SIGTERM)
         code = await worker.wait(within=60)
@@ -332,7 +324,7 @@ async def test_an_allocation_is_appended_to_the_line_allocated_stream(
             async def appended() -> bool:
                 return await setup.redis.xlen("line_allocated") > 0
 
-            await wait_for(appended, 10, processes.report)
+            await eventually(appended, 10, processes.report)
             metrics = (await http.get("/metrics")).text
 
     # A reader that starts now reads what was appended before it.

@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import random_ref
-from tests.databases import ROOT
 from tests.e2e.swagger_ui import (
     CHROMIUM_ARGS,
     execute,
@@ -25,6 +23,8 @@ from tests.e2e.swagger_ui import (
     require_chromium,
     try_it_out,
 )
+from tests.support.databases import ROOT
+from tests.support.refs import random_ref
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

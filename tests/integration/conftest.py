@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.adapters.database import build_engine
 from app.container import Container
 from app.service_layer.unit_of_work import InlineHandlers
-from tests.databases import postgres_database
+from tests.support.databases import postgres_database
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from app.adapters.dead_letters import DeadLetter, RedisDeadLetters
 from app.config import Settings
 from app.container import Container
 from app.entrypoints.redis_consumer import PubSubConsumer
-from tests.integration.event_helpers import running_container
+from tests.support.containers import running_container
 
 ATTEMPTS = 3
 

@@ -27,10 +27,9 @@ from app.config import Settings
 from app.container import Container, start, stop
 from app.domain import commands, model
 from app.service_layer.messagebus import MessageBus
-from tests.conftest import random_ref
-from tests.databases import postgres_database
 from tests.fakes import FakeNotifications, FakePublisher
-from tests.integration.event_helpers import outbox_rows
+from tests.support.outbox import outbox_rows
+from tests.support.refs import random_ref
 
 pytestmark = pytest.mark.postgres
 
@@ -45,21 +44,13 @@ def publisher() -> FakePublisher:
     return FakePublisher()
 
 
-@pytest.fixture(scope="module")
-async def private_postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
-    # A database of the module's own: a relay elsewhere in the run (an API
-    # under test) would deliver these tests' events to its own publisher.
-    async with postgres_database(postgres_server_url) as url:
-        yield url
-
-
 @pytest.fixture
 async def container(
-    private_postgres_url: str, notifications: FakeNotifications, publisher: FakePublisher
+    module_database: str, notifications: FakeNotifications, publisher: FakePublisher
 ) -> AsyncIterator[Container]:
     container = Container()
     container.settings.override(
-        providers.Object(Settings(database_url=private_postgres_url, read_database_url=None))
+        providers.Object(Settings(database_url=module_database, read_database_url=None))
     )
     container.notifications.override(providers.Object(notifications))
     container.publisher.override(providers.Object(publisher))

@@ -23,9 +23,9 @@ from app.service_layer import handlers
 from app.service_layer.delivery import Backoff, Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
 from app.service_layer.unit_of_work import InlineHandlers, SqlAlchemyUnitOfWork
-from tests.conftest import free_port, random_ref
-from tests.databases import alembic_upgrade
-from tests.pg_cluster import PostgresCluster
+from tests.support.databases import alembic_upgrade
+from tests.support.refs import random_ref
+from tests.support.servers import PostgresCluster, free_port
 
 DB_TIMEOUT = 2.0
 # The batch read model, written in the command's transaction.

@@ -23,15 +23,16 @@ from app import views
 from app.adapters.dead_letters import RedisDeadLetters
 from app.domain import commands
 from app.entrypoints.redis_consumer import CHANNEL
-from tests.conftest import free_port, random_ref
-from tests.e2e.processes import dead_redis_url
 from tests.integration.dead_letter_helpers import (
     ATTEMPTS,
     Service,
     consumer_of,
     running_service,
 )
-from tests.integration.event_helpers import crash_after_commit
+from tests.support.faults import crash_after_commit
+from tests.support.processes import dead_redis_url
+from tests.support.refs import random_ref
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.redis
 

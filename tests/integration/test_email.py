@@ -23,17 +23,11 @@ from app.clock import utcnow
 from app.config import Settings
 from app.container import Container
 from app.domain import commands, events
-from tests.conftest import free_port, random_ref
-from tests.integration.event_helpers import (
-    OutboxRow,
-    ReceivedMail,
-    SmtpSink,
-    deliver_until_delivered,
-    failing_after_it_ran,
-    outbox_rows,
-    private_postgres_database,
-    running_container,
-)
+from tests.support.containers import running_container
+from tests.support.faults import failing_after_it_ran
+from tests.support.outbox import OutboxRow, deliver_until_delivered, outbox_rows
+from tests.support.refs import random_ref
+from tests.support.servers import ReceivedMail, SmtpSink, free_port
 
 STOCK_TEAM = "stock@example.com"
 SENDER = "allocation@example.com"
@@ -58,17 +52,11 @@ def assert_a_notice_of(mail: ReceivedMail, sku: str, row: OutboxRow) -> None:
     assert abs(datetime.now(UTC) - sent) < timedelta(minutes=5)
 
 
-@pytest.fixture(scope="module")
-async def events_postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
-    async with private_postgres_database(postgres_server_url) as url:
-        yield url
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def email_database_url(request: pytest.FixtureRequest) -> str:
     # PostgreSQL in a database of the module's own: another relay on the
     # shared one could deliver these notices elsewhere first.
-    name = "sqlite_url" if request.param == "sqlite" else "events_postgres_url"
+    name = "sqlite_url" if request.param == "sqlite" else "module_database"
     url: str = request.getfixturevalue(name)
     return url
 

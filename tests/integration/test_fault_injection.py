@@ -24,24 +24,24 @@ from app.config import Settings
 from app.container import Container
 from app.domain import commands, events
 from app.main import create_app
-from tests.conftest import random_ref
-from tests.integration.event_helpers import (
+from tests.support.containers import running_container
+from tests.support.faults import (
     Faults,
     InjectedFault,
-    Subscriber,
-    allocated_in_write_model,
-    allocated_row,
     crash_after_commit,
-    deliver_until_delivered,
     fail_after_running,
     failing_after_it_ran,
     failing_publisher,
-    handled_by,
     override_after_commit_handlers,
-    private_postgres_database,
-    running_container,
-    subscribe,
 )
+from tests.support.outbox import (
+    allocated_in_write_model,
+    allocated_row,
+    deliver_until_delivered,
+    handled_by,
+)
+from tests.support.redis import Subscriber, subscribe
+from tests.support.refs import random_ref
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -49,16 +49,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 PUBLISH = "publish_allocated_event"
 
 
-@pytest.fixture(scope="module")
-async def events_postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
-    async with private_postgres_database(postgres_server_url) as url:
-        yield url
-
-
 @pytest.fixture
-def settings(events_postgres_url: str, redis_url: str) -> Settings:
+def settings(module_database: str, redis_url: str) -> Settings:
     # No relay runs on its own: the tests run delivery passes by hand.
-    return Settings(database_url=events_postgres_url, redis_url=redis_url, relay_enabled=False)
+    return Settings(database_url=module_database, redis_url=redis_url, relay_enabled=False)
 
 
 @pytest.fixture

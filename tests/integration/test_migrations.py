@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import command
 from app.adapters import orm
-from tests.databases import ROOT, alembic_upgrade
+from tests.support.databases import ROOT, alembic_upgrade
 
 
 def alembic_config() -> Config:

@@ -30,8 +30,8 @@ from app.adapters.outbox import (
 from app.clock import utcnow
 from app.domain import events, model
 from app.service_layer.unit_of_work import SqlAlchemyUnitOfWork
-from tests.conftest import random_ref
-from tests.databases import alembic_upgrade
+from tests.support.databases import alembic_upgrade
+from tests.support.refs import random_ref
 
 LATER = timedelta(hours=1)
 T = TypeVar("T")

@@ -21,9 +21,8 @@ from app.adapters.database import DatabaseUnavailable
 from app.config import Settings
 from app.container import Container
 from app.domain import commands
-from tests.conftest import random_ref
-from tests.databases import postgres_database
-from tests.e2e.processes import wait_for
+from tests.support.polling import eventually
+from tests.support.refs import random_ref
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -33,14 +32,8 @@ RETENTION = timedelta(days=1)
 
 
 @pytest.fixture(scope="module")
-async def database(postgres_server_url: str) -> AsyncIterator[str]:
-    async with postgres_database(postgres_server_url) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-async def admin(database: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+async def admin(module_database: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(module_database, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     yield engine
     await engine.dispose()
 
@@ -51,7 +44,7 @@ async def scalar(engine: AsyncEngine, sql: str) -> int:
 
 
 async def test_a_million_delivered_events_are_pruned_in_chunks_while_writes_go_on(
-    database: str, admin: AsyncEngine
+    module_database: str, admin: AsyncEngine
 ) -> None:
     # Two days old, each with a ledger row, as if one handler had failed once.
     async with admin.connect() as conn:
@@ -73,7 +66,7 @@ async def test_a_million_delivered_events_are_pruned_in_chunks_while_writes_go_o
         )
     container = Container()
     container.settings.override(
-        Settings(database_url=database, db_timeout=DB_TIMEOUT, relay_enabled=False)
+        Settings(database_url=module_database, db_timeout=DB_TIMEOUT, relay_enabled=False)
     )
     await composition.start(container)
     try:
@@ -124,10 +117,10 @@ async def test_a_million_delivered_events_are_pruned_in_chunks_while_writes_go_o
 
 
 async def test_a_statement_past_db_timeout_is_cancelled_on_the_server(
-    database: str, admin: AsyncEngine
+    module_database: str, admin: AsyncEngine
 ) -> None:
     container = Container()
-    container.settings.override(Settings(database_url=database, db_timeout=0.5))
+    container.settings.override(Settings(database_url=module_database, db_timeout=0.5))
     await composition.start(container)
     try:
         with pytest.raises(DatabaseUnavailable):
@@ -137,7 +130,7 @@ async def test_a_statement_past_db_timeout_is_cancelled_on_the_server(
         await composition.stop(container)
 
     # The server ends it by itself, long before it would have finished.
-    await wait_for(lambda: sleeping_done(admin), 2, "pg_sleep to be cancelled on the server")
+    await eventually(lambda: sleeping_done(admin), 2, "pg_sleep to be cancelled on the server")
 
 
 async def sleeping_done(admin: AsyncEngine) -> bool:

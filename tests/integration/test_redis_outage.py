@@ -25,36 +25,24 @@ from app.container import Container
 from app.domain import commands
 from app.entrypoints.redis_consumer import CHANNEL, PubSubConsumer
 from app.main import create_app
-from tests.conftest import random_ref
-from tests.integration.event_helpers import (
-    RedisServer,
-    allocated_row,
-    deliver_until_delivered,
-    eventually,
-    handled_by,
-    pending_count,
-    private_postgres_database,
-    subscribe,
-)
+from tests.support.outbox import allocated_row, deliver_until_delivered, handled_by, pending_count
+from tests.support.polling import eventually
+from tests.support.redis import subscribe
+from tests.support.refs import random_ref
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.postgres
 
 BEFORE, DURING = 5, 7
 
 
-@pytest.fixture(scope="module")
-async def events_postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
-    async with private_postgres_database(postgres_server_url) as url:
-        yield url
-
-
 @pytest.fixture
 async def app_client(
-    events_postgres_url: str, redis_server: RedisServer
+    module_database: str, redis_server: RedisServer
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The app in-process on the test's own Redis; its container is ``app.state.container``."""
     settings = Settings(
-        database_url=events_postgres_url,
+        database_url=module_database,
         redis_url=redis_server.url,
         relay_enabled=False,
     )
@@ -159,17 +147,17 @@ async def test_the_consumer_reconnects_after_a_restart_and_dead_letters_bad_mess
         return consumer.counts["applied"] == 1 or task.done()
 
     try:
-        await eventually(subscribed, "the consumer to subscribe")
+        await eventually(subscribed, 10.0, "the consumer to subscribe")
         await redis_server.stop()
-        await eventually(disconnected, "the consumer to notice Redis is gone", within=30)
+        await eventually(disconnected, 30, "the consumer to notice Redis is gone")
         await redis_server.start()
-        await eventually(subscribed, "the consumer to subscribe again", within=30)
+        await eventually(subscribed, 30, "the consumer to subscribe again")
 
         async with Redis.from_url(redis_server.url) as client:
             await client.publish(CHANNEL, b"{not json")
             await client.publish(CHANNEL, json.dumps({"batchref": unknown, "qty": 5}))
             await client.publish(CHANNEL, json.dumps({"batchref": ref, "qty": 7}))
-        await eventually(applied, "the consumer to apply the quantity change")
+        await eventually(applied, 10.0, "the consumer to apply the quantity change")
 
         assert consumer.counts["malformed"] == 1
         assert consumer.counts["unknown_batch"] == 1

@@ -15,7 +15,7 @@ from app.adapters import orm
 from app.adapters.database import Params, Transaction, transaction
 from app.adapters.repository import SqlAlchemyRepository
 from app.domain import events, model
-from tests.conftest import random_ref
+from tests.support.refs import random_ref
 
 
 class CountingTransaction(Transaction):

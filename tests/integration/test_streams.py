@@ -23,9 +23,10 @@ from app.adapters.streams import create_group, group_stats
 from app.domain import commands
 from app.entrypoints import dead_letter_commands
 from app.entrypoints.redis_consumer import STREAM, StreamConsumer
-from tests.conftest import random_ref
 from tests.integration.dead_letter_helpers import ATTEMPTS, Service, running_service
-from tests.integration.event_helpers import RedisServer, eventually
+from tests.support.polling import eventually
+from tests.support.refs import random_ref
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -113,7 +114,7 @@ async def test_poison_entries_are_dead_lettered_with_their_ids_and_acknowledged(
     await redis.xadd(STREAM, {"batchref": ref, "qty": "7"})
 
     async with consuming(service) as consumer:
-        await eventually(lambda: settled(redis), "every entry acknowledged")
+        await eventually(lambda: settled(redis), 10.0, "every entry acknowledged")
 
     assert await purchased(service, ref) == 7
     kept = await service.dead_letters.entries()
@@ -136,11 +137,11 @@ async def test_an_older_entry_claimed_after_a_newer_one_was_applied_does_not_win
     await redis.xreadgroup(GROUP, "dead-worker", {STREAM: ">"}, count=1)
     await redis.xadd(STREAM, {"batchref": ref, "qty": "8"})
     async with consuming(service, "worker-1") as first:
-        await eventually(counted(first, "applied", 1), "the newer entry applied")
+        await eventually(counted(first, "applied", 1), 10.0, "the newer entry applied")
     assert await purchased(service, ref) == 8
 
     async with consuming(service, "worker-2", claim_idle=0.05) as second:
-        await eventually(lambda: settled(redis), "the older entry claimed and acknowledged")
+        await eventually(lambda: settled(redis), 10.0, "the older entry claimed and acknowledged")
 
     assert second.counts["claimed"] == 1
     assert second.counts["superseded"] == 1
@@ -156,7 +157,7 @@ async def test_an_older_entry_replayed_from_the_dead_letters_does_not_win(
     await redis.xadd(STREAM, {"batchref": on_time, "qty": "4"})
     await redis.xadd(STREAM, {"batchref": early + "-also", "qty": "6"})
     async with consuming(service) as consumer:
-        await eventually(lambda: settled(redis), "the entries dead-lettered")
+        await eventually(lambda: settled(redis), 10.0, "the entries dead-lettered")
         [stale, _] = await service.dead_letters.entries()
         await service.container.bus().handle(
             commands.CreateBatch(early, random_ref("sku"), 10, None)
@@ -165,7 +166,7 @@ async def test_an_older_entry_replayed_from_the_dead_letters_does_not_win(
             commands.CreateBatch(early + "-also", random_ref("sku"), 10, None)
         )
         await redis.xadd(STREAM, {"batchref": early, "qty": "8"})
-        await eventually(counted(consumer, "applied", 2), "the newer entry applied")
+        await eventually(counted(consumer, "applied", 2), 10.0, "the newer entry applied")
     assert await purchased(service, early) == 8
 
     code = await dead_letter_commands.replay(service.dead_letters, consumer, None)

@@ -8,7 +8,7 @@ that have after-commit handlers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import pytest
@@ -21,7 +21,8 @@ from app.adapters import orm
 from app.adapters.database import ConcurrencyError, build_engine
 from app.domain import events, model
 from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers, SqlAlchemyUnitOfWork
-from tests.conftest import random_ref
+from tests.support.polling import eventually
+from tests.support.refs import random_ref
 
 AFTER_COMMIT: Collection[type[events.Event]] = {events.Allocated, events.OutOfStock}
 
@@ -95,13 +96,6 @@ async def allocate(engine: AsyncEngine, sku: str, orderid: str, qty: int) -> Non
         assert product is not None
         product.allocate(model.OrderLine(orderid, sku, qty))
         await uow.commit()
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]]) -> None:
-    # What is awaited is the database's state, which sets no asyncio.Event: poll it.
-    async with asyncio.timeout(10):
-        while not await condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def is_blocking(engine: AsyncEngine, pid: object) -> bool:
@@ -351,7 +345,7 @@ async def test_writers_of_one_product_wait_for_each_other(engine: AsyncEngine) -
         # be seen waiting; the outcome below still shows no update was lost.
         if engine.dialect.name == "postgresql":
             pid = await holder.tx.scalar(text("SELECT pg_backend_pid()"))
-            await wait_until(lambda: is_blocking(engine, pid))
+            await eventually(lambda: is_blocking(engine, pid), 10.0, "the second writer blocked")
         assert not task.done()
         product.allocate(model.OrderLine(first, sku, 4))
         await holder.commit()

@@ -27,7 +27,7 @@ from app.adapters.rebuild import rebuild_views
 from app.domain import commands, events
 from app.service_layer import handlers
 from app.service_layer.unit_of_work import InlineHandlers, SqlAlchemyUnitOfWork
-from tests.conftest import random_ref
+from tests.support.refs import random_ref
 
 Write = Callable[[commands.Command], Awaitable[list[events.Event]]]
 

@@ -25,7 +25,6 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,21 +32,20 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import random_ref
-from tests.e2e.processes import (
+from tests.e2e.scenarios import add_batch
+from tests.support.databases import query
+from tests.support.outbox import outbox_pending
+from tests.support.polling import eventually
+from tests.support.processes import (
     Processes,
     Service,
     allocations_of,
     describe,
-    fresh_database,
-    outbox_pending,
-    query,
     run_cli,
     service_env,
-    wait_for,
 )
-from tests.e2e.scenarios import add_batch
-from tests.integration.event_helpers import RedisServer
+from tests.support.refs import random_ref
+from tests.support.servers import RedisServer
 
 pytestmark = [pytest.mark.soak, pytest.mark.postgres, pytest.mark.redis]
 
@@ -135,23 +133,13 @@ def rss_mb(service: Service) -> float:
     return int(match.group(1)) / 1024
 
 
-@pytest.fixture
-async def database(postgres_server_url: str) -> AsyncIterator[str]:
-    async with fresh_database(postgres_server_url) as url:
-        yield url
-
-
-async def test_soak(database: str, redis_server: RedisServer, tmp_path: Path) -> None:
-    env = service_env(database, redis_server.url, relay_interval=0.5)
+async def test_soak(private_database: str, redis_server: RedisServer, tmp_path: Path) -> None:
+    env = service_env(private_database, redis_server.url, relay_interval=0.5)
     async with (
         Processes(tmp_path) as processes,
         httpx.AsyncClient(timeout=30) as http,
     ):
-        api, worker = processes.api(env), processes.worker(env)
-        api.start()
-        worker.start()
-        await api.serving()
-        await worker.listening()
+        api, worker = await processes.start_api_and_worker(env)
         http.base_url = httpx.URL(api.url)
         redis = Redis.from_url(redis_server.url, socket_timeout=2, socket_connect_timeout=1)
         try:
@@ -190,12 +178,12 @@ async def test_soak(database: str, redis_server: RedisServer, tmp_path: Path) ->
                 r = await http.get(f"/batches/{sentinel}")
                 return r.status_code == 200 and r.json()["purchased"] == 9
 
-            await wait_for(sentinel_applied, SETTLE_TIMEOUT, processes.report, interval=1.0)
+            await eventually(sentinel_applied, SETTLE_TIMEOUT, processes.report, interval=1.0)
 
             async def outbox_empty() -> bool:
-                return await outbox_pending(database) == 0
+                return await outbox_pending(private_database) == 0
 
-            await wait_for(outbox_empty, SETTLE_TIMEOUT, processes.report, interval=0.5)
+            await eventually(outbox_empty, SETTLE_TIMEOUT, processes.report, interval=0.5)
 
             # -- the views equal a rebuild, and no batch is oversold
             orderids = sorted(load.orders)
@@ -207,7 +195,7 @@ async def test_soak(database: str, redis_server: RedisServer, tmp_path: Path) ->
             # A batch never holds more than it has, and its counter agrees
             # with the lines allocated to it.
             oversold = await query(
-                database,
+                private_database,
                 "SELECT b.reference, b.purchased_quantity, b.allocated_quantity,"
                 " coalesce(sum(l.qty), 0) FROM batches b"
                 " LEFT JOIN allocations a ON a.batch_id = b.id"

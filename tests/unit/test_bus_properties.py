@@ -22,9 +22,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 from app.domain import commands, events, model
 from app.service_layer import handlers
 from tests.fakes import FakeNotifications, FakeReadModel, FakeStore
+from tests.support.properties import property_settings
 from tests.unit import strategies
 from tests.unit.aggregates import assert_consistent, placements, state
-from tests.unit.conftest import property_settings
 from tests.unit.test_handlers import Service as WiredService
 from tests.unit.test_handlers import bootstrap_test_bus
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Self
 
 import asyncpg  # type: ignore[import-untyped]
@@ -28,8 +27,9 @@ from app.service_layer import handlers
 from app.service_layer.delivery import Backoff, Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
-from tests.conftest import random_ref
 from tests.fakes import FakeStore, FakeUnitOfWork
+from tests.support.polling import eventually
+from tests.support.refs import random_ref
 
 SQL = "SELECT products.sku FROM products WHERE products.sku = $1::VARCHAR"
 
@@ -160,12 +160,14 @@ async def test_the_relay_lives_through_an_outage_says_so_once_and_delivers_after
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
-        await until(lambda: store.attempts >= 20)
+        await eventually(lambda: store.attempts >= 20, 5.0, "20 attempts on the store")
         assert not task.done()
         assert not store.outbox.rows[late.id].completed
 
         store.away = False
-        await until(lambda: store.outbox.rows[late.id].completed)
+        await eventually(
+            lambda: store.outbox.rows[late.id].completed, 5.0, "the late event delivered"
+        )
         assert published == [late.id]
     finally:
         stop.set()
@@ -177,11 +179,3 @@ async def test_the_relay_lives_through_an_outage_says_so_once_and_delivers_after
         "relay: the database is back; delivering again",
     ]
     assert not [r for r in caplog.records if r.exc_info]
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.005)

@@ -13,8 +13,8 @@ from app.domain.model import DuplicateBatch
 from app.service_layer import handlers
 from app.service_layer.delivery import Delivery, UnitOfWorkFactory
 from app.service_layer.messagebus import MessageBus, RetryPolicy
-from tests.conftest import random_ref
 from tests.fakes import FakeNotifications, FakePublisher, FakeStore, FakeUnitOfWork
+from tests.support.refs import random_ref
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff_base=0.0001, backoff_max=0.001)
 

@@ -16,8 +16,8 @@ from app.service_layer import handlers
 from app.service_layer.delivery import Backoff, Delivery, UnitOfWorkFactory
 from app.service_layer.messagebus import CommandHandler, MessageBus, RetryPolicy
 from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers
-from tests.conftest import random_ref
 from tests.fakes import FakeStore, FakeUnitOfWork
+from tests.support.refs import random_ref
 
 ATTEMPTS = 3
 INLINE = Container().inline_handlers()

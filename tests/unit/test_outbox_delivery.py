@@ -7,7 +7,7 @@ them; only the adapters are fakes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,8 +23,9 @@ from app.domain import commands, events
 from app.service_layer.delivery import Backoff, Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
-from tests.conftest import random_ref
 from tests.fakes import FailingPublisher, FakeNotifications, FakeStore, FakeUnitOfWork
+from tests.support.polling import eventually
+from tests.support.refs import random_ref
 
 PUBLISH = "publish_allocated_event"
 
@@ -232,7 +233,7 @@ async def test_a_crash_after_the_commit_loses_no_event() -> None:
 
     # A relay started afterwards (a restart) delivers what the dead process owed.
     async with running(Relay(service.delivery, RelaySettings(poll_interval=60, gather=0))):
-        await until(lambda: service.published() == [event.id])
+        await eventually(lambda: service.published() == [event.id], 5.0, "the event published")
         assert service.store.outbox.pending() == []
 
 
@@ -250,7 +251,7 @@ async def test_a_running_relay_delivers_a_failed_event_once_its_backoff_is_over(
     service.publisher.times = 2
     async with running(Relay(service.delivery, RelaySettings(poll_interval=0.005, gather=0))):
         event = await allocated(service)
-        await until(lambda: service.published() == [event.id])
+        await eventually(lambda: service.published() == [event.id], 5.0, "the event published")
 
     row = service.store.outbox.rows[event.id]
     assert (row.completed, row.attempts) == (True, 2)
@@ -293,7 +294,7 @@ async def test_a_commit_wakes_the_relay_which_delivers_at_once() -> None:
     service = make_service()
     async with running(Relay(service.delivery, RelaySettings(poll_interval=60, gather=0))):
         event = await allocated(service)
-        await until(lambda: service.published() == [event.id])
+        await eventually(lambda: service.published() == [event.id], 5.0, "the event published")
 
 
 async def test_a_relay_whose_pruning_fails_counts_it_and_goes_on() -> None:
@@ -306,9 +307,11 @@ async def test_a_relay_whose_pruning_fails_counts_it_and_goes_on() -> None:
     delivery.prune = broken  # type: ignore[method-assign]
     before = metrics.PRUNE_FAILURES._value.get()
     async with running(Relay(delivery, RelaySettings(poll_interval=0.01, prune_every=0.01))):
-        await until(lambda: metrics.PRUNE_FAILURES._value.get() >= before + 2)
+        await eventually(
+            lambda: metrics.PRUNE_FAILURES._value.get() >= before + 2, 5.0, "two failed prunes"
+        )
         event = await allocated(service)
-        await until(lambda: service.published() == [event.id])
+        await eventually(lambda: service.published() == [event.id], 5.0, "the event published")
 
 
 @asynccontextmanager
@@ -321,14 +324,6 @@ async def running(relay: Relay) -> AsyncIterator[None]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ Every process writes its output to a log file of its own, which a failing
 assertion quotes (``Processes.report()``). Every process started through a
 ``Processes`` group is stopped when the group's ``async with`` block ends,
 whatever happened inside it. Nothing here sleeps to wait for a state: it polls
-with a deadline (``wait_for``).
+with a deadline (``eventually``).
 """
 
 from __future__ import annotations
@@ -18,20 +18,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from sqlalchemy import make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import make_url
 
 from app.config import Settings
-from tests.conftest import free_port
-from tests.databases import postgres_database
+from tests.support.polling import eventually
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # The ``allocation`` console script installed next to this interpreter.
@@ -65,29 +63,6 @@ def service_env(
 def dead_redis_url() -> str:
     """A Redis URL where nothing listens: every publish to it fails at once."""
     return f"redis://127.0.0.1:{free_port()}/0"
-
-
-async def wait_for(
-    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    within: float,
-    message: Callable[[], str] | str,
-    interval: float = 0.1,
-) -> None:
-    """Poll ``condition`` until it holds; fail with ``message`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within}s: " + _text(message))
-        await asyncio.sleep(interval)
-
-
-def _text(message: Callable[[], str] | str) -> str:
-    return message if isinstance(message, str) else message()
 
 
 class Service:
@@ -183,7 +158,7 @@ class Api(Service):
                     return False
                 return r.status_code == 200
 
-            await wait_for(answers, within, lambda: f"{self.name} not serving\n{self.report()}")
+            await eventually(answers, within, lambda: f"{self.name} not serving\n{self.report()}")
 
     async def start_serving(self, within: float = 30) -> None:
         self.start()
@@ -216,7 +191,7 @@ class Worker(Service):
             assert self.running, f"{self.name} exited\n{self.report()}"
             return self.output().count(self.LISTENING) >= self.starts
 
-        await wait_for(subscribed, within, lambda: f"{self.name} not listening\n{self.report()}")
+        await eventually(subscribed, within, lambda: f"{self.name} not listening\n{self.report()}")
 
     async def start_listening(self, within: float = 30) -> None:
         self.start()
@@ -229,7 +204,7 @@ class Worker(Service):
             assert self.running, f"{self.name} exited\n{self.report()}"
             return self.output().count(self.READING) >= self.starts
 
-        await wait_for(in_group, within, lambda: f"{self.name} not reading\n{self.report()}")
+        await eventually(in_group, within, lambda: f"{self.name} not reading\n{self.report()}")
 
     async def start_reading(self, within: float = 30) -> None:
         self.start()
@@ -258,6 +233,15 @@ class Processes:
         worker = Worker(name, env, self._log(name))
         self.services.append(worker)
         return worker
+
+    async def start_api_and_worker(self, env: Mapping[str, str]) -> tuple[Api, Worker]:
+        """An API and a worker on ``env``, started together; back once both are at work."""
+        api, worker = self.api(env), self.worker(env)
+        api.start()
+        worker.start()
+        await api.serving()
+        await worker.listening()
+        return api, worker
 
     def report(self) -> str:
         """Every process's state and the tail of its log, for a failure message."""
@@ -291,22 +275,6 @@ def describe(result: subprocess.CompletedProcess[str]) -> str:
 # -- databases ---------------------------------------------------------------
 
 
-def fresh_database(server_url: str) -> contextlib.AbstractAsyncContextManager[str]:
-    """A new, migrated PostgreSQL database of its own, dropped afterwards."""
-    return postgres_database(server_url)
-
-
-async def query(database_url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    """Run one statement straight on the database; its rows (none for a write)."""
-    engine = create_async_engine(database_url, poolclass=NullPool)
-    try:
-        async with engine.begin() as conn:
-            result = await conn.execute(text(sql), params)
-            return [tuple(row) for row in result] if result.returns_rows else []
-    finally:
-        await engine.dispose()
-
-
 async def snapshot(http: httpx.AsyncClient, paths: list[str]) -> dict[str, tuple[int, Any]]:
     """Each path's status and JSON body, read eight at a time."""
     limit = asyncio.Semaphore(8)
@@ -326,12 +294,6 @@ async def allocations_of(
     """Each order's ``GET /allocations/{orderid}`` answer: status and body."""
     answers = await snapshot(http, [f"/allocations/{orderid}" for orderid in orderids])
     return dict(zip(orderids, answers.values(), strict=True))
-
-
-async def outbox_pending(database_url: str) -> int:
-    rows = await query(database_url, "SELECT count(*) FROM outbox WHERE completed_at IS NULL")
-    count: int = rows[0][0]
-    return count
 
 
 # -- Redis -------------------------------------------------------------------
@@ -411,7 +373,7 @@ class Subscriber:
         assert self._task is not None, "subscriber not entered"
         assert not self._task.done(), "subscriber not running"
         await publisher.publish(self.channel, json.dumps(payload))
-        await wait_for(
+        await eventually(
             lambda: any(m.get("event_id") == marker for m in self.messages),
             within,
             f"own marker on {self.channel} never arrived",

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic.config import Config
 from sqlalchemy import make_url, text
@@ -16,7 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from alembic import command
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def alembic_upgrade(url: str) -> None:
@@ -64,3 +65,14 @@ async def postgres_database(server_url: str, *, migrated: bool = True) -> AsyncI
         yield url
     finally:
         await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def query(database_url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement straight on the database; its rows (none for a write)."""
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(sql), params)
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        await engine.dispose()

@@ -1,5 +1,6 @@
-"""A PostgreSQL server of a test's own, to stop and start: an outage on demand.
+"""Servers of the tests' own: free ports, a redis-server, a PostgreSQL cluster, an SMTP sink.
 
+A PostgreSQL server of a test's own, to stop and start: an outage on demand.
 The machine's shared server must never be stopped, so outage tests make a
 throwaway cluster with the installed server binaries (initdb, pg_ctl,
 postgres) in a temporary directory, listening on 127.0.0.1 on a free port,
@@ -7,20 +8,100 @@ with fsync off. ``stop()`` is a fast shutdown: the server ends every session
 and closes, so clients see their connections drop and new ones refused, as
 in a real outage. initdb refuses to run as root, so as root the binaries run
 as the ``postgres`` OS user.
+
+Services named by the environment (TEST_DATABASE_URL, TEST_REDIS_URL) or
+programs that are missing make a test skip, unless REQUIRE_SERVICES is set,
+when they make it fail: CI sets it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tests.support.polling import eventually
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+# Services and programs the tests need.
+
+
+def required(variable: str) -> str:
+    """The value of environment variable ``variable``; unset, the test skips or fails."""
+    value = os.environ.get(variable)
+    if value:
+        return value
+    unavailable(f"{variable} is not set")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for ``reason``; with REQUIRE_SERVICES set (as in CI) fail it."""
+    if os.environ.get("REQUIRE_SERVICES"):
+        pytest.fail(f"{reason}, and REQUIRE_SERVICES says this run needs it")
+    pytest.skip(reason)
+
+
+def require_program(name: str, package: str, also: tuple[str, ...] = ()) -> str:
+    """The path of program ``name``, installed from Debian's ``package``.
+
+    Missing, the test skips, saying how to install it; with REQUIRE_SERVICES
+    set (as in CI) it fails instead.
+    """
+    found = shutil.which(name) or next((p for p in also if os.access(p, os.X_OK)), None)
+    if found:
+        return found
+    unavailable(f"{name} is not installed (apt-get install {package})")
+
+
+# Ports and HTTP servers.
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[Any], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not start serving")
+
+
+# PostgreSQL: a cluster of a test's own.
 
 BINARIES = ("initdb", "pg_ctl", "postgres", "pg_basebackup")
 OS_USER = "postgres"  # who runs the server when the tests run as root
@@ -215,3 +296,102 @@ def running_cluster(bindir: Path, port: int) -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+# Redis.
+
+
+class RedisServer:
+    """A redis-server process of the test's own, to stop and start again on one port."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._log = directory / f"redis-{port}.log"
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        assert self._process is None, "already running"
+        self._process = await asyncio.create_subprocess_exec(
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(self._log),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await eventually(self._answers, 10.0, f"redis-server on port {self.port}")
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    async def _answers(self) -> bool:
+        if self._process is not None and self._process.returncode is not None:
+            raise RuntimeError(f"redis-server exited with {self._process.returncode}")
+        client = Redis.from_url(
+            self.url, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0)
+        )
+        try:
+            return bool(await client.ping())
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return False
+        finally:
+            await client.aclose()
+
+
+# SMTP.
+
+
+@dataclass(frozen=True)
+class ReceivedMail:
+    sender: str
+    recipients: list[str]
+    message: EmailMessage
+
+
+class SmtpSink:
+    """A real SMTP server (aiosmtpd, in a thread) that keeps every mail it accepts."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.mails: list[ReceivedMail] = []
+        self._controller: Controller | None = None
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        message = message_from_bytes(content, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        sender = envelope.mail_from or ""
+        self.mails.append(ReceivedMail(sender, list(envelope.rcpt_tos), message))
+        return "250 Message accepted for delivery"
+
+    async def start(self) -> None:
+        assert self._controller is None, "already running"
+        # A stopped controller has closed its event loop: a restart needs a new one.
+        controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        await asyncio.to_thread(controller.start)
+        self._controller = controller
+
+    async def stop(self) -> None:
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            await asyncio.to_thread(controller.stop)
+
+    def about(self, sku: str) -> list[ReceivedMail]:
+        return [m for m in self.mails if sku in str(m.message["Subject"])]

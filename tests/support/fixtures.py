@@ -1,0 +1,27 @@
+"""Fixtures shared by many modules, registered by the root conftest (``pytest_plugins``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.support.databases import postgres_database
+
+
+@pytest.fixture
+async def private_database(postgres_server_url: str) -> AsyncIterator[str]:
+    """A migrated PostgreSQL database of the test's own, dropped after it.
+
+    The session's shared database may have another relay on it (the uvicorn
+    fixture runs one), which would claim a test's due events behind its back.
+    """
+    async with postgres_database(postgres_server_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def module_database(postgres_server_url: str) -> AsyncIterator[str]:
+    """A migrated PostgreSQL database of the module's own, dropped after its tests."""
+    async with postgres_database(postgres_server_url) as url:
+        yield url
