@@ -5,8 +5,9 @@ none). uvicorn's own loggers go through the same handler; its access log is
 off, as the request middleware writes one line per request itself.
 
 A line per request is the service's most frequent work after the request
-itself, so both halves of it are made cheap: the JSON is built as one dict
-and written by orjson, and the request lines logged in one turn of the event
+itself, so it is made cheap: where the line goes only to the service's own
+JSON handler (as deployed), ``request_line`` builds it straight from its
+fields, with no LogRecord; and the request lines of one turn of the event
 loop reach stderr in one write.
 """
 
@@ -71,11 +72,24 @@ class _Handler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:  # called holding self.lock
         try:
-            self._pending.append(self.format(record))
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
-        if record.name == REQUESTS and record.levelno < logging.WARNING:
+        self._add(line, record.name == REQUESTS and record.levelno < logging.WARNING)
+
+    def add_request_line(self, fields: dict[str, Any]) -> None:
+        """The line JsonFormatter would make of a request line's record with these fields."""
+        line = orjson.dumps(fields, default=str).decode()
+        self.acquire()
+        try:
+            self._add(line, True)
+        finally:
+            self.release()
+
+    def _add(self, line: str, request_line: bool) -> None:  # called holding self.lock
+        self._pending.append(line)
+        if request_line:
             if len(self._pending) > 1:
                 return  # a write is already due
             try:
@@ -103,6 +117,54 @@ class _Handler(logging.Handler):
         except Exception:
             # Nowhere left to say so but stderr, which is what failed.
             pass
+
+
+_requests = logging.getLogger(REQUESTS)
+
+
+def request_line(message: str, fields: dict[str, Any]) -> None:
+    """Log the line of one answered request at INFO: ``message``, ``fields`` as its extras.
+
+    Where nothing but the service's JSON handler would see the record, the
+    line is built from the fields at once: the same line, for a fifth of the
+    CPU. Anywhere else (text on a terminal, a handler or a filter someone
+    added, a test capturing records) it is logged as a record, as usual.
+    """
+    handler = _only_json_handler()
+    if handler is None:
+        _requests.info(message, extra=fields)
+        return
+    handler.add_request_line(
+        {
+            "level": "INFO",
+            "logger": REQUESTS,
+            "message": message,
+            "request_id": correlation.request_id.get() or "-",
+            **fields,
+            "time": datetime.now(UTC),
+        }
+    )
+
+
+def _only_json_handler() -> "_Handler | None":
+    """The service's JSON handler, if it is the only one an INFO request line reaches."""
+    if _requests.filters or _requests.disabled or not _requests.isEnabledFor(logging.INFO):
+        return None
+    found: _Handler | None = None
+    logger: logging.Logger | None = _requests
+    while logger is not None:
+        for handler in logger.handlers:
+            if (
+                found is not None
+                or not isinstance(handler, _Handler)
+                or type(handler.formatter) is not JsonFormatter
+                or handler.filters
+                or handler.level > logging.INFO
+            ):
+                return None
+            found = handler
+        logger = logger.parent if logger.propagate else None
+    return found
 
 
 _base_factory = logging.getLogRecordFactory()

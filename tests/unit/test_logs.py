@@ -66,3 +66,53 @@ def test_an_exception_is_written_with_its_traceback(stderr: io.StringIO) -> None
     (line,) = lines(stderr)
     assert line["level"] == "ERROR"
     assert "ValueError: no such batch" in str(line["exc_info"])
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_a_request_line_is_the_same_written_directly_or_through_a_record(
+    stderr: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As deployed, the service's handler is the only one: the test runner's own
+    # handlers on the root logger are left out of the request lines' way.
+    requests = logging.getLogger(logs.REQUESTS)
+    (ours,) = [h for h in logging.getLogger().handlers if isinstance(h, logs._Handler)]
+    monkeypatch.setattr(requests, "handlers", [ours])
+    monkeypatch.setattr(requests, "propagate", False)
+    fields = {"method": "GET", "path": "/a%20b", "status": 200, "duration_ms": 1.25}
+    token = correlation.request_id.set("req-9")
+    try:
+        logs.request_line("GET /a%20b 200 1.2ms", fields)  # straight from the fields
+        captured = _Records()
+        requests.addHandler(captured)  # another handler: now it takes a record
+        logs.request_line("GET /a%20b 200 1.2ms", fields)
+    finally:
+        correlation.request_id.reset(token)
+    await asyncio.sleep(0)
+    direct, through_record = lines(stderr)
+    assert str(direct.pop("time")).endswith("+00:00")
+    assert str(through_record.pop("time")).endswith("+00:00")
+    assert list(direct.items()) == list(through_record.items())  # in the same order
+    assert direct["message"] == "GET /a%20b 200 1.2ms"
+    assert direct["request_id"] == "req-9"
+    (record,) = captured.records
+    assert record.getMessage() == "GET /a%20b 200 1.2ms"
+    assert record.__dict__["status"] == 200
+
+
+def test_a_request_line_is_text_when_the_format_is_text(
+    stderr: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", text)
+    logs.configure("INFO", "text")
+    logs.request_line("GET /a 200 1.0ms", {"status": 200})
+    (line,) = text.getvalue().splitlines()
+    assert line.endswith(" INFO app.requests [-] GET /a 200 1.0ms")

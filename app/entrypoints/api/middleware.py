@@ -60,15 +60,12 @@ class RequestContext:
 def _log_request(scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
     client = scope.get("client")
     milliseconds = seconds * 1000
-    logger.info(
-        "%s %s %d %.1fms",
-        method,
-        scope["path"],
-        status,
-        milliseconds,
-        extra={
+    path = scope["path"]
+    logs.request_line(
+        f"{method} {path} {status} {milliseconds:.1f}ms",
+        {
             "method": method,
-            "path": scope["path"],
+            "path": path,
             "route": route,
             "status": status,
             "duration_ms": round(milliseconds, 2),
