@@ -45,10 +45,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except StartupError as e:
                 # Reads survive the replica, from the start too.
                 reads.replica_failed(e)
-        # The routes take these from here: no container work per request.
-        application.state.reads = reads
-        application.state.engine = container.engine()
-        application.state.redis = container.redis()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(reads.watch(stop), name="replica watch")]
         if settings.relay_enabled:
@@ -90,13 +86,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # a tenth of a read's CPU. The routers set nothing an include would add.
         routes=[*routes.router.routes, *health.router.routes, *metrics.router.routes],
     )
+    # Where every route's dependencies come from (app.entrypoints.api.dependencies).
     app.state.container = container
-    token = settings.api_token
-    app.state.api_token = None if token is None else token.get_secret_value().encode()
     errors.install(app)
     # What /openapi.json says of the errors: no 401 (nor a security scheme)
     # where no API_TOKEN is set, and the 413 of the app's own limit.
-    openapi.install(app)
+    openapi.install(
+        app, token=settings.api_token is not None, max_body_bytes=settings.max_body_bytes
+    )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)  # outermost: a 413 is logged and counted too
     return app

@@ -3,13 +3,14 @@
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters import database
 from app.adapters.read_source import ReadSource
+from app.entrypoints.api.dependencies import Engine, Reads, RedisClient
 from app.entrypoints.api.openapi import operation_id
 from app.entrypoints.api.schemas import Health, NotReady, Readiness
 
@@ -47,12 +48,9 @@ NOT_READY = {
         }
     },
 )
-async def ready(request: Request) -> JSONResponse:
-    state = request.app.state
+async def ready(engine: Engine, reads: Reads, redis: RedisClient) -> JSONResponse:
     # At once, so that the answer comes within CHECK_TIMEOUT however many hang.
-    results = await asyncio.gather(
-        _database(state.engine), _replica(state.reads), _redis(state.redis)
-    )
+    results = await asyncio.gather(_database(engine), _replica(reads), _redis(redis))
     checks = dict(zip(("database", "replica", "redis"), results, strict=True))
     # Reads survive the replica: without it the process still serves everything.
     down = [

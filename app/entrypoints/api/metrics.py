@@ -2,12 +2,13 @@
 
 import logging
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from redis.asyncio import Redis
 
 from app import metrics
 from app.adapters.outbox import FAILING_AFTER
 from app.adapters.streams import group_stats
+from app.entrypoints.api.dependencies import RedisClient, ServiceSettings, UnitOfWork
 from app.entrypoints.api.openapi import operation_id
 from app.entrypoints.redis_consumer import STREAM
 from app.service_layer.unit_of_work import AbstractUnitOfWork
@@ -26,10 +27,9 @@ router = APIRouter(tags=["operations"], generate_unique_id_function=operation_id
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "The metrics."}},
 )
-async def get_metrics(request: Request) -> Response:
-    container = request.app.state.container
-    await _outbox_gauges(container.uow())
-    await _stream_gauges(container.redis(), container.settings().stream_group)
+async def get_metrics(uow: UnitOfWork, redis: RedisClient, settings: ServiceSettings) -> Response:
+    await _outbox_gauges(uow)
+    await _stream_gauges(redis, settings.stream_group)
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)
 

@@ -234,30 +234,21 @@ def _add_examples(response: dict[str, Any], bodies: Bodies) -> None:
     content["examples"] = {**content["examples"], **_examples(bodies)}
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, token: bool, max_body_bytes: int) -> None:
     """Make /openapi.json say what this app's settings make true.
 
-    Without ``API_TOKEN`` nothing needs a token: no security scheme, and no 401.
-    The 413's example names the app's own body limit.
+    Without a token (``API_TOKEN``) nothing needs one: no security scheme, and
+    no 401. The 413's example names the app's own body limit.
     """
     generate = app.openapi
 
     def document() -> dict[str, Any]:
         if app.openapi_schema is None:
-            token = getattr(app.state, "api_token", None) is not None
-            _fit(generate(), token=token, max_bytes=_body_limit(app))
+            _fit(generate(), token=token, max_bytes=max_body_bytes)
         schema: dict[str, Any] = app.openapi_schema or generate()
         return schema
 
     app.openapi = document  # type: ignore[method-assign]
-
-
-def _body_limit(app: FastAPI) -> int:
-    container = getattr(app.state, "container", None)
-    if container is None:
-        return DEFAULT_MAX_BODY_BYTES
-    limit: int = container.settings().max_body_bytes
-    return limit
 
 
 def _fit(schema: dict[str, Any], token: bool, max_bytes: int) -> None:

@@ -7,9 +7,11 @@ says so in its log at startup.
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
+
+from app.entrypoints.api.dependencies import ServiceSettings
 
 MISSING = "This route needs `Authorization: Bearer <token>`"
 INVALID = "The bearer token is not valid"
@@ -22,14 +24,14 @@ bearer = HTTPBearer(
 
 
 async def require_writer(
-    request: Request,
+    settings: ServiceSettings,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
-    expected: bytes | None = request.app.state.api_token
-    if expected is None:
+    if settings.api_token is None:
         return
     if credentials is None:
         raise _unauthorized(MISSING)
+    expected = settings.api_token.get_secret_value().encode()
     # Constant time: how much of a guess was right must not show in the timing.
     if not secrets.compare_digest(credentials.credentials.encode(), expected):
         raise _unauthorized(INVALID, error="invalid_token")
