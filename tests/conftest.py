@@ -23,7 +23,6 @@ import httpx
 import pytest
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -31,6 +30,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.adapters import orm
 from app.config import Settings
 from app.main import create_app
+from tests.support.apps import serving
 from tests.support.databases import ROOT, alembic_upgrade, postgres_database
 from tests.support.servers import (
     PostgresCluster,
@@ -113,11 +113,8 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client on the app in-process, lifespan entered."""
-    app = create_app(Settings(database_url=database_url))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            yield c
+    async with serving(create_app(Settings(database_url=database_url))) as c:
+        yield c
 
 
 @pytest.fixture

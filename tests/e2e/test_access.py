@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests.e2e.test_health import serving
+from app.main import create_app
+from tests.support.apps import serving
 from tests.support.refs import random_ref
 
 TOKEN = "s3cret-token-for-tests-0123456789"
@@ -23,7 +24,7 @@ WRITES = [
 
 @pytest.fixture
 async def guarded(sqlite_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with serving(Settings(database_url=sqlite_url, api_token=TOKEN)) as client:
+    async with serving(create_app(Settings(database_url=sqlite_url, api_token=TOKEN))) as client:
         yield client
 
 
@@ -103,7 +104,7 @@ async def test_without_a_token_writes_are_open_and_the_log_says_so(
     sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="app.main")
-    async with serving(Settings(database_url=sqlite_url)) as client:
+    async with serving(create_app(Settings(database_url=sqlite_url))) as client:
         ref = random_ref("batch")
         r = await client.post("/batches", json={"ref": ref, "sku": "s", "qty": 1, "eta": None})
 

@@ -6,9 +6,9 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from tests.e2e import scenarios
-from tests.e2e.scenarios import add_batch, allocate, allocations, batch
+from tests.support import scenarios
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch, allocate, allocations, batch
 
 
 async def test_happy_path_returns_202_and_batch_is_allocated(client: httpx.AsyncClient) -> None:

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from sqlalchemy import make_url
 
-from tests.e2e.scenarios import add_batch, allocate
 from tests.support.databases import query
 from tests.support.polling import eventually
 from tests.support.processes import Processes, dead_redis_url, describe, run_cli, service_env
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch, allocate
 
 
 async def test_help_lists_the_commands() -> None:

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.e2e.scenarios import add_batch, batch
 from tests.support.polling import eventually
 from tests.support.processes import Processes, dead_redis_url, describe, run_cli, service_env
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch, batch
 
 DEADLINE = 10.0
 DROPPED_ONE = "dropped 1 dead letter\n"

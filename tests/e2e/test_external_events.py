@@ -20,10 +20,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.e2e.scenarios import add_batch, allocate
 from tests.support.polling import eventually
-from tests.support.processes import Api, Processes, Subscriber, Worker, service_env
+from tests.support.processes import Api, Processes, Worker, service_env
+from tests.support.redis import Subscriber
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch, allocate
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -114,7 +115,7 @@ async def test_change_batch_quantity_message_reallocates_and_publishes(stack: St
     r = await stack.http.get(f"/batches/{earlier}")
     assert (r.json()["purchased"], r.json()["allocated"]) == (5, 0), r.text
     # Each allocation was published once: the first, then the reallocation.
-    await stack.line_allocated.caught_up(stack.redis)
+    await stack.line_allocated.received()
     assert [m["batchref"] for m in stack.line_allocated.where(orderid=orderid)] == [
         earlier,
         later,

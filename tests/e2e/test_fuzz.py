@@ -40,7 +40,7 @@ from sqlalchemy.pool import NullPool
 from app.adapters import orm
 from app.config import Settings
 from app.main import create_app
-from tests.e2e import fuzz_hooks  # registers the hook that keeps Idempotency-Keys apart
+from tests.support import fuzz_hooks  # registers the hook that keeps Idempotency-Keys apart
 from tests.support.databases import ROOT, postgres_database
 from tests.support.servers import free_port, wait_until_serving
 

@@ -1,26 +1,15 @@
 """/health and /ready, as an operator's probes see them."""
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from app.adapters.schema_version import StartupError
 from app.config import Settings
 from app.main import create_app
+from tests.support.apps import serving
 from tests.support.servers import free_port
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            yield c
 
 
 async def test_health_answers_while_the_process_lives(client: httpx.AsyncClient) -> None:
@@ -44,7 +33,7 @@ async def test_no_start_while_the_database_is_unreachable() -> None:
     nowhere = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/allocation"
     started = time.monotonic()
     with pytest.raises(StartupError, match="cannot reach the database"):
-        async with serving(Settings(database_url=nowhere, relay_enabled=False)):
+        async with serving(create_app(Settings(database_url=nowhere, relay_enabled=False))):
             pass
     assert time.monotonic() - started < 12
 
@@ -52,7 +41,7 @@ async def test_no_start_while_the_database_is_unreachable() -> None:
 async def test_not_ready_while_redis_is_unreachable(sqlite_url: str) -> None:
     redis_nowhere = f"redis://127.0.0.1:{free_port()}/0"
     settings = Settings(database_url=sqlite_url, redis_url=redis_nowhere, relay_enabled=False)
-    async with serving(settings) as client:
+    async with serving(create_app(settings)) as client:
         r = await client.get("/ready")
 
         assert r.status_code == 503

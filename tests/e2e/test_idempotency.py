@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from dependency_injector import providers
-from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
 from app.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+from tests.support.apps import serving
 from tests.support.refs import random_ref
 
 REPLAYED = "idempotent-replayed"
@@ -31,15 +28,6 @@ def batch(ref: str, sku: str, qty: int = 10) -> dict[str, object]:
 
 def line(orderid: str, sku: str, qty: int = 1) -> dict[str, object]:
     return {"orderid": orderid, "sku": sku, "qty": qty}
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app) as manager:
-        # A 500 is an answer here, not an exception in the test.
-        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            yield c
 
 
 async def test_a_repeat_gets_the_first_answer(client: httpx.AsyncClient) -> None:
@@ -188,7 +176,7 @@ async def test_concurrent_repeats_run_the_command_once(client: httpx.AsyncClient
 async def test_an_expired_key_is_new_again(database_url: str) -> None:
     # A TTL far shorter than a request: the key has expired by the repeat.
     app = create_app(Settings(database_url=database_url, idempotency_ttl=0.001))
-    async with serving(app) as client:
+    async with serving(app, raise_app_exceptions=False) as client:
         orderid, sku, headers = random_ref("order"), random_ref("sku"), key()
         refused = await client.post("/allocate", json=line(orderid, sku), headers=headers)
         await client.post("/batches", json=batch(random_ref("b"), sku))
@@ -212,7 +200,7 @@ async def test_a_server_error_is_not_kept_and_the_key_may_be_sent_again(
 ) -> None:
     app = create_app(Settings(database_url=database_url))
     container = app.state.container
-    async with serving(app) as client:
+    async with serving(app, raise_app_exceptions=False) as client:
         ref, sku, headers = random_ref("batch"), random_ref("sku"), key()
         # The batch is committed, then the request fails: a 500 to the client.
         with container.uow.override(

@@ -28,19 +28,19 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.e2e.scenarios import add_batch
 from tests.support.databases import query
 from tests.support.outbox import outbox_pending
 from tests.support.polling import eventually
 from tests.support.processes import (
     Processes,
-    Subscriber,
     allocations_of,
     describe,
     run_cli,
     service_env,
 )
+from tests.support.redis import Subscriber
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 

@@ -1,11 +1,9 @@
 """A real uvicorn's life: how it starts, logs, refuses to start, and stops."""
 
 import asyncio
-import json
 import signal
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -13,23 +11,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.adapters.schema_version import SCHEMA_VERSION
-from tests.e2e.scenarios import add_batch
 from tests.support.databases import ROOT, alembic_upgrade
 from tests.support.polling import eventually
-from tests.support.processes import Processes, run_cli, service_env
+from tests.support.processes import Processes, json_lines, run_cli, service_env
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def json_lines(output: str) -> list[dict[str, Any]]:
-    """The log's JSON records (the process runner's own banner lines are not JSON)."""
-    records = []
-    for line in output.splitlines():
-        if line.startswith("{"):
-            records.append(json.loads(line))
-    return records
 
 
 @pytest.fixture

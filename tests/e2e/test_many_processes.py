@@ -16,14 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
-from tests.e2e.scenarios import add_batch, allocate
 from tests.support.databases import query
 from tests.support.outbox import outbox_pending
 from tests.support.polling import eventually
-from tests.support.processes import Processes, SlowProxy, Subscriber, dead_redis_url, service_env
+from tests.support.processes import Processes, SlowProxy, dead_redis_url, service_env
+from tests.support.redis import Subscriber
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch, allocate
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -88,14 +88,6 @@ async def drained(database: str, subscriber: Subscriber, processes: Processes) -
         ),
         interval=0.25,
     )
-
-
-async def caught_up(subscriber: Subscriber, redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
-    try:
-        await subscriber.caught_up(redis)
-    finally:
-        await redis.aclose()
 
 
 def check_published_once(
@@ -166,7 +158,7 @@ async def test_two_apis_and_two_workers_deliver_every_event_exactly_once(
             for worker in workers:
                 code = await worker.terminate()
                 assert code == 0, f"{worker.name}: exit code {code}\n{processes.report()}"
-            await caught_up(line_allocated, redis_url)
+            await line_allocated.received()
 
         events = await allocated_events(private_database)
         assert len(events) == BACKLOG + FRESH
@@ -200,7 +192,7 @@ async def test_relays_never_share_an_event_however_slow_the_broker(
             for worker in workers:
                 code = await worker.terminate()
                 assert code == 0, f"{worker.name}: exit code {code}\n{processes.report()}"
-            await caught_up(line_allocated, redis_url)
+            await line_allocated.received()
 
         check_published_once(
             await allocated_events(private_database), line_allocated, skus, backlog
@@ -244,7 +236,7 @@ async def test_reallocations_are_read_at_once_and_published_once(
         await drained(private_database, line_allocated, processes)
         await api.shut_down()
         assert await worker.terminate() == 0, processes.report()
-        await caught_up(line_allocated, redis_url)
+        await line_allocated.received()
 
     events = await allocated_events(private_database)
     assert len(events) == 2 * lines

@@ -11,10 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.adapters import orm
-from tests.e2e.scenarios import add_batch, allocate
 from tests.support.polling import eventually
 from tests.support.processes import Processes, service_env
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch, allocate
 from tests.support.servers import free_port
 
 

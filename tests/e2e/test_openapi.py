@@ -2,14 +2,12 @@
 
 import inspect
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import jsonschema_rs
 import pytest
-from asgi_lifespan import LifespanManager
 from dependency_injector import providers
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -20,6 +18,7 @@ from app.entrypoints import fields
 from app.entrypoints.api import schemas
 from app.entrypoints.api.idempotency import Idempotency, fingerprint
 from app.main import create_app
+from tests.support.apps import serving
 from tests.support.servers import free_port
 
 
@@ -59,20 +58,11 @@ async def openapi(client: httpx.AsyncClient) -> dict[str, Any]:
 @pytest.fixture
 async def guarded_openapi(sqlite_url: str) -> dict[str, Any]:
     """The document of a service with an API token set."""
-    async with serving(Settings(database_url=sqlite_url, api_token=TOKEN)) as (_, c):
+    async with serving(create_app(Settings(database_url=sqlite_url, api_token=TOKEN))) as c:
         r = await c.get("/openapi.json")
     assert r.status_code == 200
     schema: dict[str, Any] = r.json()
     return schema
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            yield app, c
 
 
 def resolve(openapi: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -207,7 +197,8 @@ async def test_an_error_example_is_what_the_service_really_answers(
             redis_url=f"redis://127.0.0.1:{free_port()}/0",
             relay_enabled=False,
         )
-    async with serving(settings) as (app, client):
+    app = create_app(settings)
+    async with serving(app) as client:
         client.headers["Authorization"] = f"Bearer {TOKEN}"
         document = (await client.get("/openapi.json")).json()
         real = await PRODUCERS[name](Route(document, app, client, path, method))
@@ -584,7 +575,8 @@ async def test_a_write_links_to_the_calls_that_can_follow_it(
 
 
 async def test_the_413_example_names_the_services_own_limit(sqlite_url: str) -> None:
-    async with serving(Settings(database_url=sqlite_url, max_body_bytes=2048)) as (_, client):
+    app = create_app(Settings(database_url=sqlite_url, max_body_bytes=2048))
+    async with serving(app) as client:
         document = (await client.get("/openapi.json")).json()
         real = await client.post(
             "/batches", json={"ref": "b", "sku": "s", "qty": 1, "x": "y" * 3000}

@@ -16,7 +16,11 @@ import httpx
 import pytest
 from playwright.sync_api import Response, sync_playwright
 
-from tests.e2e.swagger_ui import (
+from tests.support.databases import ROOT
+from tests.support.processes import Api, Processes, Service, json_lines, service_env
+from tests.support.refs import random_ref
+from tests.support.servers import free_port, require_program
+from tests.support.swagger_ui import (
     CHROMIUM_ARGS,
     execute,
     fill_body,
@@ -24,11 +28,6 @@ from tests.e2e.swagger_ui import (
     require_chromium,
     try_it_out,
 )
-from tests.e2e.test_lifecycle import json_lines
-from tests.support.databases import ROOT
-from tests.support.processes import Api, Processes, Service, service_env
-from tests.support.refs import random_ref
-from tests.support.servers import free_port, require_program
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -2,8 +2,8 @@
 
 import httpx
 
-from tests.e2e.scenarios import add_batch, allocate
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch, allocate
 
 
 async def test_a_product_shows_its_stock_now_and_per_batch(client: httpx.AsyncClient) -> None:

@@ -1,7 +1,6 @@
 """The README's httpx example, run as written against a real server."""
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -10,14 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.databases import ROOT, alembic_upgrade
+from tests.support.readme import httpx_example
 from tests.support.servers import free_port, wait_until_serving
-
-EXAMPLE = re.compile(r"<!-- httpx-example -->\n```python\n(.*?)```", re.DOTALL)
 
 
 @pytest.mark.slow
 def test_the_readme_httpx_example_allocates_and_reads_back(tmp_path: Path) -> None:
-    [code] = EXAMPLE.findall((ROOT / "README.md").read_text())
+    code = httpx_example()
     database = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
     alembic_upgrade(database)
     port = free_port()

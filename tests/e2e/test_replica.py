@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_readme_client import EXAMPLE
-from tests.support.databases import ROOT, alembic_upgrade
+from tests.support.databases import alembic_upgrade
 from tests.support.polling import eventually
 from tests.support.processes import Api, Processes, service_env
+from tests.support.readme import httpx_example
 from tests.support.refs import random_ref
 from tests.support.servers import PostgresCluster, find_bindir, free_port, unavailable
 
@@ -169,7 +169,7 @@ async def test_following_location_reads_your_own_writes_despite_the_lag(
 async def test_the_readme_httpx_example_reads_back_through_the_lagging_replica(
     api: Api, tmp_path: Path
 ) -> None:
-    [code] = EXAMPLE.findall((ROOT / "README.md").read_text())
+    code = httpx_example()
     script = tmp_path / "example.py"
     script.write_text(code.replace("http://127.0.0.1:8000", api.url))
 

@@ -28,12 +28,12 @@ from redis.asyncio import Redis
 from app.adapters.streams import GroupStats, create_group, group_stats
 from app.config import Settings
 from app.domain import commands
-from tests.e2e.scenarios import add_batch, allocate
 from tests.support.containers import running_container
 from tests.support.databases import query
 from tests.support.polling import eventually
 from tests.support.processes import Processes, Worker, describe, run_cli, service_env
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch, allocate
 from tests.support.servers import RedisServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]

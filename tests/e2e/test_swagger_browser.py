@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.e2e.swagger_ui import (
+from tests.support.databases import ROOT
+from tests.support.refs import random_ref
+from tests.support.swagger_ui import (
     CHROMIUM_ARGS,
     execute,
     fill_body,
@@ -23,8 +25,6 @@ from tests.e2e.swagger_ui import (
     require_chromium,
     try_it_out,
 )
-from tests.support.databases import ROOT
-from tests.support.refs import random_ref
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.e2e import scenarios
-from tests.e2e.scenarios import add_batch, allocations, batch
+from tests.support import scenarios
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch, allocations, batch
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

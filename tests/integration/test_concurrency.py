@@ -27,7 +27,7 @@ from app.config import Settings
 from app.container import Container, start, stop
 from app.domain import commands, model
 from app.service_layer.messagebus import MessageBus
-from tests.fakes import FakeNotifications, FakePublisher
+from tests.support.fakes import FakeNotifications, FakePublisher
 from tests.support.outbox import outbox_rows
 from tests.support.refs import random_ref
 

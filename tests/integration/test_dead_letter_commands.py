@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from app import views
 from app.domain import commands
 from app.entrypoints import dead_letter_commands as command
-from tests.integration.dead_letter_helpers import Service, running_service
+from tests.support.dead_letters import Service, running_service
 from tests.support.refs import random_ref
 
 pytestmark = pytest.mark.redis

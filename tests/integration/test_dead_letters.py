@@ -23,7 +23,7 @@ from app import views
 from app.adapters.dead_letters import RedisDeadLetters
 from app.domain import commands
 from app.entrypoints.redis_consumer import CHANNEL
-from tests.integration.dead_letter_helpers import (
+from tests.support.dead_letters import (
     ATTEMPTS,
     Service,
     consumer_of,

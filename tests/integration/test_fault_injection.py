@@ -14,9 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from app import views
 from app.adapters.read_source import ReadSource
@@ -24,6 +22,7 @@ from app.config import Settings
 from app.container import Container
 from app.domain import commands, events
 from app.main import create_app
+from tests.support.apps import serving
 from tests.support.containers import running_container
 from tests.support.faults import (
     Faults,
@@ -40,7 +39,7 @@ from tests.support.outbox import (
     deliver_until_delivered,
     handled_by,
 )
-from tests.support.redis import Subscriber, subscribe
+from tests.support.redis import Subscriber
 from tests.support.refs import random_ref
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -63,7 +62,7 @@ async def container(settings: Settings) -> AsyncIterator[Container]:
 
 @pytest.fixture
 async def line_allocated(redis_url: str) -> AsyncIterator[Subscriber]:
-    async with subscribe(redis_url, "line_allocated") as subscriber:
+    async with Subscriber(redis_url, "line_allocated") as subscriber:
         yield subscriber
 
 
@@ -226,32 +225,28 @@ async def test_over_http_a_crash_after_the_commit_is_an_error_but_the_write_is_s
 ) -> None:
     app = create_app(settings)
     sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
-    async with LifespanManager(app) as manager:
-        container: Container = app.state.container
-        # The app's error would otherwise be raised into the test, as in-process
-        # ASGI does; a server would answer it with a 500, and so does this.
-        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            created = await client.post("/batches", json={"ref": ref, "sku": sku, "qty": 10})
-            assert created.status_code == 201
-            faults = crash_after_commit(container)
+    container: Container = app.state.container
+    # The app's error would otherwise be raised into the test, as in-process
+    # ASGI does; a server would answer it with a 500, and so does this.
+    async with serving(app, raise_app_exceptions=False) as client:
+        created = await client.post("/batches", json={"ref": ref, "sku": sku, "qty": 10})
+        assert created.status_code == 201
+        faults = crash_after_commit(container)
 
-            response = await client.post(
-                "/allocate", json={"orderid": orderid, "sku": sku, "qty": 2}
-            )
+        response = await client.post("/allocate", json={"orderid": orderid, "sku": sku, "qty": 2})
 
-            assert response.status_code == 500
-            assert faults.struck == 1
-            container.uow.reset_override()
-            # The commit happened, and with it the read model's update.
-            shown = await client.get(f"/allocations/{orderid}")
-            assert shown.status_code == 200
-            assert shown.json() == [{"sku": sku, "batchref": ref}]
-            row = await allocated_row(container.engine(), orderid)
-            assert row.pending
-            assert await published_for(line_allocated, orderid) == []
+        assert response.status_code == 500
+        assert faults.struck == 1
+        container.uow.reset_override()
+        # The commit happened, and with it the read model's update.
+        shown = await client.get(f"/allocations/{orderid}")
+        assert shown.status_code == 200
+        assert shown.json() == [{"sku": sku, "batchref": ref}]
+        row = await allocated_row(container.engine(), orderid)
+        assert row.pending
+        assert await published_for(line_allocated, orderid) == []
 
-            await deliver_until_delivered(container, [row.id])
+        await deliver_until_delivered(container, [row.id])
 
-            assert await published_for(line_allocated, orderid) == [row.id]
-            assert not (await allocated_row(container.engine(), orderid)).pending
+        assert await published_for(line_allocated, orderid) == [row.id]
+        assert not (await allocated_row(container.engine(), orderid)).pending

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
 from app import views
@@ -25,9 +24,10 @@ from app.container import Container
 from app.domain import commands
 from app.entrypoints.redis_consumer import CHANNEL, PubSubConsumer
 from app.main import create_app
+from tests.support.apps import serving
 from tests.support.outbox import allocated_row, deliver_until_delivered, handled_by, pending_count
 from tests.support.polling import eventually
-from tests.support.redis import subscribe
+from tests.support.redis import Subscriber
 from tests.support.refs import random_ref
 from tests.support.servers import RedisServer
 
@@ -47,11 +47,9 @@ async def app_client(
         relay_enabled=False,
     )
     app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            client.app_container = app.state.container  # type: ignore[attr-defined]
-            yield client
+    async with serving(app) as client:
+        client.app_container = app.state.container  # type: ignore[attr-defined]
+        yield client
 
 
 def container_of(client: httpx.AsyncClient) -> Container:
@@ -70,7 +68,7 @@ async def test_publishes_missed_while_redis_is_down_are_sent_once_it_is_back(
     during = [random_ref("during") for _ in range(DURING)]
     ours = set(before) | set(during)
 
-    async with subscribe(redis_server.url, "line_allocated") as subscriber:
+    async with Subscriber(redis_server.url, "line_allocated") as subscriber:
         for orderid in before:
             await container.bus().handle(commands.Allocate(orderid, sku, 1))
         sent = [await allocated_row(engine, orderid) for orderid in before]
@@ -107,7 +105,7 @@ async def test_publishes_missed_while_redis_is_down_are_sent_once_it_is_back(
         assert not (await allocated_row(engine, orderid)).pending
 
     await redis_server.start()
-    async with subscribe(redis_server.url, "line_allocated") as subscriber:
+    async with Subscriber(redis_server.url, "line_allocated") as subscriber:
         await deliver_until_delivered(container, [row.id for row in missed], within=30)
         received = await subscriber.received()
 

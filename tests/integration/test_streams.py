@@ -23,7 +23,7 @@ from app.adapters.streams import create_group, group_stats
 from app.domain import commands
 from app.entrypoints import dead_letter_commands
 from app.entrypoints.redis_consumer import STREAM, StreamConsumer
-from tests.integration.dead_letter_helpers import ATTEMPTS, Service, running_service
+from tests.support.dead_letters import ATTEMPTS, Service, running_service
 from tests.support.polling import eventually
 from tests.support.refs import random_ref
 from tests.support.servers import RedisServer

@@ -32,7 +32,6 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.e2e.scenarios import add_batch
 from tests.support.databases import query
 from tests.support.outbox import outbox_pending
 from tests.support.polling import eventually
@@ -45,6 +44,7 @@ from tests.support.processes import (
     service_env,
 )
 from tests.support.refs import random_ref
+from tests.support.scenarios import add_batch
 from tests.support.servers import RedisServer
 
 pytestmark = [pytest.mark.soak, pytest.mark.postgres, pytest.mark.redis]

@@ -16,15 +16,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from sqlalchemy import make_url
 
 from app.config import Settings
@@ -299,85 +295,13 @@ async def allocations_of(
 # -- Redis -------------------------------------------------------------------
 
 
-class Subscriber:
-    """Collects the JSON messages of one Redis channel, from subscription on.
-
-    The machine's Redis is shared: callers filter on their own ids.
-    """
-
-    def __init__(self, redis_url: str, channel: str) -> None:
-        self.channel = channel
-        self.messages: list[dict[str, Any]] = []
-        self._arrivals: dict[int, float] = {}  # id(message) -> time.monotonic() on arrival
-        self._client = Redis.from_url(redis_url, decode_responses=True)
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Subscriber:
-        pubsub = self._client.pubsub()
-        try:
-            await pubsub.subscribe(self.channel)
-            # Wait for the confirmation: from here on, nothing published is missed.
-            deadline = time.monotonic() + 10
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is not None and message["type"] == "subscribe":
-                    break
-                assert time.monotonic() < deadline, f"no confirmation of SUBSCRIBE {self.channel}"
-        except BaseException:
-            await self._client.aclose()
-            raise
-        self._task = asyncio.create_task(self._collect(pubsub), name=f"subscriber {self.channel}")
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-        await self._client.aclose()
-
-    async def _collect(self, pubsub: PubSub) -> None:
-        async with pubsub:  # closed on the way out
-            while not self._stop.is_set():
-                message = await pubsub.get_message(timeout=0.2)
-                if message is None or message["type"] != "message":
-                    continue
-                try:
-                    data = json.loads(message["data"])
-                except ValueError:
-                    continue
-                if isinstance(data, dict):
-                    self.messages.append(data)
-                    self._arrivals[id(data)] = time.monotonic()
-
-    def arrival(self, message: dict[str, Any]) -> float:
-        """When ``message`` (one of ``messages``) arrived, in ``time.monotonic()`` seconds."""
-        return self._arrivals[id(message)]
-
-    def where(self, **fields: Any) -> list[dict[str, Any]]:
-        return [m for m in self.messages if all(m.get(k) == v for k, v in fields.items())]
-
-    def about(self, skus: set[str]) -> list[dict[str, Any]]:
-        return [m for m in self.messages if m.get("sku") in skus]
-
-    async def caught_up(self, publisher: Redis, within: float = 10) -> None:
-        """Wait until everything published before now has reached this subscriber.
-
-        Redis delivers a channel's messages in the order it received them, so
-        once a marker published now arrives, every earlier message has. The
-        marker looks like any line_allocated message, of a sku nobody uses.
-        """
-        marker = uuid.uuid4().hex
-        payload = {"orderid": marker, "sku": f"marker-{marker}", "qty": 0}
-        payload |= {"batchref": marker, "event_id": marker}
-        assert self._task is not None, "subscriber not entered"
-        assert not self._task.done(), "subscriber not running"
-        await publisher.publish(self.channel, json.dumps(payload))
-        await eventually(
-            lambda: any(m.get("event_id") == marker for m in self.messages),
-            within,
-            f"own marker on {self.channel} never arrived",
-        )
+def json_lines(output: str) -> list[dict[str, Any]]:
+    """The log's JSON records (the process runner's own banner lines are not JSON)."""
+    records = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
 
 
 class SlowProxy:

@@ -21,12 +21,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from app.domain import commands, events, model
 from app.service_layer import handlers
-from tests.fakes import FakeNotifications, FakeReadModel, FakeStore
+from tests.support import strategies
+from tests.support.aggregates import assert_consistent, placements, state
+from tests.support.buses import Service as WiredService
+from tests.support.buses import bootstrap_test_bus
+from tests.support.fakes import FakeNotifications, FakeReadModel, FakeStore
 from tests.support.properties import property_settings
-from tests.unit import strategies
-from tests.unit.aggregates import assert_consistent, placements, state
-from tests.unit.test_handlers import Service as WiredService
-from tests.unit.test_handlers import bootstrap_test_bus
 
 Line = tuple[str, str]  # (orderid, sku)
 View = tuple[dict[Line, str], dict[str, dict[str, object]]]

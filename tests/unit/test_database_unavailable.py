@@ -27,7 +27,7 @@ from app.service_layer import handlers
 from app.service_layer.delivery import Backoff, Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
-from tests.fakes import FakeStore, FakeUnitOfWork
+from tests.support.fakes import FakeStore, FakeUnitOfWork
 from tests.support.polling import eventually
 from tests.support.refs import random_ref
 

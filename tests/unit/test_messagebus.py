@@ -16,7 +16,7 @@ from app.service_layer import handlers
 from app.service_layer.delivery import Backoff, Delivery, UnitOfWorkFactory
 from app.service_layer.messagebus import CommandHandler, MessageBus, RetryPolicy
 from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers
-from tests.fakes import FakeStore, FakeUnitOfWork
+from tests.support.fakes import FakeStore, FakeUnitOfWork
 from tests.support.refs import random_ref
 
 ATTEMPTS = 3

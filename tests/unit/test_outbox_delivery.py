@@ -23,7 +23,7 @@ from app.domain import commands, events
 from app.service_layer.delivery import Backoff, Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
-from tests.fakes import FailingPublisher, FakeNotifications, FakeStore, FakeUnitOfWork
+from tests.support.fakes import FailingPublisher, FakeNotifications, FakeStore, FakeUnitOfWork
 from tests.support.polling import eventually
 from tests.support.refs import random_ref
 

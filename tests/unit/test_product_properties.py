@@ -20,9 +20,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from app.domain import commands, events
 from app.domain.model import Batch, DuplicateBatch, LineConflict, OrderLine, Product
+from tests.support import strategies
+from tests.support.aggregates import assert_consistent, batch_state, state
 from tests.support.properties import property_settings
-from tests.unit import strategies
-from tests.unit.aggregates import assert_consistent, batch_state, state
 
 
 def preference(batch: Batch) -> tuple[bool, date]:

@@ -1,0 +1,14 @@
+"""What the README shows, as the tests run it."""
+
+import re
+
+from tests.support.databases import ROOT
+
+_HTTPX_EXAMPLE = re.compile(r"<!-- httpx-example -->\n```python\n(.*?)```", re.DOTALL)
+
+
+def httpx_example() -> str:
+    """The README's httpx example, the code as it stands there."""
+    match = _HTTPX_EXAMPLE.search((ROOT / "README.md").read_text())
+    assert match is not None, "README.md has no httpx example"
+    return match.group(1)
