@@ -3,14 +3,14 @@
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters import database
 from app.adapters.read_source import ReadSource
-from app.entrypoints.api.dependencies import Engine, Reads, RedisClient
+from app.entrypoints.api.dependencies import Engine, RedisClient, reads_of
 from app.entrypoints.api.openapi import operation_id
 from app.entrypoints.api.schemas import Health, NotReady, Readiness
 
@@ -48,9 +48,9 @@ NOT_READY = {
         }
     },
 )
-async def ready(engine: Engine, reads: Reads, redis: RedisClient) -> JSONResponse:
+async def ready(request: Request, engine: Engine, redis: RedisClient) -> JSONResponse:
     # At once, so that the answer comes within CHECK_TIMEOUT however many hang.
-    results = await asyncio.gather(_database(engine), _replica(reads), _redis(redis))
+    results = await asyncio.gather(_database(engine), _replica(reads_of(request)), _redis(redis))
     checks = dict(zip(("database", "replica", "redis"), results, strict=True))
     # Reads survive the replica: without it the process still serves everything.
     down = [

@@ -13,7 +13,7 @@ from app.adapters.read_source import CONSISTENCY_TOKEN, POSITION
 from app.domain import commands
 from app.entrypoints import fields
 from app.entrypoints.api import openapi, schemas
-from app.entrypoints.api.dependencies import Bus, Once, Reads
+from app.entrypoints.api.dependencies import Bus, Once, reads_of
 from app.entrypoints.api.errors import error
 from app.entrypoints.api.idempotency import IdempotencyKey
 from app.entrypoints.api.security import require_writer
@@ -95,14 +95,13 @@ async def add_batch(
     body: NewBatch,
     request: Request,
     bus: Bus,
-    reads: Reads,
     once: Once,
     key: IdempotencyKey = None,
 ) -> Response:
     async def create() -> Response:
         await bus.handle(commands.CreateBatch(body.ref, body.sku, body.qty, body.eta))
         location = _location(request, "get_batch", ref=body.ref)
-        position = await reads.position()
+        position = await reads_of(request).position()
         return _answer(schemas.BatchCreated(ref=body.ref), 201, _located(location, position))
 
     return await once(key, request, body, create)
@@ -120,8 +119,8 @@ router.add_api_route(
 
 
 @router.get("/batches/{ref}", **openapi.GET_BATCH)
-async def get_batch(ref: BatchRef, reads: Reads, after: After = None) -> Response:
-    batch = await views.batch(reads, ref, after)
+async def get_batch(ref: BatchRef, request: Request, after: After = None) -> Response:
+    batch = await views.batch(reads_of(request), ref, after)
     if batch is None:
         return error(404, f"Unknown batch {ref}")
     return _answer(batch)
@@ -129,11 +128,11 @@ async def get_batch(ref: BatchRef, reads: Reads, after: After = None) -> Respons
 
 @router.patch("/batches/{ref}", dependencies=WRITER, **openapi.CHANGE_BATCH_QUANTITY)
 async def change_batch_quantity(
-    ref: BatchRef, body: NewQuantity, request: Request, bus: Bus, reads: Reads
+    ref: BatchRef, body: NewQuantity, request: Request, bus: Bus
 ) -> Response:
     await bus.handle(commands.ChangeBatchQuantity(ref, body.qty))
     location = _location(request, "get_batch", ref=ref)
-    position = await reads.position()
+    position = await reads_of(request).position()
     return _answer(schemas.BatchAccepted(ref=ref), 202, _located(location, position))
 
 
@@ -142,14 +141,13 @@ async def allocate(
     body: NewLine,
     request: Request,
     bus: Bus,
-    reads: Reads,
     once: Once,
     key: IdempotencyKey = None,
 ) -> Response:
     async def allocate_line() -> Response:
         await bus.handle(commands.Allocate(body.orderid, body.sku, body.qty))
         location = _location(request, "get_allocations", orderid=body.orderid)
-        position = await reads.position()
+        position = await reads_of(request).position()
         # Link: where to tell an out-of-stock line from an unknown order.
         order = _location(request, "get_order", orderid=body.orderid)
         order += f"?after={position}" if position else ""
@@ -160,32 +158,34 @@ async def allocate(
 
 
 @router.get("/allocations/{orderid}", **openapi.GET_ALLOCATIONS)
-async def get_allocations(orderid: OrderId, reads: Reads, after: After = None) -> Response:
-    result = await views.allocations(reads, orderid, after)
+async def get_allocations(orderid: OrderId, request: Request, after: After = None) -> Response:
+    result = await views.allocations(reads_of(request), orderid, after)
     if not result:
         return error(404, f"No allocations for order {orderid}")
     return _answer(result)
 
 
 @router.get("/orders/{orderid}", **openapi.GET_ORDER)
-async def get_order(orderid: OrderId, reads: Reads, after: After = None) -> Response:
-    result = await views.order(reads, orderid, after)
+async def get_order(orderid: OrderId, request: Request, after: After = None) -> Response:
+    result = await views.order(reads_of(request), orderid, after)
     if result is None:
         return error(404, f"No order {orderid}")
     return _answer(result)
 
 
 @router.get("/allocations/{orderid}/{sku}", **openapi.GET_ALLOCATION)
-async def get_allocation(orderid: OrderId, sku: Sku, reads: Reads, after: After = None) -> Response:
-    result = await views.allocation(reads, orderid, sku, after)
+async def get_allocation(
+    orderid: OrderId, sku: Sku, request: Request, after: After = None
+) -> Response:
+    result = await views.allocation(reads_of(request), orderid, sku, after)
     if result is None:
         return error(404, f"Order {orderid} has no allocation of {sku}")
     return _answer(result)
 
 
 @router.get("/products/{sku}", **openapi.GET_PRODUCT)
-async def get_product(sku: Sku, reads: Reads, after: After = None) -> Response:
-    result = await views.product(reads, sku, after)
+async def get_product(sku: Sku, request: Request, after: After = None) -> Response:
+    result = await views.product(reads_of(request), sku, after)
     if result is None:
         return error(404, f"Unknown sku {sku}")
     return _answer(result)
