@@ -35,16 +35,6 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def notifications() -> FakeNotifications:
-    return FakeNotifications()
-
-
-@pytest.fixture
-def publisher() -> FakePublisher:
-    return FakePublisher()
-
-
-@pytest.fixture
 async def container(
     module_database: str, notifications: FakeNotifications, publisher: FakePublisher
 ) -> AsyncIterator[Container]:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.support.databases import postgres_database
+from tests.support.fakes import FakeNotifications, FakePublisher
 
 
 @pytest.fixture
@@ -25,3 +26,15 @@ async def module_database(postgres_server_url: str) -> AsyncIterator[str]:
     """A migrated PostgreSQL database of the module's own, dropped after its tests."""
     async with postgres_database(postgres_server_url) as url:
         yield url
+
+
+@pytest.fixture
+def notifications() -> FakeNotifications:
+    """Notifications kept in memory, for the test to read."""
+    return FakeNotifications()
+
+
+@pytest.fixture
+def publisher() -> FakePublisher:
+    """Published messages kept in memory, for the test to read."""
+    return FakePublisher()

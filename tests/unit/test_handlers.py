@@ -20,16 +20,6 @@ def store() -> FakeStore:
 
 
 @pytest.fixture
-def notifications() -> FakeNotifications:
-    return FakeNotifications()
-
-
-@pytest.fixture
-def publisher() -> FakePublisher:
-    return FakePublisher()
-
-
-@pytest.fixture
 def bus(store: FakeStore, notifications: FakeNotifications, publisher: FakePublisher) -> Service:
     return bootstrap_test_bus(store, notifications, publisher=publisher)
 
