@@ -8,7 +8,8 @@ from typing import Any, TypeAlias
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -435,3 +436,10 @@ def _args(statement: Compiled, params: Mapping[str, Any]) -> list[Any]:
     values = [params[n] if n in params else statement.defaults[n] for n in statement.names]
     # JSON columns: the dialect's codec for asyncpg takes the text.
     return [orjson.dumps(v).decode() if isinstance(v, dict | list) else v for v in values]
+
+
+def insert_on_conflict(table: Table, dialect_name: str) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into ``table`` that takes ON CONFLICT clauses, in the dialect's construct."""
+    if dialect_name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from functools import cache
 
 from sqlalchemy import Insert, and_, delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters import orm
+from app.adapters.database import insert_on_conflict
 from app.clock import utcnow
 
 # A reservation older than this is taken to belong to a process that died
@@ -69,8 +69,9 @@ class AbstractIdempotencyKeys(abc.ABC):
 
 @cache
 def _insert(dialect_name: str) -> Insert:
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    statement: Insert = dialect.insert(orm.idempotency_keys).on_conflict_do_nothing()
+    statement: Insert = insert_on_conflict(
+        orm.idempotency_keys, dialect_name
+    ).on_conflict_do_nothing()
     return statement
 
 

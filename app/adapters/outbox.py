@@ -26,10 +26,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from app.adapters import orm
-from app.adapters.database import Transaction, discard
+from app.adapters.database import Transaction, discard, insert_on_conflict
 from app.clock import utcnow
 from app.domain import events
 
@@ -190,9 +189,7 @@ def _statements() -> _Statements:
 
 @cache
 def _record(dialect_name: str) -> Insert:
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    record: Insert = dialect.insert(orm.processed_messages).on_conflict_do_nothing()
-    return record
+    return insert_on_conflict(orm.processed_messages, dialect_name).on_conflict_do_nothing()
 
 
 class SqlAlchemyOutbox(AbstractOutbox):

@@ -15,10 +15,9 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Insert, Table, Update, bindparam, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from app.adapters import orm
-from app.adapters.database import Transaction
+from app.adapters.database import Transaction, insert_on_conflict
 
 
 class AbstractReadModel(abc.ABC):
@@ -48,7 +47,7 @@ class AbstractReadModel(abc.ABC):
 
 def _upsert(table: Table, dialect_name: str) -> Insert:
     """INSERT, or UPDATE unless the row already reflects a version as new."""
-    stmt = (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
+    stmt = insert_on_conflict(table, dialect_name)
     keys = {c.name for c in table.primary_key}
     upsert: Insert = stmt.on_conflict_do_update(
         index_elements=sorted(keys),
@@ -63,9 +62,7 @@ class _Statements:
         v = orm.batches_view.c
         self.allocation = _upsert(orm.allocations_view, dialect_name)
         self.batch = _upsert(orm.batches_view, dialect_name)
-        refused = (postgresql if dialect_name == "postgresql" else sqlite).insert(
-            orm.refused_lines_view
-        )
+        refused = insert_on_conflict(orm.refused_lines_view, dialect_name)
         self.refused: Insert = refused.on_conflict_do_update(
             index_elements=["orderid", "sku"], set_={"qty": refused.excluded.qty}
         )
