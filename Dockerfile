@@ -1,6 +1,6 @@
 # One image for the API, the worker and migrations:
 #   docker build -t allocation .
-#   docker run allocation                                  (the API, port 8000)
+#   docker run allocation                                  (the API, port 8000: allocation serve)
 #   docker run allocation allocation worker                (the worker)
 #   docker run allocation alembic upgrade head             (migrations)
 
@@ -30,7 +30,8 @@ USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
-# Behind a reverse proxy, set FORWARDED_ALLOW_IPS to its address (uvicorn
-# reads it) so that X-Forwarded-For/-Proto are believed, and ROOT_PATH to the
-# path prefix it serves the API under.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+# The production command: uvicorn with the service's connection limits, in
+# WEB_CONCURRENCY processes. Behind a reverse proxy, set FORWARDED_ALLOW_IPS
+# to its address so that X-Forwarded-For/-Proto are believed, and ROOT_PATH
+# to the path prefix it serves the API under.
+CMD ["allocation", "serve", "--host", "0.0.0.0", "--port", "8000"]

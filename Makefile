@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint migrate install install-dev bench system-deps soak fuzz lock
+.PHONY: run test lint migrate install install-dev node-deps bench bench-startup system-deps soak fuzz lock
 
 # Running the service needs its runtime dependencies alone (make install);
 # the tests, linters and bench add the dev tools on top (make install-dev:
@@ -24,9 +24,20 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Debian packages the proxy and browser tests drive (CI installs them; elsewhere
-# those tests skip, saying what is missing).
-SYSTEM_DEPS := nginx chromium
+# The official AsyncAPI parser, which tests/e2e/test_asyncapi.py runs on
+# /asyncapi.json: the exact version tests/asyncapi/package.json names, from
+# the npm registry, with no lock file. Without npm that test skips (fails
+# under REQUIRE_SERVICES), saying so.
+NODE_DEPS := tests/asyncapi/node_modules/.installed
+$(NODE_DEPS): tests/asyncapi/package.json
+	@command -v npm >/dev/null || { echo "npm not found: not installing the AsyncAPI parser"; exit 0; }; \
+	cd tests/asyncapi && npm install --no-package-lock --no-audit --no-fund --loglevel=error \
+	&& touch node_modules/.installed
+node-deps: $(NODE_DEPS)
+
+# Debian packages the proxy, browser and JetStream tests drive (CI installs
+# them; elsewhere those tests skip, saying what is missing).
+SYSTEM_DEPS := nginx chromium nats-server
 system-deps:
 	@missing=""; for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -40,10 +51,13 @@ migrate: install
 	$(BIN)/alembic upgrade head
 
 run: migrate
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	$(BIN)/allocation serve --host $(HOST) --port $(PORT)
 
-test: install-dev
-	$(BIN)/pytest $(PYTEST_ARGS)
+# The tests in TEST_WORKERS processes (pytest-xdist); those on the shared
+# Redis of TEST_REDIS_URL in one of them, one after another (tests/conftest.py).
+TEST_WORKERS ?= 4
+test: install-dev node-deps
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The API fuzzed against its own /openapi.json at length (tests/e2e/test_fuzz.py;
 # `make test` runs the same tests briefly).
@@ -62,6 +76,10 @@ lint: install-dev
 bench: install-dev
 	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/run.py
+
+# How quickly a worker listens and `allocation outbox` answers: medians of 5 starts.
+bench-startup: install-dev
+	$(BIN)/python bench/startup.py
 
 # Minutes of mixed load with Redis restarted under it (SOAK_SECONDS, 180 by
 # default); PostgreSQL from TEST_DATABASE_URL. Prints its figures.

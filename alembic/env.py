@@ -10,8 +10,8 @@ from logging.config import fileConfig
 from sqlalchemy.engine import Connection
 
 from alembic import context
-from app.adapters.database import build_engine
-from app.adapters.orm import metadata
+from app.adapters.engines import build_engine
+from app.adapters.tables import metadata
 from app.config import InvalidSettings, load_settings
 
 config = context.config

@@ -1,5 +1,6 @@
 """Settings, from the environment and an optional .env file."""
 
+import re
 from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -16,6 +17,7 @@ _ASYNC_DRIVERS = {
 _SUPPORTED = {"postgresql+asyncpg", "sqlite+aiosqlite"}
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./allocation.db"
 MIN_TOKEN_LENGTH = 16
+_ORIGIN = re.compile(r"https?://[^/?#@\s,*]+", re.IGNORECASE)
 # Passwords no deployment should run with, .env.example's among them.
 PLACEHOLDER_PASSWORDS = frozenset(
     {"change-me", "changeme", "password", "secret", "example", "postgres", "allocation"}
@@ -84,6 +86,14 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="Bearer token every write must carry; unset leaves writes open."
     )
+    allow_anonymous_writes: bool = Field(
+        False,
+        description="Outside development, let the API start without API_TOKEN, its writes "
+        "open to anyone who reaches it.",
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token GET /metrics must carry; unset leaves it open."
+    )
     max_body_bytes: int = Field(
         65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted."
     )
@@ -91,15 +101,51 @@ class Settings(BaseSettings):
         "",
         description="The path prefix a reverse proxy serves the API under, e.g. /allocation.",
     )
+    cors_allow_origins: str = Field(
+        "",
+        description="Origins whose pages may call the API from a browser, comma separated, "
+        "e.g. https://shop.example.com; empty allows none.",
+    )
+
+    # The HTTP server's, for `allocation serve`.
+    host: str = Field("127.0.0.1", min_length=1, description="Address the API listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the API listens on.")
+    web_concurrency: int = Field(1, ge=1, le=64, description="API processes.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Addresses (comma-separated, or *) of the proxies whose X-Forwarded-For "
+        "and X-Forwarded-Proto are believed.",
+    )
+    max_header_bytes: int = Field(
+        32768,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request head (request line and headers) accepted; larger is "
+        "a 431 and the connection is closed.",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds a connection may take to send a request's head; then it is closed.",
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=16,
+        description="Connections each API process keeps open at most; past it the idle ones "
+        "close first. Unset: derived from the process's open-file limit.",
+    )
 
     redis_url: str | None = Field(
         None, description="Redis for external events; unset turns them off."
     )
-    worker_metrics_port: int | None = Field(
+    worker_port: int | None = Field(
         None,
         ge=1,
         le=65535,
-        description="Port on which `allocation worker` serves /metrics; unset serves none.",
+        description="Port on which `allocation worker` serves /health, /ready and /metrics; "
+        "unset serves none.",
     )
     dead_letter_key: str = Field(
         "allocation:dead-letters:change_batch_quantity",
@@ -123,6 +169,50 @@ class Settings(BaseSettings):
         ge=1,
         description="About how many entries the line_allocated stream keeps; older "
         "ones are trimmed.",
+    )
+    nats_url: str | None = Field(
+        None,
+        description="NATS servers with JetStream for external events, comma separated, "
+        "e.g. nats://n1:4222,nats://n2:4222; unset, none.",
+    )
+    event_brokers: str = Field(
+        "",
+        description="Where external events go and come from: redis, nats, or redis,nats; "
+        "empty: every broker whose URL is set.",
+    )
+    nats_stream_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Replicas of each JetStream stream the service creates (3 on a "
+        "3-node cluster); streams an operator made are used as they are.",
+    )
+    nats_durable: str = Field(
+        "allocation",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Durable JetStream consumer the workers share for change_batch_quantity.",
+    )
+    nats_ack_wait: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="Seconds a change_batch_quantity message may stay unacknowledged by "
+        "the worker it went to (dead, or stuck) before JetStream delivers it again.",
+    )
+    nats_max_deliver: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Deliveries of a change_batch_quantity message that keeps failing "
+        "before it is dead-lettered.",
+    )
+    nats_duplicate_window: float = Field(
+        120.0,
+        gt=0,
+        le=86400,
+        description="Seconds within which JetStream drops a line_allocated re-published "
+        "with the same event id (streams the service creates).",
     )
     smtp_host: str | None = Field(None, description="Mail server; unset logs notices instead.")
     smtp_port: int = Field(25, ge=1, le=65535)
@@ -173,15 +263,48 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "metrics_token", mode="before")
     @classmethod
     def _no_empty_token(cls, value: object) -> object:
         return value or None
 
-    @field_validator("redis_url", "smtp_host")
+    @field_validator("redis_url", "smtp_host", "nats_url")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_servers(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        servers = [server.strip() for server in value.split(",") if server.strip()]
+        for server in servers:
+            if not re.fullmatch(r"(nats|tls)://[^\s,/]+", server):
+                raise ValueError("must be NATS URLs, comma separated, e.g. nats://n1:4222")
+        return ",".join(servers) or None
+
+    @model_validator(mode="after")
+    def _brokers_configured(self) -> Self:
+        named = {broker.strip() for broker in self.event_brokers.split(",") if broker.strip()}
+        if not named <= {"redis", "nats"}:
+            raise ValueError("EVENT_BROKERS names redis, nats, or both (redis,nats)")
+        for broker, url in (("redis", self.redis_url), ("nats", self.nats_url)):
+            if broker in named and url is None:
+                raise ValueError(f"EVENT_BROKERS names {broker}, but {broker.upper()}_URL is unset")
+        return self
+
+    @property
+    def brokers(self) -> frozenset[str]:
+        """The brokers external events go to and come from: EVENT_BROKERS, or every one set."""
+        named = {broker.strip() for broker in self.event_brokers.split(",") if broker.strip()}
+        if not named:
+            named = {b for b, url in (("redis", self.redis_url), ("nats", self.nats_url)) if url}
+        return frozenset(named)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return self.nats_url.split(",") if self.nats_url else []
 
     @field_validator("root_path")
     @classmethod
@@ -190,6 +313,24 @@ class Settings(BaseSettings):
         if value and not value.startswith("/"):
             raise ValueError("must start with '/', e.g. /allocation")
         return value
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        origins = [origin.strip() for origin in value.split(",") if origin.strip()]
+        for origin in origins:
+            # An Origin header is exactly scheme://host[:port]: "https://x.com/" never matches one.
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    "must be origins, scheme://host[:port] with no path, comma separated, "
+                    "e.g. https://shop.example.com,http://localhost:3000"
+                )
+        return ",".join(origins)
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """CORS_ALLOW_ORIGINS, one origin each."""
+        return self.cors_allow_origins.split(",") if self.cors_allow_origins else []
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Self:
@@ -203,14 +344,34 @@ class Settings(BaseSettings):
                     f"{name.upper()} uses a placeholder password such as change-me; "
                     f"set a real one (ENVIRONMENT={self.environment})"
                 )
-        if self.api_token is not None:
-            token = self.api_token.get_secret_value()
-            if token.lower() in PLACEHOLDER_PASSWORDS or len(token) < MIN_TOKEN_LENGTH:
+        for name in ("api_token", "metrics_token"):
+            secret = getattr(self, name)
+            token = secret.get_secret_value() if secret is not None else None
+            if token is not None and (
+                token.lower() in PLACEHOLDER_PASSWORDS or len(token) < MIN_TOKEN_LENGTH
+            ):
                 raise ValueError(
-                    f"API_TOKEN is a placeholder or shorter than {MIN_TOKEN_LENGTH} "
+                    f"{name.upper()} is a placeholder or shorter than {MIN_TOKEN_LENGTH} "
                     f"characters (ENVIRONMENT={self.environment}); e.g. openssl rand -hex 32"
                 )
         return self
+
+    def check_api(self) -> None:
+        """Refuse to serve the API with settings only the API must not run with.
+
+        The worker, the CLI and migrations take no writes over HTTP and need
+        no token: this is asked by the API alone.
+        """
+        if (
+            self.environment != "development"
+            and self.api_token is None
+            and not self.allow_anonymous_writes
+        ):
+            raise InvalidSettings(
+                f"API_TOKEN is not set (ENVIRONMENT={self.environment}): anyone who reaches "
+                "the API could write. Set API_TOKEN, e.g. openssl rand -hex 32, or "
+                "ALLOW_ANONYMOUS_WRITES=true to serve open writes on purpose"
+            )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,51 +1,75 @@
 """The composition root: every collaborator, its lifetime, and what it is given."""
 
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import Mapping
 from datetime import timedelta
 from functools import partial
 
 from dependency_injector import containers, providers
+from nats.js.api import RetentionPolicy
 from redis.asyncio import Redis
 
-from app.adapters import database
-from app.adapters.dead_letters import RedisDeadLetters
-from app.adapters.idempotency import SqlAlchemyIdempotencyKeys
+from app.adapters import engines, jetstream, redis_client
+from app.adapters.dead_letters import AbstractDeadLetters, RedisDeadLetters
+from app.adapters.idempotency import SqlIdempotencyKeys
+from app.adapters.jetstream import JetStream, StreamSpec
+from app.adapters.jetstream_dead_letters import JetStreamDeadLetters
+from app.adapters.liveness import for_engine as liveness_of
 from app.adapters.notifications import (
     AbstractNotifications,
     EmailNotifications,
     LogNotifications,
 )
-from app.adapters.publisher import AbstractPublisher, NoPublisher, RedisPublisher
+from app.adapters.publisher import (
+    AbstractPublisher,
+    FanoutPublisher,
+    JetStreamPublisher,
+    NoPublisher,
+    RedisPublisher,
+)
 from app.adapters.read_source import ReadSource
 from app.config import Settings, load_settings
-from app.domain import commands, events
-from app.entrypoints.api.idempotency import Idempotency
+from app.domain import events
 from app.service_layer import handlers
-from app.service_layer.delivery import AfterCommitHandlers, Backoff, Delivery
-from app.service_layer.messagebus import MessageBus, RetryPolicy
+from app.service_layer.delivery import AfterCommitHandlers, Delivery, EventHandler
+from app.service_layer.group_commit import GroupCommit
+from app.service_layer.messagebus import Member, MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
-from app.service_layer.unit_of_work import InlineHandlers, SqlAlchemyUnitOfWork
+from app.service_layer.unit_of_work import SqlUnitOfWork
 
 
-async def redis_resource(url: str | None) -> AsyncIterator[Redis | None]:
-    if url is None:
-        yield None
-        return
-    client = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-def publisher(client: Redis | None, line_allocated_maxlen: int) -> AbstractPublisher:
-    if client is None:
+def publisher(client: Redis | None, js: JetStream | None, settings: Settings) -> AbstractPublisher:
+    publishers: list[AbstractPublisher] = []
+    if client is not None and "redis" in settings.brokers:
+        maxlen = settings.line_allocated_stream_maxlen
+        publishers.append(RedisPublisher(client, streams={"line_allocated": maxlen}))
+    if js is not None:
+        publishers.append(JetStreamPublisher(js))
+    if not publishers:
         return NoPublisher()
-    return RedisPublisher(client, streams={"line_allocated": line_allocated_maxlen})
+    return publishers[0] if len(publishers) == 1 else FanoutPublisher(publishers)
 
 
-def dead_letters(client: Redis | None, key: str) -> RedisDeadLetters | None:
-    return None if client is None else RedisDeadLetters(client, key)
+def dead_letters(
+    client: Redis | None, js: JetStream | None, key: str
+) -> AbstractDeadLetters | None:
+    """On Redis when it is set; else, on NATS alone, in a JetStream stream; else none."""
+    if client is not None:
+        return RedisDeadLetters(client, key)
+    return None if js is None else JetStreamDeadLetters(js, key)
+
+
+def nats_servers(settings: Settings) -> list[str]:
+    """The NATS servers, if events go there (EVENT_BROKERS)."""
+    return settings.nats_servers if "nats" in settings.brokers else []
+
+
+def stream_specs(settings: Settings) -> dict[str, StreamSpec]:
+    """How the streams the service creates are made: the one it reads is a work queue."""
+    return {
+        "change_batch_quantity": StreamSpec(retention=RetentionPolicy.WORK_QUEUE),
+        "line_allocated": StreamSpec(max_msgs=settings.line_allocated_stream_maxlen),
+    }
 
 
 def notifications(settings: Settings) -> AbstractNotifications:
@@ -54,6 +78,22 @@ def notifications(settings: Settings) -> AbstractNotifications:
     return EmailNotifications(
         settings.smtp_host, settings.smtp_port, settings.smtp_from, settings.notify_email
     )
+
+
+def with_dependencies(
+    table: Mapping[type[events.Event], Mapping[str, handlers.AfterCommitHandler]],
+    **dependencies: object,
+) -> AfterCommitHandlers:
+    """Each handler of ``table`` with the dependencies its parameters name bound to it."""
+
+    def bound(handler: handlers.AfterCommitHandler) -> EventHandler:
+        wanted = inspect.signature(handler).parameters
+        return partial(handler, **{k: v for k, v in dependencies.items() if k in wanted})
+
+    return {
+        event: {name: bound(handler) for name, handler in named.items()}
+        for event, named in table.items()
+    }
 
 
 def relay_settings(settings: Settings) -> RelaySettings:
@@ -67,7 +107,7 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(load_settings)
 
     engine = providers.Resource(
-        database.engine_resource,
+        engines.engine_resource,
         url=settings.provided.database_url,
         pool_size=settings.provided.db_pool_size,
         writer=True,
@@ -76,14 +116,14 @@ class Container(containers.DeclarativeContainer):
     # Reads on the primary: every read with one database; with a replica,
     # those it cannot serve, and writes' positions.
     read_engine = providers.Resource(
-        database.engine_resource,
+        engines.engine_resource,
         url=settings.provided.database_url,
         pool_size=settings.provided.db_pool_size,
         writer=False,
         db_timeout=settings.provided.db_timeout,
     )
     replica_engine = providers.Resource(
-        database.optional_engine_resource,
+        engines.optional_engine_resource,
         url=settings.provided.read_database_url,
         pool_size=settings.provided.db_pool_size,
         db_timeout=settings.provided.db_timeout,
@@ -96,109 +136,65 @@ class Container(containers.DeclarativeContainer):
         timeout=settings.provided.db_timeout,
         check_interval=settings.provided.replica_check_interval,
     )
-    redis = providers.Resource(redis_resource, url=settings.provided.redis_url)
-
-    publisher = providers.Singleton(
-        publisher,
-        client=redis,
-        line_allocated_maxlen=settings.provided.line_allocated_stream_maxlen,
+    redis = providers.Resource(redis_client.resource, url=settings.provided.redis_url)
+    jetstream = providers.Resource(
+        jetstream.resource,
+        servers=providers.Callable(nats_servers, settings),
+        replicas=settings.provided.nats_stream_replicas,
+        duplicate_window=settings.provided.nats_duplicate_window,
+        specs=providers.Callable(stream_specs, settings),
     )
+
+    publisher = providers.Singleton(publisher, client=redis, js=jetstream, settings=settings)
     dead_letters = providers.Singleton(
-        dead_letters, client=redis, key=settings.provided.dead_letter_key
+        dead_letters, client=redis, js=jetstream, key=settings.provided.dead_letter_key
     )
     notifications = providers.Singleton(notifications, settings=settings)
     retry = providers.Singleton(RetryPolicy, attempts=settings.provided.write_retries)
     relay_settings = providers.Singleton(relay_settings, settings=settings)
+    # Started by the API alone (app.main): only its reservations need it.
+    liveness = providers.Singleton(liveness_of, engine=engine)
     idempotency_keys = providers.Singleton(
-        SqlAlchemyIdempotencyKeys,
+        SqlIdempotencyKeys,
         engine=engine,
+        liveness=liveness,
         ttl=providers.Factory(timedelta, seconds=settings.provided.idempotency_ttl),
     )
-    idempotency = providers.Singleton(Idempotency, keys=idempotency_keys)
 
-    # Event handlers, under the names they are known by (stored, for the
-    # after-commit ones: a name outlives its function's). Built once.
-    # Inline: in the transaction that raised the event; they write only this database.
-    inline_handlers: providers.Singleton[InlineHandlers] = providers.Singleton(
-        dict,
-        providers.Dict(
-            {
-                events.BatchCreated: providers.Dict(
-                    add_batch_to_read_model=providers.Object(handlers.add_batch_to_read_model),
-                ),
-                events.BatchQuantityChanged: providers.Dict(
-                    resize_batch_in_read_model=providers.Object(
-                        handlers.resize_batch_in_read_model
-                    ),
-                ),
-                events.Allocated: providers.Dict(
-                    add_allocation_to_read_model=providers.Object(
-                        handlers.add_allocation_to_read_model
-                    ),
-                ),
-                events.LineRefused: providers.Dict(
-                    add_refusal_to_read_model=providers.Object(handlers.add_refusal_to_read_model),
-                ),
-                events.Deallocated: providers.Dict(
-                    remove_allocation_from_read_model=providers.Object(
-                        handlers.remove_allocation_from_read_model
-                    ),
-                    reallocate=providers.Object(handlers.reallocate),
-                ),
-            }
-        ),
-    )
-    # After the commit, from the outbox: they reach outside this database.
+    # The handlers of each message are listed in app.service_layer.handlers;
+    # here the after-commit ones are given what they reach.
     after_commit_handlers: providers.Singleton[AfterCommitHandlers] = providers.Singleton(
-        dict,
-        providers.Dict(
-            {
-                events.Allocated: providers.Dict(
-                    publish_allocated_event=providers.Factory(
-                        partial, handlers.publish_allocated_event, publisher=publisher
-                    ),
-                ),
-                events.OutOfStock: providers.Dict(
-                    send_out_of_stock_notification=providers.Factory(
-                        partial,
-                        handlers.send_out_of_stock_notification,
-                        notifications=notifications,
-                    ),
-                ),
-            }
-        ),
+        with_dependencies,
+        handlers.AFTER_COMMIT_HANDLERS,
+        publisher=publisher,
+        notifications=notifications,
     )
 
     uow = providers.Factory(
-        SqlAlchemyUnitOfWork,
+        SqlUnitOfWork,
         engine=engine,
-        inline=inline_handlers,
+        inline=handlers.INLINE_HANDLERS,
         after_commit=after_commit_handlers,
     )
     delivery = providers.Singleton(
         Delivery,
         uow_factory=uow.provider,
         handlers=after_commit_handlers,
-        backoff=providers.Singleton(Backoff),
     )
-    command_handlers = providers.Dict(
-        {
-            commands.CreateBatch: providers.Object(handlers.add_batch),
-            commands.Allocate: providers.Object(handlers.allocate),
-            commands.ChangeBatchQuantity: providers.Object(handlers.change_batch_quantity),
-        }
-    )
+    group_commit: providers.Singleton[GroupCommit[Member]] = providers.Singleton(GroupCommit)
     bus = providers.Factory(
         MessageBus,
         uow_factory=uow.provider,
-        command_handlers=command_handlers,
+        command_handlers=handlers.COMMAND_HANDLERS,
         retry=retry,
         delivery=delivery,
+        groupings=handlers.GROUPINGS,
+        group_commit=group_commit,
     )
     relay = providers.Singleton(Relay, delivery=delivery, settings=relay_settings)
 
 
-_ASYNC_RESOURCES = ("engine", "read_engine", "replica_engine", "redis")
+_ASYNC_RESOURCES = ("engine", "read_engine", "replica_engine", "redis", "jetstream")
 
 
 async def start(container: Container) -> None:

@@ -8,55 +8,108 @@ A line per request is the service's most frequent work after the request
 itself, so it is made cheap: where the line goes only to the service's own
 JSON handler (as deployed), ``request_line`` builds it straight from its
 fields, with no LogRecord; and the request lines of one turn of the event
-loop reach stderr in one write.
+loop reach stderr in one write. Other records go through python-json-logger's
+formatter, to the same fields in the same order (``bench/log_lines.py``
+measures each way).
 """
 
 import asyncio
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import orjson
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.orjson import OrjsonFormatter
 
-from app import correlation
+from app import correlation, tracing
 
 LogFormat = Literal["auto", "json", "text"]
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+# What a text line must not carry as it came: control characters (C0, DEL,
+# C1) and the line and paragraph separators. A path with %0a in it would
+# otherwise start a line of its own, and could pass for another record.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-# What every LogRecord has; anything else on a record came in ``extra=``.
-_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
 
-
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(OrjsonFormatter):
     """``level``, ``logger``, ``message``, ``request_id``, the extras, ``time`` (UTC).
 
-    An exception goes in ``exc_info`` as its formatted traceback.
+    python-json-logger's, on orjson. An exception goes in ``exc_info`` as its
+    formatted traceback. uvicorn's ``color_message`` is its message again,
+    with terminal colours: not for a log.
     """
 
+    def __init__(self) -> None:
+        super().__init__(
+            "{levelname}{name}{message}{request_id}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
+            timestamp="time",
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+        if log_data["request_id"] is None:  # a record made before configure()
+            log_data["request_id"] = "-"
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char) or f"\\x{ord(char):02x}"
+
+
+def escape(text: str) -> str:
+    """``text`` on one line: each control character written as an escape, ``\\n`` for a newline."""
+    return _CONTROL.sub(_escaped, text)
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record for a person to read, nothing in it as a request sent it.
+
+    The message is escaped; a traceback follows on lines of its own, each
+    indented, so that no line of it can pass for a record.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT, defaults={"request_id": "-"})
+
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", "-"),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD:
-                fields[key] = value
-        if record.exc_info:
-            fields["exc_info"] = self.formatException(record.exc_info)
-        if record.stack_info:
-            fields["stack_info"] = self.formatStack(record.stack_info)
-        fields["time"] = datetime.fromtimestamp(record.created, UTC)
-        return orjson.dumps(fields, default=str).decode()
+        record.message = escape(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is not None:
+            line += f" trace_id={trace_id} span_id={getattr(record, 'span_id', '-')}"
+        trace = self.formatException(record.exc_info) if record.exc_info else record.exc_text
+        if trace:
+            line += "".join(f"\n    {escape(part)}" for part in trace.splitlines())
+        return line
 
 
 REQUESTS = "app.requests"  # the logger of the line per request
+_TRACEBACK = "Traceback (most recent call last):"
 
 
-class _Handler(logging.Handler):
+def _traceback_as_field(record: logging.LogRecord) -> None:
+    """A traceback logged as a message (uvicorn's, when startup fails) becomes a field.
+
+    The line's message is then the exception's own last line; the traceback
+    goes where any other is, ``exc_info``.
+    """
+    if record.exc_info or not isinstance(record.msg, str) or not record.msg.startswith(_TRACEBACK):
+        return
+    record.exc_text = record.msg.rstrip()
+    record.msg, record.args = record.exc_text.splitlines()[-1], None
+
+
+class ServiceHandler(logging.Handler):
     """The service's handler: told apart from handlers others (a test runner) add.
 
     Request lines logged within one turn of the event loop are written
@@ -65,12 +118,14 @@ class _Handler(logging.Handler):
     behind in memory.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None = None, fmt: LogFormat = "auto") -> None:
         super().__init__()
-        self.stream = stream
+        self.stream = stream or sys.stderr
         self._pending: list[str] = []
+        self.setFormatter(formatter(fmt, self.stream))
 
     def emit(self, record: logging.LogRecord) -> None:  # called holding self.lock
+        _traceback_as_field(record)
         try:
             line = self.format(record)
         except Exception:
@@ -134,29 +189,31 @@ def request_line(message: str, fields: dict[str, Any]) -> None:
     if handler is None:
         _requests.info(message, extra=fields)
         return
-    handler.add_request_line(
-        {
-            "level": "INFO",
-            "logger": REQUESTS,
-            "message": message,
-            "request_id": correlation.request_id.get() or "-",
-            **fields,
-            "time": datetime.now(UTC),
-        }
-    )
+    line = {
+        "level": "INFO",
+        "logger": REQUESTS,
+        "message": message,
+        "request_id": correlation.request_id.get() or "-",
+        **fields,
+    }
+    ids = tracing.ids()
+    if ids is not None:
+        line["trace_id"], line["span_id"] = ids
+    line["time"] = datetime.now(UTC)
+    handler.add_request_line(line)
 
 
-def _only_json_handler() -> "_Handler | None":
+def _only_json_handler() -> "ServiceHandler | None":
     """The service's JSON handler, if it is the only one an INFO request line reaches."""
     if _requests.filters or _requests.disabled or not _requests.isEnabledFor(logging.INFO):
         return None
-    found: _Handler | None = None
+    found: ServiceHandler | None = None
     logger: logging.Logger | None = _requests
     while logger is not None:
         for handler in logger.handlers:
             if (
                 found is not None
-                or not isinstance(handler, _Handler)
+                or not isinstance(handler, ServiceHandler)
                 or type(handler.formatter) is not JsonFormatter
                 or handler.filters
                 or handler.level > logging.INFO
@@ -175,7 +232,15 @@ def _record_with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
     # sees it, not only this module's.
     record = _base_factory(*args, **kwargs)
     record.request_id = correlation.request_id.get() or "-"
+    ids = tracing.ids()  # None at once while tracing is off
+    if ids is not None:
+        record.trace_id, record.span_id = ids
     return record
+
+
+def formatter(fmt: LogFormat, stream: TextIO) -> logging.Formatter:
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    return JsonFormatter() if use_json else TextFormatter()
 
 
 def configure(level: str, fmt: LogFormat = "auto") -> None:
@@ -185,12 +250,10 @@ def configure(level: str, fmt: LogFormat = "auto") -> None:
     # them for every record (the logging module's documented optimisations).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None
-    handler = _Handler(sys.stderr)
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler.setFormatter(JsonFormatter() if use_json else logging.Formatter(_TEXT))
+    handler = ServiceHandler(sys.stderr, fmt)
 
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+    for old in [h for h in root.handlers if isinstance(h, ServiceHandler)]:
         old.flush()
         root.removeHandler(old)
     root.addHandler(handler)
@@ -204,3 +267,24 @@ def configure(level: str, fmt: LogFormat = "auto") -> None:
             logger.handlers.clear()  # uvicorn's own, set up before the app loaded
             logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def uvicorn_config(level: str, fmt: LogFormat = "auto") -> dict[str, Any]:
+    """``logging.config.dictConfig`` for uvicorn: the service's handler from the first line.
+
+    uvicorn applies it in each process it starts, before it logs anything:
+    its own lines ("Started server process", and under several processes the
+    parent's) are in the service's format too. The app's lifespan then
+    configures the same again (``configure``).
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"service": {"()": f"{__name__}.ServiceHandler", "fmt": fmt}},
+        "root": {"handlers": ["service"], "level": "WARNING"},
+        "loggers": {
+            name: {"handlers": [], "level": level, "propagate": True}
+            for name in ("app", "uvicorn", "uvicorn.error")
+        }
+        | {"uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False}},
+    }

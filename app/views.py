@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import bindparam, exists, null, select, union_all
 
-from app.adapters.orm import allocations_view, batches_view, refused_lines_view
 from app.adapters.read_source import ReadSource
+from app.adapters.tables import allocations_view, batches_view, refused_lines_view
 
 _a, _b, _r = allocations_view.c, batches_view.c, refused_lines_view.c
 

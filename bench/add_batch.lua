@@ -1,5 +1,6 @@
 -- POST /add_batch of a new batch each time, over SKUS skus named PREFIX-0 ..
 -- PREFIX-(SKUS-1), each with ample stock in the warehouse.
+local write_headers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "write_headers.lua")
 local prefix = os.getenv("PREFIX")
 local nskus = tonumber(os.getenv("SKUS"))
 local threads = {}
@@ -19,7 +20,7 @@ request = function()
   local sku = prefix .. "-" .. math.random(0, nskus - 1)
   local body = string.format('{"ref":"nb%d-%d-%d","sku":"%s","qty":1000000,"eta":null}',
     id, counter, math.random(1e9), sku)
-  return wrk.format("POST", "/add_batch", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/add_batch", write_headers, body)
 end
 
 done = function(summary, latency, requests)

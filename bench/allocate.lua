@@ -1,5 +1,6 @@
 -- POST /allocate of one unit, a new order id each time, over SKUS skus named
 -- PREFIX-0 .. PREFIX-(SKUS-1). Counts answers by class for the report.
+local write_headers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "write_headers.lua")
 local prefix = os.getenv("PREFIX")
 local nskus = tonumber(os.getenv("SKUS"))
 local threads = {}
@@ -20,7 +21,7 @@ request = function()
   local sku = prefix .. "-" .. math.random(0, nskus - 1)
   local body = string.format('{"orderid":"w%d-%d-%d","sku":"%s","qty":1}',
     id, counter, math.random(1e9), sku)
-  return wrk.format("POST", "/allocate", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/allocate", write_headers, body)
 end
 
 response = function(status, headers, body)

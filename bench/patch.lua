@@ -1,5 +1,6 @@
 -- PATCH /batches/PREFIX-n-b over SKUS batches, each to a quantity above what it
 -- has allocated: a change of stock that deallocates nothing.
+local write_headers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "write_headers.lua")
 local prefix = os.getenv("PREFIX")
 local nskus = tonumber(os.getenv("SKUS"))
 
@@ -10,7 +11,7 @@ end
 request = function()
   local ref = prefix .. "-" .. math.random(0, nskus - 1) .. "-b"
   local body = string.format('{"qty":%d}', 100000000 + math.random(1e6))
-  return wrk.format("PATCH", "/batches/" .. ref, {["Content-Type"] = "application/json"}, body)
+  return wrk.format("PATCH", "/batches/" .. ref, write_headers, body)
 end
 
 done = function(summary, latency, requests)

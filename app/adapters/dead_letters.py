@@ -1,5 +1,9 @@
 """The dead-letter list: external messages the service gave up on, kept in Redis.
 
+With Redis configured the list is a Redis list (RedisDeadLetters, here);
+without, on NATS alone, it is a JetStream stream
+(app.adapters.jetstream_dead_letters). Both are the same port.
+
 Each entry is one JSON document in a Redis list, oldest first. The message is
 kept whole: as text when it is UTF-8, else base64 (``encoding`` says which).
 A stream entry's letter keeps the entry's id too, so that a replay keeps the
@@ -14,6 +18,7 @@ the entry can be replayed again.
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import json
@@ -48,6 +53,9 @@ class DeadLetter:
     failed_at: str  # ISO 8601, UTC
     request_id: str | None
     stream_id: str | None = None  # None: the message came by pub/sub
+    # When the change came, ``<ms>-<seq>`` (app.clock): the stream entry's id,
+    # or when a pub/sub message was received. A replay keeps the change's place.
+    position: str | None = None
 
     @classmethod
     def of(
@@ -60,6 +68,7 @@ class DeadLetter:
         attempts: int,
         request_id: str | None,
         stream_id: str | None = None,
+        position: str | None = None,
     ) -> DeadLetter:
         encoding: Literal["utf-8", "base64"] = "utf-8"
         try:
@@ -81,6 +90,7 @@ class DeadLetter:
             failed_at=utcnow_iso(),
             request_id=request_id,
             stream_id=stream_id,
+            position=position,
         )
 
     def again(self, failure: DeadLetter) -> DeadLetter:
@@ -101,8 +111,9 @@ class DeadLetter:
     def as_dict(self) -> dict[str, Any]:
         fields = asdict(self)
         fields["error"] = {"type": fields.pop("error_type"), "message": fields["error"]}
-        if fields["stream_id"] is None:  # a pub/sub message's entry reads as it always did
-            del fields["stream_id"]
+        for name in ("stream_id", "position"):  # absent rather than null, as before them
+            if fields[name] is None:
+                del fields[name]
         return fields
 
     def to_json(self) -> str:
@@ -124,11 +135,37 @@ class DeadLetter:
 @dataclass(frozen=True)
 class Claim:
     letter: DeadLetter
-    raw: bytes | str  # the entry exactly as stored, to remove it by
+    raw: bytes | str | int  # the entry exactly as stored, or its place, to remove it by
     lock: str
 
 
-class RedisDeadLetters:
+class AbstractDeadLetters(abc.ABC):
+    key: str  # where the list is, for the operator
+
+    @abc.abstractmethod
+    async def add(self, letter: DeadLetter) -> None: ...
+
+    @abc.abstractmethod
+    async def entries(self) -> list[DeadLetter]: ...
+
+    @abc.abstractmethod
+    async def take(self, letter_id: str) -> DeadLetter | None:
+        """Remove the entry and return it; None if it is not there (or just taken)."""
+
+    @abc.abstractmethod
+    async def claim(self, letter_id: str) -> Claim | None:
+        """Lock the entry for a replay; None if it is not there or already claimed."""
+
+    @abc.abstractmethod
+    async def settle(self, claim: Claim) -> None:
+        """The claimed entry is dealt with (applied, or stored again): take it off."""
+
+    @abc.abstractmethod
+    async def clear(self) -> int:
+        """Remove every entry; how many there were."""
+
+
+class RedisDeadLetters(AbstractDeadLetters):
     def __init__(self, client: Redis, key: str) -> None:
         self._client = client
         self.key = key
@@ -140,7 +177,6 @@ class RedisDeadLetters:
         return [letter for _, letter in await self._stored()]
 
     async def take(self, letter_id: str) -> DeadLetter | None:
-        """Remove the entry and return it; None if it is not there (or just taken)."""
         for raw, letter in await self._stored():
             if letter.id == letter_id:
                 # The exact bytes stored (redis-py's annotation says str; it sends bytes as is).
@@ -149,7 +185,6 @@ class RedisDeadLetters:
         return None
 
     async def claim(self, letter_id: str) -> Claim | None:
-        """Lock the entry for a replay; None if it is not there or already claimed."""
         for raw, letter in await self._stored():
             if letter.id == letter_id:
                 lock = f"{self.key}:replaying:{letter_id}"
@@ -159,14 +194,12 @@ class RedisDeadLetters:
         return None
 
     async def settle(self, claim: Claim) -> None:
-        """The claimed entry is dealt with (applied, or stored again): take it off."""
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.lrem(self.key, 1, claim.raw)  # type: ignore[arg-type]
             pipe.delete(claim.lock)
             await pipe.execute()
 
     async def clear(self) -> int:
-        """Remove every entry; how many there were."""
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.llen(self.key)
             pipe.delete(self.key)

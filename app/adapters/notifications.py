@@ -7,6 +7,9 @@ from email.utils import formatdate
 
 import aiosmtplib
 
+from app import outages
+from app.adapters.unavailable import MailUnavailable
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,7 +49,15 @@ class EmailNotifications(AbstractNotifications):
             f"{first} for {sku} could not be allocated: no batch has enough stock left.\n\n"
             f"Until stock of {sku} is added, orders it cannot take send no further notice.\n"
         )
-        await aiosmtplib.send(message, hostname=self._host, port=self._port, timeout=self._timeout)
+        try:
+            await aiosmtplib.send(
+                message, hostname=self._host, port=self._port, timeout=self._timeout
+            )
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as e:
+            reason = f"{type(e).__name__}: {e}"
+            outages.failed("mail", reason)
+            raise MailUnavailable(reason) from e
+        outages.succeeded("mail")
 
 
 class LogNotifications(AbstractNotifications):

@@ -1,5 +1,11 @@
 """The outbox: events stored with the change that raised them, until delivered.
 
+The events of a product that carry its version go out in version order:
+one is claimed for delivery only once every earlier one of its product is
+delivered, or claimed in the same pass (``in_order``), whichever relay, in
+whichever process, holds the rest. Events of different products go out in
+parallel.
+
 It also keeps the ledger of which after-commit handler has finished with
 which event, for events that one handler failed and another did not: their
 redelivery runs only the unfinished ones.
@@ -27,8 +33,10 @@ from sqlalchemy import (
     update,
 )
 
-from app.adapters import orm
-from app.adapters.database import Transaction, discard, insert_on_conflict
+from app.adapters import tables
+from app.adapters.driver import borrowed
+from app.adapters.tables import insert_on_conflict
+from app.adapters.transactions import Transaction
 from app.clock import utcnow
 from app.domain import events
 
@@ -64,6 +72,41 @@ class Pending:
     attempts: int
     handled: frozenset[str]
 
+    @property
+    def version(self) -> int | None:
+        """Its product's version after the change that raised it; None: it has no place."""
+        version: int | None = getattr(self.event, "version", None)
+        return version
+
+    @property
+    def product(self) -> str | None:
+        """The product whose events this one goes out in order with; None: in no order."""
+        sku: str | None = getattr(self.event, "sku", None)
+        return sku if self.version is not None else None
+
+
+def in_order(claimed: list[tuple[Pending, int]]) -> list[Pending]:
+    """Of the events claimed, each with how many undelivered events of its product came
+    before it, those that may go out now, each product's in version order.
+
+    An event may go out when every earlier undelivered event of its product
+    is claimed here too, and goes out after them: its count of earlier ones
+    equals the number claimed here before it. The others wait for a pass
+    that finds what comes before them delivered.
+    """
+    unordered = [pending for pending, _ in claimed if pending.product is None]
+    by_product: dict[str, list[tuple[int, int, Pending]]] = {}
+    for pending, earlier in claimed:
+        if pending.product is not None and pending.version is not None:
+            by_product.setdefault(pending.product, []).append((pending.version, earlier, pending))
+    ordered = []
+    for runs in by_product.values():
+        for place, (_, earlier, pending) in enumerate(sorted(runs, key=lambda run: run[0])):
+            if earlier != place:
+                break  # an earlier one is held elsewhere, or not due yet
+            ordered.append(pending)
+    return unordered + ordered
+
 
 @dataclass(frozen=True)
 class OutboxStats:
@@ -88,11 +131,12 @@ class AbstractOutbox(abc.ABC):
 
     @abc.abstractmethod
     async def claim(self, limit: int) -> list[Pending]:
-        """Up to ``limit`` due events, oldest first, held until this transaction ends.
+        """Of up to ``limit`` due events, oldest first, those that may go out now (``in_order``).
 
-        On PostgreSQL they are row-locked, and skipped by every other claim
-        until then: if this process dies, the server ends the transaction
-        and they are due again at once.
+        They are held until this transaction ends. On PostgreSQL they are
+        row-locked, and skipped by every other claim until then: if this
+        process dies, the server ends the transaction and they are due again
+        at once.
         """
 
     @abc.abstractmethod
@@ -124,13 +168,23 @@ class _Statements:
     """Built once: compiling a statement costs more than running it here."""
 
     def __init__(self) -> None:
-        o, p = orm.outbox.c, orm.processed_messages.c
+        o, p = tables.outbox.c, tables.processed_messages.c
         # (Parameters of INSERT and UPDATE may not be named as the table's columns.)
-        self.add: Insert = insert(orm.outbox).values(
+        self.add: Insert = insert(tables.outbox).values(
             {name: bindparam(f"new_{name}") for name in _ADDED}
         )
+        e = tables.outbox.alias("earlier")
+        earlier = (
+            select(func.count())
+            .where(
+                e.c.completed_at.is_(None),
+                e.c.sku == o.sku,
+                e.c.version < o.version,
+            )
+            .scalar_subquery()
+        )
         self.claim: Select[Any] = (
-            select(o.id, o.type, o.payload, o.attempts)
+            select(o.id, o.type, o.payload, o.attempts, earlier)
             .where(o.completed_at.is_(None), o.available_at <= bindparam("now"))
             .order_by(o.available_at)
             .limit(bindparam("limit"))
@@ -139,12 +193,12 @@ class _Statements:
         )
         self.handled: Select[Any] = select(p.handler).where(p.message_id == bindparam("id"))
         self.delivered: Update = (
-            update(orm.outbox)
+            update(tables.outbox)
             .where(o.id == bindparam("event_id"))
             .values(completed_at=bindparam("now"), last_error=None)
         )
         self.retry_later: Update = (
-            update(orm.outbox)
+            update(tables.outbox)
             .where(o.id == bindparam("event_id"))
             .values(
                 attempts=o.attempts + 1,
@@ -158,10 +212,12 @@ class _Statements:
             .order_by(o.completed_at)
             .limit(bindparam("limit"))
         )
-        self.prune_ledger: Delete = delete(orm.processed_messages).where(
+        self.prune_ledger: Delete = delete(tables.processed_messages).where(
             p.message_id.in_(prunable.scalar_subquery())
         )
-        self.prune_events: Delete = delete(orm.outbox).where(o.id.in_(prunable.scalar_subquery()))
+        self.prune_events: Delete = delete(tables.outbox).where(
+            o.id.in_(prunable.scalar_subquery())
+        )
         self.stats: Select[Any] = select(  # type: ignore[assignment]
             func.count(),
             func.count().filter(o.attempts >= bindparam("failing_after")),
@@ -189,10 +245,10 @@ def _statements() -> _Statements:
 
 @cache
 def _record(dialect_name: str) -> Insert:
-    return insert_on_conflict(orm.processed_messages, dialect_name).on_conflict_do_nothing()
+    return insert_on_conflict(tables.processed_messages, dialect_name).on_conflict_do_nothing()
 
 
-class SqlAlchemyOutbox(AbstractOutbox):
+class SqlOutbox(AbstractOutbox):
     def __init__(self, tx: Transaction) -> None:
         self._tx = tx
 
@@ -213,7 +269,7 @@ class SqlAlchemyOutbox(AbstractOutbox):
             for e in new
         ]
         if len(rows) == 1:
-            await self._tx.execute(_statements().add, rows[0])
+            await self._tx.write(_statements().add, rows[0])
         else:
             await self._tx.execute_many(_statements().add, rows)
 
@@ -221,13 +277,13 @@ class SqlAlchemyOutbox(AbstractOutbox):
         statements = _statements()
         rows = await self._tx.fetch(statements.claim, {"now": utcnow(), "limit": limit})
         claimed = []
-        for event_id, type_name, payload, attempts in rows:
+        for event_id, type_name, payload, attempts, earlier in rows:
             handled: frozenset[str] = frozenset()
             if attempts:  # only a failed delivery records handlers
                 found = await self._tx.fetch(statements.handled, {"id": event_id})
                 handled = frozenset(handler for (handler,) in found)
-            claimed.append(Pending(deserialise(type_name, payload), attempts, handled))
-        return claimed
+            claimed.append((Pending(deserialise(type_name, payload), attempts, handled), earlier))
+        return in_order(claimed)
 
     async def delivered(self, event_ids: list[str]) -> None:
         if event_ids:
@@ -285,17 +341,10 @@ class SqlAlchemyOutbox(AbstractOutbox):
         # bounded even where autovacuum is off. It takes no lock that writes
         # wait for, so neither DB_TIMEOUT's statement_timeout nor the driver's
         # command timeout bounds it.
-        raw = await engine.raw_connection()
-        try:
-            driver: Any = raw.driver_connection
+        async with borrowed(engine) as driver:
             await driver.execute("SET statement_timeout = 0")
             await driver.execute("VACUUM outbox, processed_messages", timeout=VACUUM_TIMEOUT)
             await driver.execute("RESET statement_timeout")
-        except BaseException as e:
-            discard(engine, raw, e)
-            raise
-        finally:
-            raw.close()
 
 
 def _age(now: datetime, then: datetime | None) -> float | None:

@@ -6,18 +6,27 @@ its lock. The allocation rows carry the product version they reflect, and
 their upsert leaves a row of a newer version alone, so ``rebuild-views``
 and the events converge. A deallocated line stays as a row with no
 batchref (a tombstone), so that its version is kept. A refused line is
-kept apart (``refused_lines_view``): an allocation of it later outdates it.
+kept apart (``refused_lines_view``), with the product version it was refused
+at: an allocation of it later outdates it.
+
+The writes wait in the read model until ``flush``, which the unit of work
+calls before it commits: the rows of a group of commands go in one
+statement per table (asyncpg pipelines an executemany), not one round trip
+each. They may be reordered across tables, which nothing reads before the
+commit, never within one.
 """
 
 import abc
+from collections.abc import Iterator
 from datetime import date
 from functools import cache
-from typing import Any
+from typing import Any, TypeAlias
 
 from sqlalchemy import Insert, Table, Update, bindparam, update
 
-from app.adapters import orm
-from app.adapters.database import Transaction, insert_on_conflict
+from app.adapters import tables
+from app.adapters.tables import insert_on_conflict
+from app.adapters.transactions import Transaction
 
 
 class AbstractReadModel(abc.ABC):
@@ -28,8 +37,8 @@ class AbstractReadModel(abc.ABC):
         """The order's line of ``sku`` sits in ``batchref`` now (None: in none)."""
 
     @abc.abstractmethod
-    async def line_refused(self, orderid: str, sku: str, qty: int) -> None:
-        """No batch could take the order's line of ``sku``: it is out of stock."""
+    async def line_refused(self, orderid: str, sku: str, qty: int, version: int) -> None:
+        """No batch could take the order's line of ``sku`` at product ``version``."""
 
     @abc.abstractmethod
     async def batch_added(
@@ -44,10 +53,20 @@ class AbstractReadModel(abc.ABC):
     async def batch_allocated(self, ref: str, qty: int, version: int) -> None:
         """``qty`` more units of the batch are allocated (fewer, if negative)."""
 
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Write what is still held back; the unit of work calls it before it commits."""
+
+
+def _new(table: Table, dialect_name: str) -> Any:
+    """An INSERT of a row of ``table``, each column's value the parameter ``new_<column>``."""
+    stmt = insert_on_conflict(table, dialect_name)
+    return stmt.values({c.name: bindparam(f"new_{c.name}", type_=c.type) for c in table.columns})
+
 
 def _upsert(table: Table, dialect_name: str) -> Insert:
     """INSERT, or UPDATE unless the row already reflects a version as new."""
-    stmt = insert_on_conflict(table, dialect_name)
+    stmt = _new(table, dialect_name)
     keys = {c.name for c in table.primary_key}
     upsert: Insert = stmt.on_conflict_do_update(
         index_elements=sorted(keys),
@@ -59,14 +78,15 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
 
 class _Statements:
     def __init__(self, dialect_name: str) -> None:
-        v = orm.batches_view.c
-        self.allocation = _upsert(orm.allocations_view, dialect_name)
-        self.batch = _upsert(orm.batches_view, dialect_name)
-        refused = insert_on_conflict(orm.refused_lines_view, dialect_name)
+        v = tables.batches_view.c
+        self.allocation = _upsert(tables.allocations_view, dialect_name)
+        self.batch = _upsert(tables.batches_view, dialect_name)
+        refused = _new(tables.refused_lines_view, dialect_name)
         self.refused: Insert = refused.on_conflict_do_update(
-            index_elements=["orderid", "sku"], set_={"qty": refused.excluded.qty}
+            index_elements=["orderid", "sku"],
+            set_={"qty": refused.excluded.qty, "version": refused.excluded.version},
         )
-        by_ref = update(orm.batches_view).where(v.reference == bindparam("ref"))
+        by_ref = update(tables.batches_view).where(v.reference == bindparam("ref"))
         self.resize: Update = by_ref.values(
             purchased=bindparam("qty"), version=bindparam("new_version")
         )
@@ -80,37 +100,76 @@ def _statements(dialect_name: str) -> _Statements:
     return _Statements(dialect_name)
 
 
-class SqlAlchemyReadModel(AbstractReadModel):
+# The table each statement writes: flush keeps the order of a table's writes.
+_TABLE = {"allocation": 0, "refused": 1, "batch": 2, "resize": 2, "allocate": 2}
+Write: TypeAlias = tuple[str, dict[str, Any]]
+
+
+class SqlReadModel(AbstractReadModel):
     def __init__(self, tx: Transaction) -> None:
         self._tx = tx
+        self._held: list[Write] = []
 
     async def allocation_changed(
         self, orderid: str, sku: str, batchref: str | None, version: int
     ) -> None:
-        await self._run("allocation", orderid=orderid, sku=sku, batchref=batchref, version=version)
+        self._hold(
+            "allocation",
+            new_orderid=orderid,
+            new_sku=sku,
+            new_batchref=batchref,
+            new_version=version,
+        )
 
-    async def line_refused(self, orderid: str, sku: str, qty: int) -> None:
-        await self._run("refused", orderid=orderid, sku=sku, qty=qty)
+    async def line_refused(self, orderid: str, sku: str, qty: int, version: int) -> None:
+        self._hold("refused", new_orderid=orderid, new_sku=sku, new_qty=qty, new_version=version)
 
     async def batch_added(
         self, ref: str, sku: str, eta: date | None, qty: int, version: int
     ) -> None:
-        await self._run(
+        self._hold(
             "batch",
-            reference=ref,
-            sku=sku,
-            eta=eta,
-            purchased=qty,
-            allocated=0,
-            version=version,
+            new_reference=ref,
+            new_sku=sku,
+            new_eta=eta,
+            new_purchased=qty,
+            new_allocated=0,
+            new_version=version,
         )
 
     async def batch_resized(self, ref: str, qty: int, version: int) -> None:
-        await self._run("resize", ref=ref, qty=qty, new_version=version)
+        self._hold("resize", ref=ref, qty=qty, new_version=version)
 
     async def batch_allocated(self, ref: str, qty: int, version: int) -> None:
-        await self._run("allocate", ref=ref, qty=qty, new_version=version)
+        self._hold("allocate", ref=ref, qty=qty, new_version=version)
 
-    async def _run(self, name: str, **params: Any) -> None:
-        statement = getattr(_statements(self._tx.dialect), name)
-        await self._tx.execute(statement, params)
+    def _hold(self, name: str, **params: Any) -> None:
+        self._held.append((name, params))
+
+    async def flush(self) -> None:
+        held, self._held = sorted(self._held, key=lambda w: _TABLE[w[0]]), []  # stable
+        statements = _statements(self._tx.dialect)
+        for name, rows in _runs(held):
+            statement = getattr(statements, name)
+            if len(rows) == 1:
+                await self._tx.write(statement, rows[0])
+            else:
+                await self._tx.execute_many(statement, rows)
+
+
+def _runs(writes: list[Write]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Consecutive writes by one statement, together; a batch's allocations one sum."""
+    name: str | None = None
+    rows: list[dict[str, Any]] = []
+    for next_name, params in writes:
+        if next_name != name:
+            if name is not None:
+                yield name, rows
+            name, rows = next_name, []
+        if name == "allocate" and rows and rows[-1]["ref"] == params["ref"]:
+            last = rows[-1]
+            rows[-1] = {**params, "qty": last["qty"] + params["qty"]}  # the later version
+        else:
+            rows.append(params)
+    if name is not None:
+        yield name, rows

@@ -3,10 +3,17 @@
 import abc
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app import outages, tracing
+from app.adapters.jetstream import FAILURES as NATS_FAILURES
+from app.adapters.jetstream import JetStream
+from app.adapters.unavailable import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +37,24 @@ class RedisPublisher(AbstractPublisher):
         self._streams = dict(streams or {})
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        attributes = _sent("redis", channel, payload)
+        with tracing.span(f"publish {channel}", "producer", attributes=attributes):
+            # With tracing on, the message carries the context of its sending.
+            traceparent = tracing.traceparent()
+            if traceparent is not None:
+                payload = {**payload, "traceparent": traceparent}
+            await self._send(channel, payload)
+
+    async def _send(self, channel: str, payload: dict[str, Any]) -> None:
+        try:
+            await self._publish(channel, payload)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            reason = f"{type(e).__name__}: {e}"
+            outages.failed("redis", reason)
+            raise BrokerUnavailable(reason) from e
+        outages.succeeded("redis")
+
+    async def _publish(self, channel: str, payload: dict[str, Any]) -> None:
         maxlen = self._streams.get(channel)
         if maxlen is None:
             await self._client.publish(channel, json.dumps(payload))
@@ -41,8 +66,66 @@ class RedisPublisher(AbstractPublisher):
             await pipe.execute()
 
 
+class JetStreamPublisher(AbstractPublisher):
+    """Publishes to the JetStream stream holding the channel's subject, once per event.
+
+    The message is the JSON Redis carries; its ``Nats-Msg-Id`` is the event's
+    id, so JetStream drops a re-publish (the relay crashed before it marked
+    the event delivered) within the stream's duplicate window. A publish
+    returns once the stream has stored it, on a majority of its replicas.
+    """
+
+    def __init__(self, jetstream: JetStream) -> None:
+        self._jetstream = jetstream
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        attributes = _sent("nats", channel, payload)
+        with tracing.span(f"publish {channel}", "producer", attributes=attributes):
+            traceparent = tracing.traceparent()
+            if traceparent is not None:
+                payload = {**payload, "traceparent": traceparent}
+            headers = {"Nats-Msg-Id": str(payload["event_id"])} if payload.get("event_id") else None
+            try:
+                stream = await self._jetstream.stream_for(channel)
+                js = await self._jetstream.context()
+                await js.publish(
+                    channel, json.dumps(payload).encode(), stream=stream, headers=headers
+                )
+            except NATS_FAILURES as e:
+                raise self._jetstream.unavailable(e) from e
+            outages.succeeded("nats")
+
+
+class FanoutPublisher(AbstractPublisher):
+    """Publishes to each broker in turn (EVENT_BROKERS=redis,nats).
+
+    One that fails fails the publish, which the outbox makes again: the
+    other broker may then carry the event twice, as at-least-once allows
+    (JetStream drops its second copy by the event id).
+    """
+
+    def __init__(self, publishers: Sequence[AbstractPublisher]) -> None:
+        self._publishers = list(publishers)
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        for publisher in self._publishers:
+            await publisher.publish(channel, payload)
+
+
+def _sent(system: str, channel: str, payload: dict[str, Any]) -> dict[str, str | int]:
+    """The messaging conventions' attributes of a publish."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": system,
+        "messaging.destination.name": channel,
+        "messaging.operation.type": "send",
+    }
+    if payload.get("event_id"):
+        attributes["messaging.message.id"] = str(payload["event_id"])
+    return attributes
+
+
 class NoPublisher(AbstractPublisher):
-    """External events are off (no REDIS_URL): nothing leaves the service."""
+    """External events are off (no REDIS_URL nor NATS_URL): nothing leaves the service."""
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
         logger.debug("external events off; not publishing %s %s", channel, payload)

@@ -28,8 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.base import Executable
 
 from app import metrics
-from app.adapters import database
-from app.adapters.database import Params
+from app.adapters import database_errors, reads
+from app.adapters.driver import Params
 
 logger = logging.getLogger(__name__)
 
@@ -79,23 +79,25 @@ class ReadSource:
         try:
             if self.replica is None:
                 # One database: the engine's own timeouts bound the wait.
-                return await database.fetch(self.primary, statement, params)
+                return await reads.fetch(self.primary, statement, params)
             async with asyncio.timeout(self._timeout):
                 if self.replica_healthy:
                     rows = await self._from_replica(self.replica, statement, params, after)
                     if rows is not None:
                         metrics.READS.labels("replica").inc()
                         return rows
-                rows = await database.fetch(self.primary, statement, params)
+                rows = await reads.fetch(self.primary, statement, params)
                 metrics.READS.labels("primary").inc()
                 return rows
         except TimeoutError as e:
-            raise database.DatabaseUnavailable(
+            raise database_errors.DatabaseUnavailable(
                 f"no answer within {self._timeout:g} s (DB_TIMEOUT)"
             ) from e
         except Exception as e:
-            if database.is_unavailable(e):
-                raise database.DatabaseUnavailable(database.unavailable_reason(e)) from e
+            if database_errors.is_unavailable(e):
+                raise database_errors.DatabaseUnavailable(
+                    database_errors.unavailable_reason(e)
+                ) from e
             raise
 
     async def position(self) -> str | None:
@@ -104,7 +106,7 @@ class ReadSource:
             return None
         # The insert position: past the commit's own record even before that
         # is flushed (synchronous_commit off), which pg_current_wal_lsn() is not.
-        rows = await database.fetch(self.primary, "SELECT pg_current_wal_insert_lsn()::text")
+        rows = await reads.fetch(self.primary, "SELECT pg_current_wal_insert_lsn()::text")
         position: str = rows[0][0]
         return position
 
@@ -117,11 +119,11 @@ class ReadSource:
                 if after is not None and not await self._replayed(replica, after):
                     metrics.REPLICA_BEHIND.inc()
                     return None
-                return await database.fetch(replica, statement, params)
+                return await reads.fetch(replica, statement, params)
         except TimeoutError as e:
             self.replica_failed(e)
         except Exception as e:
-            if not database.is_unavailable(e):
+            if not database_errors.is_unavailable(e):
                 # A query the replica cancelled for recovery, say: ask the primary.
                 logger.warning("read from the replica failed, asking the primary: %s", e)
                 return None
@@ -132,7 +134,7 @@ class ReadSource:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait
         while True:
-            rows = await database.fetch(replica, _REPLAYED, {"after": after})
+            rows = await reads.fetch(replica, _REPLAYED, {"after": after})
             if rows[0][0]:
                 return True
             if loop.time() + _POLL > deadline:
@@ -146,6 +148,7 @@ class ReadSource:
             logger.warning("replica unavailable (%s): reads go to the primary", reason)
         self.replica_healthy = False
         metrics.REPLICA_UP.set(0)
+        metrics.changed()
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Check the replica every ``check_interval``: its lag, and whether it is back."""
@@ -155,10 +158,10 @@ class ReadSource:
         while not stop.is_set():
             try:
                 async with asyncio.timeout(self._timeout):
-                    rows = await database.fetch(replica, _LAG)
+                    rows = await reads.fetch(replica, _LAG)
                 lag = float(rows[0][0])
             except Exception as e:
-                if database.is_unavailable(e) or isinstance(e, TimeoutError):
+                if database_errors.is_unavailable(e) or isinstance(e, TimeoutError):
                     self.replica_failed(e)
                 else:
                     logger.exception("checking the replica failed")
@@ -166,6 +169,7 @@ class ReadSource:
                 self.replica_lag = lag
                 metrics.REPLICA_LAG.set(lag)
                 metrics.REPLICA_UP.set(1)
+                metrics.changed()
                 if not self.replica_healthy:
                     logger.info("replica answers again: reads go to it")
                 self.replica_healthy = True

@@ -12,24 +12,24 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.adapters import orm
+from app.adapters import tables
 
 Progress = Callable[[str, int, int], None]  # (view, rows done, rows in all)
 
 
 async def rebuild_views(conn: AsyncConnection, progress: Progress, chunk: int = 5000) -> None:
-    b, p, line, a = orm.batches.c, orm.products.c, orm.order_lines.c, orm.allocations.c
+    b, p, line, a = tables.batches.c, tables.products.c, tables.order_lines.c, tables.allocations.c
     batches = select(
         b.reference, b.sku, b.eta, b.purchased_quantity, b.allocated_quantity, p.version_number
-    ).join(orm.products, p.sku == b.sku)
-    await _rewrite(conn, orm.batches_view, batches, b.id, progress, chunk)
+    ).join(tables.products, p.sku == b.sku)
+    await _rewrite(conn, tables.batches_view, batches, b.id, progress, chunk)
     allocations = (
         select(line.orderid, line.sku, b.reference, p.version_number)
-        .join(orm.allocations, a.orderline_id == line.id)
-        .join(orm.batches, b.id == a.batch_id)
-        .join(orm.products, p.sku == b.sku)
+        .join(tables.allocations, a.orderline_id == line.id)
+        .join(tables.batches, b.id == a.batch_id)
+        .join(tables.products, p.sku == b.sku)
     )
-    await _rewrite(conn, orm.allocations_view, allocations, line.id, progress, chunk)
+    await _rewrite(conn, tables.allocations_view, allocations, line.id, progress, chunk)
 
 
 async def _rewrite(

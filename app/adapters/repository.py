@@ -4,20 +4,43 @@ A product is loaded row-locked (on PostgreSQL; SQLite has a single writer)
 with its batches, and with just the order lines the command needs: the one
 an order holds (so that allocating it again changes nothing), or every line
 of a batch whose quantity changes. ``save`` writes back what changed since.
+
+On PostgreSQL the batches and the orders' lines come in one statement once
+the lock is granted, and the new lines of a save go in one statement: a
+group of allocations costs the round trips of one.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, delete, insert, select, update
-from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy import (
+    Boolean,
+    Date,
+    Integer,
+    String,
+    any_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    null,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import TypeEngine
 
-from app.adapters import orm
-from app.adapters.database import Transaction
+from app.adapters import tables
+from app.adapters.transactions import Transaction
+from app.clock import Position, position_now
 from app.domain import model
 
 
@@ -40,6 +63,16 @@ class AbstractRepository(abc.ABC):
             self.seen.add(product)
         return product
 
+    async def prefetch(self, sku: str, orderids: Collection[str]) -> None:
+        """Load the product of ``sku``, locked, with the lines these orders hold of it.
+
+        What a group of allocations of one sku reads, in one go: ``get`` of
+        the sku for any of these orders then reads nothing more.
+        """
+        product = await self._prefetch(sku, orderids)
+        if product is not None:
+            self.seen.add(product)
+
     async def get_by_batchref(self, ref: str) -> model.Product | None:
         """The product owning batch ``ref``, locked, with that batch's lines."""
         product = await self._get_by_batchref(ref)
@@ -47,15 +80,20 @@ class AbstractRepository(abc.ABC):
             self.seen.add(product)
         return product
 
-    async def advance(self, ref: str, position: tuple[int, int]) -> bool:
-        """Record that batch ``ref`` takes its quantity from the stream entry at ``position``.
+    async def advance(self, ref: str, position: Position | None) -> bool:
+        """Record that batch ``ref`` takes its quantity from the change at ``position``.
 
-        False, recording nothing, when an entry at or past ``position`` was
-        applied to it already. Call it once the batch's product is got: the
-        product's lock orders the changes to its batches.
+        False, recording nothing, when a change at or past ``position`` was
+        applied to it already. None is now: past every change applied so far,
+        even one whose clock ran ahead of this one's. Call it once the batch's
+        product is got: the product's lock orders the changes to its batches.
         """
         applied = await self._position(ref)
-        if applied is not None and applied >= position:
+        if position is None:
+            position = position_now()
+            if applied is not None and position <= applied:
+                position = (applied[0], applied[1] + 1)
+        elif applied is not None and applied >= position:
             return False
         await self._set_position(ref, position, new=applied is None)
         return True
@@ -71,18 +109,26 @@ class AbstractRepository(abc.ABC):
     async def _get(self, sku: str, orderid: str | None) -> model.Product | None: ...
 
     @abc.abstractmethod
+    async def _prefetch(self, sku: str, orderids: Collection[str]) -> model.Product | None: ...
+
+    @abc.abstractmethod
     async def _get_by_batchref(self, ref: str) -> model.Product | None: ...
 
     @abc.abstractmethod
-    async def _position(self, ref: str) -> tuple[int, int] | None: ...
+    async def _position(self, ref: str) -> Position | None: ...
 
     @abc.abstractmethod
-    async def _set_position(self, ref: str, position: tuple[int, int], new: bool) -> None: ...
+    async def _set_position(self, ref: str, position: Position, new: bool) -> None: ...
 
 
 class _Statements:
     def __init__(self) -> None:
-        p, b, line, a = orm.products.c, orm.batches.c, orm.order_lines.c, orm.allocations.c
+        p, b, line, a = (
+            tables.products.c,
+            tables.batches.c,
+            tables.order_lines.c,
+            tables.allocations.c,
+        )
         # The product's row lock serialises its writers. The batches are read
         # after it is granted, by a statement of their own: one joined to the
         # locked row would see them as they were before the wait.
@@ -96,31 +142,82 @@ class _Statements:
             .where(b.sku == bindparam("sku"))
             .order_by(b.id)
         )
+        # PostgreSQL: the lock, the batches, and the lines the orders hold,
+        # in one statement. Its rows are as they were when it began, which
+        # may be before a wait for the lock: ``seen``, the version then, tells.
+        # The lines are a part of their own, found by order: joined to the
+        # batches, a plan could go through every allocation of a batch.
+        self.lines_of_orders = (
+            select(a.batch_id, line.id, line.orderid, line.qty)
+            .join(tables.allocations, a.orderline_id == line.id)
+            .where(
+                line.sku == bindparam("sku"),
+                line.orderid == any_(bindparam("orderids", type_=ARRAY(String))),
+            )
+        )
+        seen = tables.products.alias("seen")
+        locked = (
+            select(
+                p.version_number,
+                p.out_of_stock,
+                select(seen.c.version_number)
+                .where(seen.c.sku == bindparam("sku"))
+                .scalar_subquery()
+                .label("seen"),
+            )
+            .where(p.sku == bindparam("sku"))
+            .with_for_update()
+            .cte("locked")
+        )
+        product_rows = select(
+            literal_column("0").label("part"),
+            *locked.c,
+            b.id.label("batch_id"),
+            b.reference,
+            b.purchased_quantity,
+            b.allocated_quantity,
+            b.eta,
+            *_nulls(Integer, String, Integer),
+        ).outerjoin(tables.batches, b.sku == bindparam("sku"))
+        line_rows = self.lines_of_orders.with_only_columns(
+            literal_column("1"),
+            *_nulls(Integer, Boolean, Integer),
+            a.batch_id,
+            *_nulls(String, Integer, Integer, Date),
+            line.id,
+            line.orderid,
+            line.qty,
+        )
+        self.locked_product = union_all(product_rows, line_rows).order_by("part", "batch_id")
+
         self.line_of_order = (
             select(a.batch_id, line.id, line.qty)
-            .join(orm.order_lines, line.id == a.orderline_id)
+            .join(tables.order_lines, line.id == a.orderline_id)
             .where(line.orderid == bindparam("orderid"), line.sku == bindparam("sku"))
+        )
+        self.line_id = select(line.id).where(
+            line.orderid == bindparam("orderid"), line.sku == bindparam("sku")
         )
         self.sku_of_batch = select(b.sku).where(b.reference == bindparam("ref"))
         self.lines_of_batch = (
             select(line.id, line.orderid, line.qty)
-            .join(orm.allocations, a.orderline_id == line.id)
+            .join(tables.allocations, a.orderline_id == line.id)
             .where(a.batch_id == bindparam("batch_id"))
         )
         # (Parameters of INSERT and UPDATE may not be named as the table's columns.)
-        self.add_product = insert(orm.products).values(
+        self.add_product = insert(tables.products).values(
             sku=bindparam("product"),
             version_number=bindparam("version"),
             out_of_stock=bindparam("out_of_stock"),
         )
         # The version read is checked as a second guard behind the lock.
         self.set_version = (
-            update(orm.products)
+            update(tables.products)
             .where(p.sku == bindparam("product"), p.version_number == bindparam("expected"))
             .values(version_number=bindparam("version"), out_of_stock=bindparam("out_of_stock"))
         )
         self.add_batch = (
-            insert(orm.batches)
+            insert(tables.batches)
             .values(
                 reference=bindparam("ref"),
                 sku=bindparam("product"),
@@ -131,7 +228,7 @@ class _Statements:
             .returning(b.id)
         )
         self.set_quantities = (
-            update(orm.batches)
+            update(tables.batches)
             .where(b.id == bindparam("batch_id"))
             .values(
                 purchased_quantity=bindparam("purchased"),
@@ -139,35 +236,67 @@ class _Statements:
             )
         )
         self.add_line = (
-            insert(orm.order_lines)
+            insert(tables.order_lines)
             .values(orderid=bindparam("order"), sku=bindparam("product"), qty=bindparam("units"))
             .returning(line.id)
         )
-        self.allocate = insert(orm.allocations).values(
+        self.allocate = insert(tables.allocations).values(
             orderline_id=bindparam("line_id"), batch_id=bindparam("to_batch")
         )
         # PostgreSQL writes both in one statement: one round trip fewer.
         new_line = self.add_line.cte("new_line")
         self.add_allocated_line = (
-            insert(orm.allocations)
+            insert(tables.allocations)
             .from_select(
                 ["orderline_id", "batch_id"],
                 select(new_line.c.id, bindparam("to_batch", type_=Integer)),
             )
             .returning(a.orderline_id)
         )
-        s = orm.batch_stream_positions.c
-        self.position = select(s.entry_ms, s.entry_seq).where(s.reference == bindparam("ref"))
-        self.add_position = insert(orm.batch_stream_positions).values(
-            reference=bindparam("ref"), entry_ms=bindparam("ms"), entry_seq=bindparam("seq")
+        # PostgreSQL: many new lines, each with its allocation, in one statement.
+        # (Set-returning functions side by side in a select list run in step.)
+        unnested = select(
+            func.unnest(bindparam("orders", type_=ARRAY(String))).label("orderid"),
+            func.unnest(bindparam("units", type_=ARRAY(Integer))).label("qty"),
+            func.unnest(bindparam("to_batches", type_=ARRAY(Integer))).label("batch_id"),
+        ).cte("new")
+        inserted = (
+            insert(tables.order_lines)
+            .from_select(
+                ["orderid", "sku", "qty"],
+                select(unnested.c.orderid, bindparam("product", type_=String), unnested.c.qty),
+            )
+            .returning(line.id, line.orderid)
+            .cte("inserted")
+        )
+        placed = (
+            insert(tables.allocations)
+            .from_select(
+                ["orderline_id", "batch_id"],
+                select(inserted.c.id, unnested.c.batch_id).join(
+                    unnested, unnested.c.orderid == inserted.c.orderid
+                ),
+            )
+            .cte("placed")
+        )
+        self.add_allocated_lines = select(inserted.c.id, inserted.c.orderid).add_cte(placed)
+        s = tables.batch_change_positions.c
+        self.position = select(s.position_ms, s.position_seq).where(s.reference == bindparam("ref"))
+        self.add_position = insert(tables.batch_change_positions).values(
+            reference=bindparam("ref"), position_ms=bindparam("ms"), position_seq=bindparam("seq")
         )
         self.set_position = (
-            update(orm.batch_stream_positions)
+            update(tables.batch_change_positions)
             .where(s.reference == bindparam("ref"))
-            .values(entry_ms=bindparam("ms"), entry_seq=bindparam("seq"))
+            .values(position_ms=bindparam("ms"), position_seq=bindparam("seq"))
         )
-        self.deallocate = delete(orm.allocations).where(a.orderline_id == bindparam("line_id"))
-        self.remove_line = delete(orm.order_lines).where(line.id == bindparam("line_id"))
+        self.deallocate = delete(tables.allocations).where(a.orderline_id == bindparam("line_id"))
+        self.remove_line = delete(tables.order_lines).where(line.id == bindparam("line_id"))
+
+
+def _nulls(*types: type[TypeEngine[Any]]) -> list[Any]:
+    """NULLs of these types: the columns one part of a UNION does not have."""
+    return [cast(null(), t) for t in types]
 
 
 @cache
@@ -183,27 +312,39 @@ class _Stored:
     out_of_stock: bool = False
     batch_ids: dict[str, int] = field(default_factory=dict)
     quantities: dict[str, tuple[int, int]] = field(default_factory=dict)
-    line_ids: dict[tuple[str, model.OrderLine], int] = field(default_factory=dict)
+    # None: written in this transaction, the id not read back
+    line_ids: dict[tuple[str, model.OrderLine], int | None] = field(default_factory=dict)
     orders: set[str] = field(default_factory=set)  # whose line is loaded
 
 
-class SqlAlchemyRepository(AbstractRepository):
+class SqlRepository(AbstractRepository):
     def __init__(self, tx: Transaction) -> None:
         super().__init__()
         self._tx = tx
         self._products: dict[str, model.Product] = {}
         self._stored: dict[str, _Stored] = {}
+        self._absent: set[str] = set()  # skus looked for and not found
 
     def _add(self, product: model.Product) -> None:
         self._products[product.sku] = product
         self._stored[product.sku] = _Stored(version=None)
 
     async def _get(self, sku: str, orderid: str | None) -> model.Product | None:
-        product = self._products.get(sku) or await self._load(sku)
-        if product is not None and orderid is not None:
-            stored = self._stored[sku]
-            if orderid not in stored.orders:
-                await self._load_line(product, stored, orderid)
+        return await self._prefetch(sku, () if orderid is None else (orderid,))
+
+    async def _prefetch(self, sku: str, orderids: Collection[str]) -> model.Product | None:
+        product = self._products.get(sku)
+        if product is None:
+            if sku in self._absent:
+                return None
+            product = await self._load(sku, orderids)
+            if product is None:
+                self._absent.add(sku)  # for this transaction: its commands see one state
+                return None
+        stored = self._stored[sku]
+        missing = [orderid for orderid in orderids if orderid not in stored.orders]
+        if missing:
+            await self._load_lines(product, stored, missing)
         return product
 
     async def _get_by_batchref(self, ref: str) -> model.Product | None:
@@ -225,23 +366,46 @@ class SqlAlchemyRepository(AbstractRepository):
                 stored.orders.add(orderid)
         return product
 
-    async def _position(self, ref: str) -> tuple[int, int] | None:
+    async def _position(self, ref: str) -> Position | None:
         rows = await self._tx.fetch(_statements().position, {"ref": ref})
         return (rows[0][0], rows[0][1]) if rows else None
 
-    async def _set_position(self, ref: str, position: tuple[int, int], new: bool) -> None:
+    async def _set_position(self, ref: str, position: Position, new: bool) -> None:
         statement = _statements().add_position if new else _statements().set_position
-        await self._tx.execute(statement, {"ref": ref, "ms": position[0], "seq": position[1]})
+        await self._tx.write(statement, {"ref": ref, "ms": position[0], "seq": position[1]})
 
-    async def _load(self, sku: str) -> model.Product | None:
+    async def _load(self, sku: str, orderids: Collection[str] = ()) -> model.Product | None:
+        """The product, locked; on PostgreSQL with the lines ``orderids`` hold, in the same read."""
+        if self._tx.dialect != "postgresql":
+            return await self._load_apart(sku)
+        params = {"sku": sku, "orderids": tuple(orderids)}
+        rows = await self._tx.fetch(_statements().locked_product, params)
+        if rows and rows[0][3] != rows[0][1]:
+            # The lock was granted after a change to the product: read it
+            # again, under the lock now, as it is.
+            rows = await self._tx.fetch(_statements().locked_product, params)
+        if not rows or rows[0][0] != 0:  # no product: lines alone, if any
+            return None
+        stored = _Stored(version=rows[0][1], out_of_stock=bool(rows[0][2]))
+        stored.orders.update(orderids)
+        batch_rows = [row[4:9] for row in rows if row[0] == 0 and row[4] is not None]
+        held = [(row[4], row[9], row[10], row[11]) for row in rows if row[0] == 1]
+        product = self._loaded(sku, stored, batch_rows)
+        _place(product, stored, held)
+        return product
+
+    async def _load_apart(self, sku: str) -> model.Product | None:
+        """SQLite: the product, then its batches (the database's write lock is held)."""
         rows = await self._tx.fetch(_statements().product, {"sku": sku})
         if not rows:
             return None
         stored = _Stored(version=rows[0][0], out_of_stock=bool(rows[0][1]))
+        batch_rows = await self._tx.fetch(_statements().batches, {"sku": sku})
+        return self._loaded(sku, stored, batch_rows)
+
+    def _loaded(self, sku: str, stored: _Stored, batch_rows: Iterable[Any]) -> model.Product:
         batches = []
-        for batch_id, ref, purchased, allocated, eta in await self._tx.fetch(
-            _statements().batches, {"sku": sku}
-        ):
+        for batch_id, ref, purchased, allocated, eta in batch_rows:
             batch = model.Batch(ref, sku, purchased, eta)
             batch.allocated_quantity = allocated
             batches.append(batch)
@@ -254,18 +418,26 @@ class SqlAlchemyRepository(AbstractRepository):
         self._stored[sku] = stored
         return product
 
-    async def _load_line(self, product: model.Product, stored: _Stored, orderid: str) -> None:
-        await self.save()
-        stored.orders.add(orderid)
-        refs = {batch_id: ref for ref, batch_id in stored.batch_ids.items()}
-        rows = await self._tx.fetch(
-            _statements().line_of_order, {"orderid": orderid, "sku": product.sku}
-        )
-        for batch_id, line_id, qty in rows:
-            ref = refs[batch_id]
-            line = model.OrderLine(orderid, product.sku, qty)
-            next(b for b in product.batches if b.reference == ref).allocations.add(line)
-            stored.line_ids[(ref, line)] = line_id
+    async def _load_lines(
+        self, product: model.Product, stored: _Stored, orderids: list[str]
+    ) -> None:
+        await self.save()  # the lines as this transaction has them
+        statements, sku = _statements(), product.sku
+        if self._tx.dialect == "postgresql":
+            held = list(
+                await self._tx.fetch(
+                    statements.lines_of_orders, {"sku": sku, "orderids": tuple(orderids)}
+                )
+            )
+        else:
+            held = []
+            for orderid in orderids:
+                rows = await self._tx.fetch(
+                    statements.line_of_order, {"orderid": orderid, "sku": sku}
+                )
+                held += [(batch_id, line_id, orderid, qty) for batch_id, line_id, qty in rows]
+        stored.orders.update(orderids)
+        _place(product, stored, held)
 
     async def save(self) -> None:
         for sku, product in self._products.items():
@@ -274,7 +446,7 @@ class SqlAlchemyRepository(AbstractRepository):
     async def _save(self, product: model.Product, stored: _Stored) -> None:
         statements, tx = _statements(), self._tx
         if stored.version is None:
-            await tx.execute(
+            await tx.write(
                 statements.add_product,
                 {
                     "product": product.sku,
@@ -286,7 +458,7 @@ class SqlAlchemyRepository(AbstractRepository):
             product.version_number,
             product.out_of_stock,
         ):
-            changed = await tx.execute(
+            await tx.write(
                 statements.set_version,
                 {
                     "product": product.sku,
@@ -294,26 +466,29 @@ class SqlAlchemyRepository(AbstractRepository):
                     "version": product.version_number,
                     "out_of_stock": product.out_of_stock,
                 },
+                expect=1,
+                stale=f"product {product.sku} is no longer at version {stored.version}",
             )
-            if changed != 1:
-                raise StaleDataError(
-                    f"product {product.sku} is no longer at version {stored.version}"
-                )
         stored.version, stored.out_of_stock = product.version_number, product.out_of_stock
 
         held = {(b.reference, line) for b in product.batches for line in b.allocations}
         for key in [k for k in stored.line_ids if k not in held]:
             line_id = stored.line_ids.pop(key)
-            await tx.execute(statements.deallocate, {"line_id": line_id})
-            await tx.execute(statements.remove_line, {"line_id": line_id})
+            if line_id is None:  # written in this transaction, its id not read back
+                line_id = await tx.scalar(
+                    statements.line_id, {"orderid": key[1].orderid, "sku": product.sku}
+                )
+            await tx.write(statements.deallocate, {"line_id": line_id})
+            await tx.write(statements.remove_line, {"line_id": line_id})
 
+        new: list[tuple[str, model.OrderLine]] = []
         for batch in product.batches:
             ref = batch.reference
             quantities = (batch.purchased_quantity, batch.allocated_quantity)
             if ref not in stored.batch_ids:
                 stored.batch_ids[ref] = await tx.scalar(statements.add_batch, _row(batch))
             elif stored.quantities[ref] != quantities:
-                await tx.execute(
+                await tx.write(
                     statements.set_quantities,
                     {
                         "batch_id": stored.batch_ids[ref],
@@ -322,22 +497,56 @@ class SqlAlchemyRepository(AbstractRepository):
                     },
                 )
             stored.quantities[ref] = quantities
-            for line in batch.allocations:
-                if (ref, line) in stored.line_ids:
-                    continue
-                params = {
-                    "order": line.orderid,
-                    "product": line.sku,
-                    "units": line.qty,
-                    "to_batch": stored.batch_ids[ref],
-                }
-                if tx.dialect == "postgresql":
-                    line_id = await tx.scalar(statements.add_allocated_line, params)
-                else:
-                    line_id = await tx.scalar(statements.add_line, params)
-                    await tx.execute(statements.allocate, {**params, "line_id": line_id})
+            new += [(ref, line) for line in batch.allocations if (ref, line) not in stored.line_ids]
+        if new:
+            await self._add_lines(product.sku, stored, new)
+
+    async def _add_lines(
+        self, sku: str, stored: _Stored, new: list[tuple[str, model.OrderLine]]
+    ) -> None:
+        statements, tx = _statements(), self._tx
+        stored.orders.update(line.orderid for _, line in new)
+        if tx.dialect != "postgresql":
+            for ref, line in new:
+                params = {"order": line.orderid, "product": sku, "units": line.qty}
+                line_id = await tx.scalar(statements.add_line, params)
+                to_batch = {"line_id": line_id, "to_batch": stored.batch_ids[ref]}
+                await tx.execute(statements.allocate, to_batch)
                 stored.line_ids[(ref, line)] = line_id
-                stored.orders.add(line.orderid)
+            return
+        # PostgreSQL: written with what else the transaction holds back; the
+        # lines' ids are read back only if this transaction deallocates one.
+        if len(new) == 1:
+            [(ref, line)] = new
+            params = {"order": line.orderid, "product": sku, "units": line.qty}
+            await tx.write(
+                statements.add_allocated_line, {**params, "to_batch": stored.batch_ids[ref]}
+            )
+        else:
+            await tx.write(
+                statements.add_allocated_lines,
+                {
+                    "product": sku,
+                    "orders": tuple(line.orderid for _, line in new),
+                    "units": tuple(line.qty for _, line in new),
+                    "to_batches": tuple(stored.batch_ids[ref] for ref, _ in new),
+                },
+            )
+        for ref, line in new:
+            stored.line_ids[(ref, line)] = None
+
+
+def _place(
+    product: model.Product, stored: _Stored, held: Iterable[tuple[int, int, str, int]]
+) -> None:
+    """Put the lines read, (batch id, line id, orderid, qty), in their batches."""
+    refs = {batch_id: ref for ref, batch_id in stored.batch_ids.items()}
+    batches = {b.reference: b for b in product.batches}
+    for batch_id, line_id, orderid, qty in held:
+        ref = refs[batch_id]
+        line = model.OrderLine(orderid, product.sku, qty)
+        batches[ref].allocations.add(line)
+        stored.line_ids[(ref, line)] = line_id
 
 
 def _row(batch: model.Batch) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # The newest migration (alembic's head). A test keeps the two equal.
-SCHEMA_VERSION = "0006"
+SCHEMA_VERSION = "0010"
 STARTUP_TIMEOUT = 10.0  # seconds the database has to answer at startup
 
 

@@ -1,7 +1,7 @@
-"""Redis Streams: entry ids, and a consumer group's state.
+"""Redis Streams: a consumer group, and its state.
 
-An entry's id is ``<milliseconds>-<sequence>``; ids grow with each entry
-added, and compare as the pairs of numbers do, not as text.
+An entry's id is ``<milliseconds>-<sequence>`` (app.clock.parse_position reads it);
+ids grow with each entry added, and compare as the pairs of numbers do.
 """
 
 from __future__ import annotations
@@ -10,15 +10,6 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-
-Position = tuple[int, int]
-
-
-def position(entry_id: bytes | str) -> Position:
-    """An entry id as (milliseconds, sequence); ValueError if it is none."""
-    text = entry_id.decode("ascii") if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq)
 
 
 async def create_group(client: Redis, stream: str, group: str) -> bool:

@@ -26,9 +26,14 @@ class Allocate(Command):
 
 @dataclass(frozen=True)
 class ChangeBatchQuantity(Command):
+    """Set a batch's quantity, unless a change that came after this one was applied already.
+
+    ``position`` is when the change came, as milliseconds and a sequence: a
+    stream entry's id, or when the worker received a pub/sub message. One at
+    or behind the position of the change applied last is skipped. None: as of
+    now, after every change applied so far (a change over HTTP).
+    """
+
     ref: str
     qty: int
-    # Where the change stands among those of its stream (the entry's id, as
-    # milliseconds and sequence): one behind a change applied already is
-    # skipped. None: applied as it comes.
     position: tuple[int, int] | None = None

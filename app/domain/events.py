@@ -2,7 +2,8 @@
 
 Every event has an ``id`` of its own (consumers de-duplicate on it), the
 time it happened, and the id of the request that caused it, when there was
-one. Those about a product carry its ``version`` after the change that
+one, and the trace context of that work (a W3C ``traceparent``) when it was
+traced. Those about a product carry its ``version`` after the change that
 raised them, so that a projection can tell a stale event from a new one.
 """
 
@@ -24,6 +25,7 @@ class Event:
     id: str = field(default_factory=_new_id, kw_only=True, compare=False)
     occurred_at: datetime = field(default_factory=_now, kw_only=True, compare=False)
     request_id: str | None = field(default=None, kw_only=True, compare=False)
+    traceparent: str | None = field(default=None, kw_only=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,15 @@ class Deallocated(Event):
 
 @dataclass(frozen=True)
 class LineRefused(Event):
-    """No batch of the sku could take the order's line: it is not allocated, and holds nothing."""
+    """No batch of the sku could take the order's line: it is not allocated, and holds nothing.
+
+    ``version`` is the product's when it refused the line: a refusal changes no version.
+    """
 
     orderid: str
     sku: str
     qty: int
+    version: int
 
 
 @dataclass(frozen=True)

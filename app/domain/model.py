@@ -131,7 +131,14 @@ class Product:
             return holder.reference
         batch = next((b for b in sorted(self.batches) if b.can_allocate(line)), None)
         if batch is None:
-            self.events.append(events.LineRefused(orderid=line.orderid, sku=line.sku, qty=line.qty))
+            self.events.append(
+                events.LineRefused(
+                    orderid=line.orderid,
+                    sku=line.sku,
+                    qty=line.qty,
+                    version=self.version_number,
+                )
+            )
             if not self.out_of_stock:
                 self.out_of_stock = True
                 self.events.append(events.OutOfStock(sku=line.sku, orderid=line.orderid))

@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import sys
 
-from app.adapters.dead_letters import DeadLetter, RedisDeadLetters
-from app.entrypoints.redis_consumer import Consumer
+from app.adapters.dead_letters import AbstractDeadLetters, DeadLetter
+from app.entrypoints.message_policy import MessagePolicy, Received
 
 
 def _error(letter: DeadLetter) -> str:
     return f"{letter.error_type}: {letter.error}".replace("\n", " ")
 
 
-async def show(dead_letters: RedisDeadLetters, as_json: bool) -> int:
+async def show(dead_letters: AbstractDeadLetters, as_json: bool) -> int:
     letters = await dead_letters.entries()
     if as_json:
         print(json.dumps([letter.as_dict() for letter in letters], indent=2, ensure_ascii=False))
@@ -37,7 +37,9 @@ async def show(dead_letters: RedisDeadLetters, as_json: bool) -> int:
     return 0
 
 
-async def replay(dead_letters: RedisDeadLetters, consumer: Consumer, letter_id: str | None) -> int:
+async def replay(
+    dead_letters: AbstractDeadLetters, policy: MessagePolicy, letter_id: str | None
+) -> int:
     """Apply each entry as the worker would; take it off the list once that is settled.
 
     A stream entry's letter keeps the entry's place: if a later entry for
@@ -56,11 +58,12 @@ async def replay(dead_letters: RedisDeadLetters, consumer: Consumer, letter_id: 
             code = 1
             continue
         letter = claim.letter
-        outcome = await consumer.handle(letter.raw(), earlier=letter)
+        received = Received("replay", letter.channel)
+        outcome = await policy.handle_now(letter.raw(), received, earlier=letter)
         if outcome.dead_letter is None or outcome.kept:
             await dead_letters.settle(claim)  # applied, or its new entry is stored
         if outcome.superseded:
-            print(f"{id_}: not applied: a later stream entry for the batch was applied already")
+            print(f"{id_}: not applied: a later change to the batch was applied already")
             continue
         if outcome.dead_letter is None:
             print(f"{id_}: applied")
@@ -76,7 +79,7 @@ async def replay(dead_letters: RedisDeadLetters, consumer: Consumer, letter_id: 
     return code
 
 
-async def drop(dead_letters: RedisDeadLetters, letter_id: str | None) -> int:
+async def drop(dead_letters: AbstractDeadLetters, letter_id: str | None) -> int:
     if letter_id is None:
         count = await dead_letters.clear()
         print(f"dropped {count} dead letter{'s' if count != 1 else ''}")

@@ -1,4 +1,4 @@
-"""The Redis entrypoints: external ``change_batch_quantity`` messages become commands.
+"""The Redis transports of ``change_batch_quantity``: pub/sub and a stream.
 
 The message comes two ways:
 - on the pub/sub channel ``change_batch_quantity``, as the JSON document
@@ -8,21 +8,12 @@ The message comes two ways:
   that any number of workers share. An entry is acknowledged once it is
   applied, skipped or dead-lettered; one that a dead worker left
   unacknowledged is claimed by a live one after a while (STREAM_CLAIM_IDLE).
-  The last entry for a batch wins: applying an entry records its id with
-  the batch, in the same transaction, and an older entry (redelivered,
-  claimed, replayed) is skipped.
+  The last entry for a batch wins: its id is its position.
 
-Error policy: a message is applied, or it goes to the dead-letter list
-(app.adapters.dead_letters), never dropped.
-- A message that does not parse, or names an unknown batch, cannot succeed
-  later as it stands: it is dead-lettered at once.
-- Any other failure (the database unavailable, a bug) is retried, a bounded
-  number of times with backoff, then dead-lettered. Setting a quantity
-  again is harmless, so a retry after a commit whose outcome is unknown is too.
-- If the dead-letter list cannot be written either, the message is logged in
-  full at ERROR (and a stream entry stays unacknowledged, to be claimed again).
-A lost connection is retried until Redis is back. Told to stop, a consumer
-takes no more messages, handles those it has received, and logs its counts.
+What becomes of each message is app.entrypoints.message_policy's; Redis
+delivers neither again soon, so each takes its tries at once. A lost
+connection is retried until Redis is back. Told to stop, a consumer takes no
+more messages, handles those it has received, and logs its counts.
 """
 
 from __future__ import annotations
@@ -30,269 +21,167 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_not_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
-from app import correlation, metrics
+from app import outages
 from app.adapters import streams
-from app.adapters.database import DatabaseUnavailable
-from app.adapters.dead_letters import DeadLetter, RedisDeadLetters
-from app.domain import commands
-from app.entrypoints.fields import Identifier, NewQuantity
-from app.service_layer.handlers import Superseded, UnknownBatch
-from app.service_layer.messagebus import MessageBus
+from app.adapters.dead_letters import DeadLetter
+from app.clock import Position, parse_position, position_now, position_text
+from app.entrypoints.channels import CHANGE_BATCH_QUANTITY
+from app.entrypoints.message_policy import MessagePolicy, Outcome, Received, log_counts
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "change_batch_quantity"
-STREAM = "change_batch_quantity"
-UNSUBSCRIBED_WITHIN = 10.0  # seconds Redis has to confirm UNSUBSCRIBE at stop
+CHANNEL = STREAM = CHANGE_BATCH_QUANTITY
+UNSUBSCRIBED_WITHIN = 1.0  # seconds Redis has to confirm UNSUBSCRIBE at stop
+# Seconds a consumer told to stop goes on handling what it holds; then it
+# hands the rest back (docs/architecture.md), so that the worker stops
+# within a container's grace.
+HANDLING_GRACE = 2.5
 _NUMBER = re.compile(r"-?[0-9]{1,18}")
 
 
-class ChangeBatchQuantityMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    batchref: Identifier
-    qty: NewQuantity
+# A pub/sub message handed to the stream by a worker that was stopping: the
+# message as received, and when it was.
+HANDED_MESSAGE, HANDED_POSITION = b"message", b"position"
 
 
-@dataclass(frozen=True)
-class Outcome:
-    dead_letter: DeadLetter | None = None  # None: applied, or superseded
-    kept: bool = True  # False: the dead-letter list could not be written; the log has it
-    superseded: bool = False  # a later entry for the batch was applied already
-
-    @property
-    def applied(self) -> bool:
-        return self.dead_letter is None and not self.superseded
-
-
-def entry_message(fields: Mapping[bytes, bytes]) -> str:
-    """A stream entry as the JSON message the channel carries, every field kept.
+def entry_message(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """A stream entry as the message the channel carries, every field kept.
 
     Fields are text; ``qty`` becomes a number when it is one. A byte that is
-    not UTF-8 becomes an escaped lone surrogate (``\\udcNN``): the entry is
-    malformed, and its dead letter still holds every byte.
+    not UTF-8 becomes a lone surrogate (``\\udcNN``): the entry is
+    malformed, and its dead letter (the message as JSON) still holds every byte.
     """
     message: dict[str, Any] = {}
     for key, value in fields.items():
         name = key.decode(errors="surrogateescape")
         text = value.decode(errors="surrogateescape")
         message[name] = int(text) if name == "qty" and _NUMBER.fullmatch(text) else text
-    return json.dumps(message)
-
-
-def _error_text(e: Exception) -> str:
-    if isinstance(e, ValidationError):
-        return "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'message'}: {err['msg']}" for err in e.errors()
-        )
-    return str(e)
+    return message
 
 
 class Consumer(abc.ABC):
-    """Applies each message it receives, or dead-letters it; reconnects when Redis is lost."""
+    """Hands each message it receives to the policy; reconnects when Redis is lost."""
 
     source = CHANNEL  # what it reads, for the log
 
-    def __init__(
-        self,
-        client: Redis,
-        bus_factory: Callable[[], MessageBus],
-        dead_letters: RedisDeadLetters,
-        reconnect_delay: float = 1.0,
-        attempts: int = 3,
-        backoff: float = 0.5,
-    ) -> None:
+    def __init__(self, client: Redis, policy: MessagePolicy, reconnect_delay: float = 1.0) -> None:
         self._client = client
-        self._bus_factory = bus_factory
-        self._dead_letters = dead_letters
+        self.policy = policy
         self._reconnect_delay = reconnect_delay
-        self._attempts = attempts
-        self._backoff = backoff  # seconds before the second attempt; doubles after
-        self.counts: Counter[str] = Counter()
         self.ready = asyncio.Event()  # set while it is subscribed, or reading the stream
+        self._stop = asyncio.Event()
+        self._hand_back_at: float | None = None
+
+    @property
+    def counts(self) -> Counter[str]:
+        return self.policy.counts
+
+    def _handing_back(self) -> bool:
+        """Whether the grace after the stop is over: what is still held goes back."""
+        if not self._stop.is_set():
+            return False
+        now = asyncio.get_running_loop().time()
+        if self._hand_back_at is None:
+            self._hand_back_at = now + HANDLING_GRACE
+        return now >= self._hand_back_at
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         while not stop.is_set():
             try:
                 await self._consume(stop)
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-                self._lost(f"lost Redis ({e}); reconnecting")
+                # Logged once an outage, whoever in the process meets it (app.outages).
+                self._lost()
+                outages.failed("redis", f"{type(e).__name__}: {e}")
             except ResponseError as e:
                 if not str(e).startswith("NOGROUP"):
                     raise
-                self._lost(f"{e}; creating it again")
+                self._lost()
+                logger.warning("%s: %s; creating it again", self.source, e)
             if not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._reconnect_delay)
-        c = self.counts
-        logger.info(
-            "stopped reading %s: %d received, %d applied, %d superseded, %d dead-lettered, "
-            "%d that could not be dead-lettered",
-            self.source,
-            c["received"],
-            c["applied"],
-            c["superseded"],
-            c["dead_lettered"],
-            c["unstored"],
-        )
+        log_counts(self.source, self.counts)
 
     @abc.abstractmethod
     async def _consume(self, stop: asyncio.Event) -> None:
         """Receive and handle messages until ``stop``; then handle what was received."""
 
-    def _lost(self, why: str) -> None:
+    def _lost(self) -> None:
         self.ready.clear()
         self.counts["reconnects"] += 1
-        logger.warning("%s: %s", self.source, why)
+
+    def _connected(self) -> None:
+        self.ready.set()
+        outages.succeeded("redis")
 
     async def handle(
-        self, data: bytes | str, earlier: DeadLetter | None = None, stream_id: str | None = None
+        self,
+        data: bytes | str | Mapping[str, Any],
+        earlier: DeadLetter | None = None,
+        stream_id: str | None = None,
+        position: Position | None = None,
     ) -> Outcome:
-        """Apply one message, or dead-letter it.
+        """Apply one message, or dead-letter it (app.entrypoints.message_policy).
 
         ``earlier``: its dead letter, when replayed. ``stream_id``: the id of
-        the stream entry it is (a replayed letter carries its own).
+        the stream entry it is. ``position``: when the change came (the entry's
+        id, or the time a pub/sub message was received).
         """
-        if earlier is not None:
-            stream_id = earlier.stream_id
-        # Each message is its own piece of work, logged under an id of its own.
-        token = correlation.request_id.set(correlation.new_id())
-        try:
-            return await self._handle(data, earlier, stream_id)
-        finally:
-            correlation.request_id.reset(token)
+        destination = CHANNEL if stream_id is None else STREAM
+        received = Received("redis", destination, stream_id, position)
+        return await self.policy.handle_now(data, received, earlier)
 
-    async def _handle(
-        self, data: bytes | str, earlier: DeadLetter | None, stream_id: str | None
-    ) -> Outcome:
-        def dead_letter(reason: str, error: Exception, attempts: int) -> Awaitable[Outcome]:
-            return self._dead_letter(data, reason, error, attempts, earlier, stream_id)
 
-        try:
-            message = ChangeBatchQuantityMessage.model_validate_json(data)
-        except ValidationError as e:
-            self.counts["malformed"] += 1
-            logger.warning("dead-lettering malformed %s message %.200r: %s", CHANNEL, data, e)
-            return await dead_letter("malformed", e, 1)
-        position = None if stream_id is None else streams.position(stream_id)
-        command = commands.ChangeBatchQuantity(message.batchref, message.qty, position)
-        retrying = AsyncRetrying(
-            retry=retry_if_not_exception_type((UnknownBatch, Superseded)),
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=self._backoff, max=30),
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        attempts = 0
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    await self._bus_factory().handle(command)
-        except Superseded as e:
-            self.counts["superseded"] += 1
-            logger.info("skipping %s entry %s: %s", STREAM, stream_id, e)
-            return Outcome(superseded=True)
-        except UnknownBatch as e:
-            self.counts["unknown_batch"] += 1
-            logger.warning("dead-lettering %s message: %s", CHANNEL, e)
-            return await dead_letter("unknown_batch", e, attempts)
-        except Exception as e:
-            self.counts["failed"] += 1
-            if isinstance(e, DatabaseUnavailable):  # no bug: no trace
-                logger.warning("could not apply %s message %r: %s", CHANNEL, message, e)
-            else:
-                logger.exception("could not apply %s message %r", CHANNEL, message)
-            return await dead_letter("failed", e, attempts)
-        self.counts["applied"] += 1
-        return Outcome()
+async def subscribe(client: Redis) -> PubSub:
+    """A subscription to the channel, confirmed by Redis: from now on no message is missed.
 
-    def _log_retry(self, state: RetryCallState) -> None:
-        failure = state.outcome.exception() if state.outcome else None
-        logger.warning(
-            "attempt %d of %d at a %s message failed (%s: %s); trying again",
-            state.attempt_number,
-            self._attempts,
-            CHANNEL,
-            type(failure).__name__,
-            failure,
-        )
-
-    async def _dead_letter(
-        self,
-        data: bytes | str,
-        reason: str,
-        error: Exception,
-        attempts: int,
-        earlier: DeadLetter | None,
-        stream_id: str | None,
-    ) -> Outcome:
-        letter = DeadLetter.of(
-            CHANNEL,
-            data,
-            reason,
-            type(error).__name__,
-            _error_text(error),
-            attempts,
-            correlation.request_id.get(),
-            stream_id,
-        )
-        if earlier is not None:
-            letter = earlier.again(letter)
-        metrics.DEAD_LETTERS.labels(reason).inc()
-        try:
-            await self._dead_letters.add(letter)
-        except (RedisError, OSError) as e:
-            self.counts["unstored"] += 1
-            logger.error(
-                "could not write to the dead-letter list %s (%s: %s); the dead letter, in full: %s",
-                self._dead_letters.key,
-                type(e).__name__,
-                e,
-                letter.to_json(),
-            )
-            return Outcome(letter, kept=False)
-        self.counts["dead_lettered"] += 1
-        logger.info("dead letter %s on %s (%s)", letter.id, self._dead_letters.key, reason)
-        return Outcome(letter)
+    The worker takes it before anything else (app.entrypoints.worker), and its
+    consumer reads what arrived meanwhile once the service is up.
+    """
+    pubsub = client.pubsub()
+    await pubsub.subscribe(CHANNEL)
+    # Redis confirms before it sends any message: wait for that, then say so.
+    confirmation = await pubsub.get_message(timeout=UNSUBSCRIBED_WITHIN)
+    if confirmation is None or confirmation["type"] != "subscribe":
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        raise RedisConnectionError(f"no confirmation of SUBSCRIBE {CHANNEL} from Redis")
+    logger.info("listening on %s", CHANNEL)
+    return pubsub
 
 
 class PubSubConsumer(Consumer):
-    """The channel: each message applied as it arrives, by whichever worker is subscribed."""
+    """The channel: each message applied as it arrives, by whichever worker is subscribed.
+
+    ``subscribed``: a subscription already taken (``subscribe``), read first.
+    """
 
     source = f"the channel {CHANNEL}"
 
-    @property
-    def subscribed(self) -> asyncio.Event:
-        return self.ready
+    def __init__(self, *args: Any, subscribed: PubSub | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscribed = subscribed
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        async with self._client.pubsub() as pubsub:
-            await pubsub.subscribe(CHANNEL)
-            self.ready.set()
-            logger.info("listening on %s", CHANNEL)
+        taken, self._subscribed = self._subscribed, None
+        async with taken or self._client.pubsub() as pubsub:
+            if taken is None:
+                await pubsub.subscribe(CHANNEL)
+                logger.info("listening on %s", CHANNEL)
+            self._connected()
             while not stop.is_set():
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message["type"] == "message":
@@ -301,24 +190,45 @@ class PubSubConsumer(Consumer):
             await self._drain(pubsub)
 
     async def _drain(self, pubsub: PubSub) -> None:
-        """Handle what arrived before the unsubscribe took effect.
+        """Handle what arrived before the unsubscribe took effect, or hand it back.
 
         Redis sends it on the connection ahead of the confirmation, so once
-        the confirmation is read nothing received is left unhandled.
+        the confirmation is read nothing received is left unhandled. What is
+        still unhandled when the grace is over goes to the stream, whose
+        consumers apply it in its place among the batch's changes.
         """
+        held: list[tuple[bytes, Position]] = []
         while True:
             message = await pubsub.get_message(timeout=UNSUBSCRIBED_WITHIN)
             if message is None:
                 logger.warning("no confirmation of UNSUBSCRIBE %s from Redis", CHANNEL)
-                return
+                break
             if message["type"] == "unsubscribe":
-                return
-            if message["type"] == "message":
+                break
+            if message["type"] != "message":
+                continue
+            if held or self._handing_back():
+                self.counts["received"] += 1
+                held.append((message["data"], position_now()))
+            else:
                 await self._received(message["data"])
+        if held:
+            await self._hand_back(held)
+
+    async def _hand_back(self, held: list[tuple[bytes, Position]]) -> None:
+        async with self._client.pipeline(transaction=True) as pipe:
+            for data, position in held:
+                pipe.xadd(STREAM, {HANDED_MESSAGE: data, HANDED_POSITION: position_text(position)})
+            await pipe.execute()
+        self.counts["handed_back"] += len(held)
+        logger.info("handed %d messages of %s to the stream %s", len(held), CHANNEL, STREAM)
 
     async def _received(self, data: bytes) -> None:
+        # A message is as old as its receipt: one received before a change
+        # that is applied first does not overwrite it (app.clock).
+        position = position_now()
         self.counts["received"] += 1
-        await self.handle(data)
+        await self.handle(data, position=position)
 
 
 class StreamConsumer(Consumer):
@@ -329,18 +239,15 @@ class StreamConsumer(Consumer):
     def __init__(
         self,
         client: Redis,
-        bus_factory: Callable[[], MessageBus],
-        dead_letters: RedisDeadLetters,
+        policy: MessagePolicy,
         *,
         group: str,
         name: str,
         claim_idle: float,
         batch: int = 10,
         reconnect_delay: float = 1.0,
-        attempts: int = 3,
-        backoff: float = 0.5,
     ) -> None:
-        super().__init__(client, bus_factory, dead_letters, reconnect_delay, attempts, backoff)
+        super().__init__(client, policy, reconnect_delay)
         self.group = group
         self.name = name
         self._claim_idle_ms = max(1, round(claim_idle * 1000))
@@ -349,7 +256,7 @@ class StreamConsumer(Consumer):
     async def _consume(self, stop: asyncio.Event) -> None:
         if await streams.create_group(self._client, STREAM, self.group):
             logger.info("created the consumer group %s of the stream %s", self.group, STREAM)
-        self.ready.set()
+        self._connected()
         logger.info("reading the stream %s in group %s as %s", STREAM, self.group, self.name)
         cursor: Any = "0-0"
         while not stop.is_set():
@@ -380,10 +287,27 @@ class StreamConsumer(Consumer):
         return [entry for _, entries in answer or [] for entry in entries]
 
     async def _handle_all(self, entries: list[Any]) -> None:
-        for entry_id, fields in entries:
+        for n, (entry_id, fields) in enumerate(entries):
+            if self._handing_back():
+                await self._hand_back_entries([e for e, _ in entries[n:] if e is not None])
+                return
             if entry_id is None:  # deleted from the stream while pending
                 continue
             self.counts["received"] += 1
-            outcome = await self.handle(entry_message(fields or {}), stream_id=entry_id.decode())
+            data: bytes | dict[str, Any] = entry_message(fields or {})
+            position = parse_position(entry_id)
+            if HANDED_MESSAGE in (fields or {}):  # a pub/sub message, as old as its receipt
+                data = fields[HANDED_MESSAGE]
+                position = parse_position(fields.get(HANDED_POSITION, entry_id))
+            outcome = await self.handle(data, stream_id=entry_id.decode(), position=position)
             if outcome.kept:
                 await self._client.xack(STREAM, self.group, entry_id)
+
+    async def _hand_back_entries(self, ids: list[Any]) -> None:
+        """Unread, as far as the group goes: idle long enough for the next claim to take."""
+        if ids:
+            await self._client.xclaim(
+                STREAM, self.group, self.name, 0, ids, idle=self._claim_idle_ms, justid=True
+            )
+            self.counts["handed_back"] += len(ids)
+            logger.info("handed %d entries of %s back to the group", len(ids), STREAM)

@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeAlias
 
-from app import correlation, metrics
-from app.adapters.database import DatabaseUnavailable
+from app import correlation, metrics, tracing
 from app.adapters.outbox import AbstractOutbox, Pending
+from app.adapters.unavailable import Unavailable
+from app.backoff import Backoff
 from app.clock import utcnow
 from app.domain import events
 from app.service_layer.unit_of_work import AbstractUnitOfWork
@@ -44,13 +44,8 @@ AfterCommitHandlers: TypeAlias = Mapping[type[events.Event], Mapping[str, EventH
 UnitOfWorkFactory: TypeAlias = Callable[[], AbstractUnitOfWork]
 
 
-@dataclass(frozen=True)
-class Backoff:
-    base: float = 1.0  # seconds before the first redelivery
-    maximum: float = 30.0
-
-    def after(self, failures: int) -> timedelta:
-        return timedelta(seconds=min(self.base * 2 ** max(failures - 1, 0), self.maximum))
+# A failed event is due again a second after its first failure, doubling to 30 s.
+REDELIVERY = Backoff(base=1.0, maximum=30.0)
 
 
 class Delivery:
@@ -58,7 +53,7 @@ class Delivery:
         self,
         uow_factory: UnitOfWorkFactory,
         handlers: AfterCommitHandlers,
-        backoff: Backoff,
+        backoff: Backoff = REDELIVERY,
         batch_size: int = 100,
         prune_chunk: int = 5000,
     ) -> None:
@@ -88,10 +83,21 @@ class Delivery:
         return True
 
     async def deliver_due(self) -> int:
-        """Deliver one batch of due events; returns how many were claimed."""
+        """Deliver one batch of due events; returns how many were claimed.
+
+        A product's events come in version order; once one of them fails,
+        the rest of that product's wait for it (a later pass).
+        """
         async with self._uow_factory() as uow:
             due = await uow.outbox.claim(self.batch_size)
-            delivered = [p.event.id for p in due if await self._deliver(p, uow.outbox)]
+            delivered, held_up = [], set()
+            for pending in due:
+                if pending.product in held_up:
+                    continue
+                if await self._deliver(pending, uow.outbox):
+                    delivered.append(pending.event.id)
+                elif pending.product is not None:
+                    held_up.add(pending.product)
             await uow.outbox.delivered(delivered)
             await uow.commit()
         return len(due)
@@ -102,25 +108,31 @@ class Delivery:
         errors: list[str] = []
         token = correlation.request_id.set(event.request_id)
         try:
-            for name, handler in self._handlers.get(type(event), {}).items():
-                if name in pending.handled:
-                    continue
-                try:
-                    await handler(event)
-                except Exception as e:
-                    _log_failure(e, "handler %s failed on %r", name, event)
-                    metrics.HANDLER_FAILURES.labels(name).inc()
-                    errors.append(f"{name}: {type(e).__name__}: {e}")
-                else:
-                    metrics.delivered(name, event)
-                    finished.append(name)
+            with tracing.continued(event.traceparent):  # in the trace of the work that raised it
+                await self._run(pending, finished, errors)
         finally:
             correlation.request_id.reset(token)
         if errors:
             metrics.RELAY_FAILURES.inc()
-            retry_at = utcnow() + self._backoff.after(pending.attempts + 1)
+            retry_at = utcnow() + timedelta(seconds=self._backoff.after(pending.attempts + 1))
             await outbox.retry_later(event.id, "; ".join(errors), retry_at, finished)
         return not errors
+
+    async def _run(self, pending: Pending, finished: list[str], errors: list[str]) -> None:
+        """Each handler of the event that has not finished with it yet."""
+        event = pending.event
+        for name, handler in self._handlers.get(type(event), {}).items():
+            if name in pending.handled:
+                continue
+            try:
+                await handler(event)
+            except Exception as e:
+                _log_failure(e, "handler %s failed on %r", name, event)
+                metrics.HANDLER_FAILURES.labels(name).inc()
+                errors.append(f"{name}: {type(e).__name__}: {e}")
+            else:
+                metrics.delivered(name, event)
+                finished.append(name)
 
     async def prune(self, retention: timedelta) -> int:
         """Forget the events delivered more than ``retention`` ago, a chunk per transaction."""
@@ -141,8 +153,6 @@ class Delivery:
 
 
 def _log_failure(exc: Exception, message: str, *args: object) -> None:
-    """With the trace; but a database outage, which is no bug, in one line."""
-    if isinstance(exc, DatabaseUnavailable):
-        logger.warning(message + ": %s", *args, exc)
-    else:
+    """With the trace; but not an outage, which is no bug, and which app.outages tells of."""
+    if not isinstance(exc, Unavailable):
         logger.exception(message, *args)

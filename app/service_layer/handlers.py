@@ -2,21 +2,33 @@
 
 A command handler takes its command and a fresh unit of work. An event's
 inline handlers take the event and the unit of work whose commit is running
-them; its after-commit handlers take the event alone. Anything else a
-handler needs is bound in app.container. After-commit handlers may see an
-event more than once (delivery is at least once).
+them; its after-commit handlers take the event, and what they reach outside
+the database (a publisher, notifications), which app.container binds by
+parameter name. After-commit handlers may see an event more than once
+(delivery is at least once).
+
+Which handler each message has, and how each runs, is in the tables at the
+bottom of this module.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from operator import attrgetter
+from typing import TypeAlias
 
+from app.adapters.messages import LineAllocatedMessage
 from app.adapters.notifications import AbstractNotifications
 from app.adapters.publisher import AbstractPublisher
 from app.domain import commands, events, model
-from app.service_layer.unit_of_work import AbstractUnitOfWork
+from app.service_layer.messagebus import CommandHandler, Grouping
+from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandler
 
 logger = logging.getLogger(__name__)
+
+# Takes the event, and by keyword what it reaches outside the database.
+AfterCommitHandler: TypeAlias = Callable[..., Awaitable[None]]
 
 
 class InvalidSku(Exception):
@@ -28,7 +40,7 @@ class UnknownBatch(Exception):
 
 
 class Superseded(Exception):
-    """A later entry of the change's stream was applied to the batch already."""
+    """A change that came after this one was applied to the batch already."""
 
 
 async def add_batch(cmd: commands.CreateBatch, uow: AbstractUnitOfWork) -> None:
@@ -53,12 +65,17 @@ async def allocate(cmd: commands.Allocate, uow: AbstractUnitOfWork) -> None:
         await uow.commit()
 
 
+async def read_allocations(cmds: Sequence[commands.Allocate], uow: AbstractUnitOfWork) -> None:
+    """What a group of allocations of one sku reads: its product and each order's line, at once."""
+    await uow.products.prefetch(cmds[0].sku, [cmd.orderid for cmd in cmds])
+
+
 async def change_batch_quantity(cmd: commands.ChangeBatchQuantity, uow: AbstractUnitOfWork) -> None:
     async with uow:
         product = await uow.products.get_by_batchref(cmd.ref)
         if product is None:
             raise UnknownBatch(f"Unknown batch {cmd.ref}")
-        if cmd.position is not None and not await uow.products.advance(cmd.ref, cmd.position):
+        if not await uow.products.advance(cmd.ref, cmd.position):
             raise Superseded(f"batch {cmd.ref} has a later change than {cmd.position} already")
         product.change_batch_quantity(cmd.ref, cmd.qty)
         await uow.commit()
@@ -92,7 +109,7 @@ async def remove_allocation_from_read_model(
 
 
 async def add_refusal_to_read_model(event: events.LineRefused, uow: AbstractUnitOfWork) -> None:
-    await uow.read_model.line_refused(event.orderid, event.sku, event.qty)
+    await uow.read_model.line_refused(event.orderid, event.sku, event.qty, event.version)
 
 
 async def add_batch_to_read_model(event: events.BatchCreated, uow: AbstractUnitOfWork) -> None:
@@ -110,20 +127,60 @@ async def resize_batch_in_read_model(
 
 
 async def publish_allocated_event(event: events.Allocated, publisher: AbstractPublisher) -> None:
-    await publisher.publish(
-        "line_allocated",
-        {
-            "orderid": event.orderid,
-            "sku": event.sku,
-            "qty": event.qty,
-            "batchref": event.batchref,
-            "event_id": event.id,
-            "request_id": event.request_id,
-        },
+    message = LineAllocatedMessage(
+        orderid=event.orderid,
+        sku=event.sku,
+        qty=event.qty,
+        batchref=event.batchref,
+        # Where it stands among its product's events: a consumer keeps the
+        # highest (docs/architecture.md).
+        version=event.version,
+        event_id=event.id,
+        request_id=event.request_id,
     )
+    # The trace context is the publisher's to add.
+    await publisher.publish("line_allocated", message.model_dump(exclude={"traceparent"}))
 
 
 async def send_out_of_stock_notification(
     event: events.OutOfStock, notifications: AbstractNotifications
 ) -> None:
     await notifications.send_out_of_stock(event.sku, event.orderid, event_id=event.id)
+
+
+# What runs for each message. The bus (app.service_layer.messagebus) runs a
+# command's handler on a fresh unit of work and retries it when it collides.
+COMMAND_HANDLERS: Mapping[type[commands.Command], CommandHandler] = {
+    commands.CreateBatch: add_batch,
+    commands.Allocate: allocate,
+    commands.ChangeBatchQuantity: change_batch_quantity,
+}
+
+# Allocations of one sku that arrive while a transaction on it is in flight
+# share the next one (group commit): one lock, one read, one commit for all.
+GROUPINGS: Mapping[type[commands.Command], Grouping] = {
+    commands.Allocate: Grouping(key=attrgetter("sku"), load=read_allocations),
+}
+
+# An event's handlers, each under the name it is known by. Inline: run by
+# the commit of the unit of work that raised the event, in its transaction
+# (app.service_layer.unit_of_work); they write only this database.
+INLINE_HANDLERS: Mapping[type[events.Event], Mapping[str, InlineHandler]] = {
+    events.BatchCreated: {"add_batch_to_read_model": add_batch_to_read_model},
+    events.BatchQuantityChanged: {"resize_batch_in_read_model": resize_batch_in_read_model},
+    events.Allocated: {"add_allocation_to_read_model": add_allocation_to_read_model},
+    events.LineRefused: {"add_refusal_to_read_model": add_refusal_to_read_model},
+    events.Deallocated: {
+        "remove_allocation_from_read_model": remove_allocation_from_read_model,
+        "reallocate": reallocate,
+    },
+}
+
+# After the commit: the event is stored in the outbox in the same
+# transaction, and delivery (app.service_layer.delivery) runs these from
+# there, at least once, retrying with backoff. The names are stored with the
+# event: keep a name when its function is renamed.
+AFTER_COMMIT_HANDLERS: Mapping[type[events.Event], Mapping[str, AfterCommitHandler]] = {
+    events.Allocated: {"publish_allocated_event": publish_allocated_event},
+    events.OutOfStock: {"send_out_of_stock_notification": send_out_of_stock_notification},
+}

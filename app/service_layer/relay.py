@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from app import metrics
-from app.adapters.database import DatabaseUnavailable
+from app import metrics, outages
+from app.adapters.database_errors import DatabaseUnavailable
 from app.service_layer.delivery import Delivery
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; errors are logged, never fatal.
 
-        A database outage is logged once, when it starts, and once when it ends.
+        A database outage is logged once, when it starts, and once when it
+        ends (app.outages).
         """
         # Stopping wakes the relay from its wait between passes.
         watcher = asyncio.create_task(stop.wait())
@@ -52,7 +53,6 @@ class Relay:
 
     async def _run(self, stop: asyncio.Event) -> None:
         next_prune = time.monotonic()
-        database_down = False
         while not stop.is_set():
             claimed = 0
             try:
@@ -62,20 +62,12 @@ class Relay:
                     await self._prune()
             except DatabaseUnavailable as e:
                 metrics.RELAY_FAILURES.inc()
-                if not database_down:
-                    logger.warning(
-                        "relay: the database is unavailable (%s); trying again every %gs",
-                        e,
-                        self._settings.poll_interval,
-                    )
-                database_down = True
+                outages.failed("database", str(e))
             except Exception:
                 metrics.RELAY_FAILURES.inc()
                 logger.exception("relay pass failed; trying again shortly")
             else:
-                if database_down:
-                    logger.info("relay: the database is back; delivering again")
-                database_down = False
+                outages.succeeded("database")
             if claimed < self._delivery.batch_size and await self._delivery.woken(
                 within=self._settings.poll_interval
             ):

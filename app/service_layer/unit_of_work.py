@@ -10,6 +10,12 @@ turn, and stores in the outbox every event that has handlers to run after
 the commit (Redis, mail). A read that follows the commit therefore sees the
 change and all its projections, and nothing that must still happen can be
 lost: it is in the outbox.
+
+A group of commands for one aggregate may share a unit of work
+(app.service_layer.group_commit): each command's handler gets a *share* of
+it, whose commit runs the inline handlers of what that command changed and
+keeps it for the transaction's commit, which the group makes once all its
+commands are handled.
 """
 
 from __future__ import annotations
@@ -23,18 +29,18 @@ from typing import Any, Self, TypeAlias
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import correlation
-from app.adapters.database import (
+from app import correlation, tracing
+from app.adapters.database_errors import (
     ConcurrencyError,
     DatabaseUnavailable,
     is_retryable,
     is_unavailable,
-    transaction,
     unavailable_reason,
 )
-from app.adapters.outbox import AbstractOutbox, SqlAlchemyOutbox
-from app.adapters.projections import AbstractReadModel, SqlAlchemyReadModel
-from app.adapters.repository import AbstractRepository, SqlAlchemyRepository
+from app.adapters.outbox import AbstractOutbox, SqlOutbox
+from app.adapters.projections import AbstractReadModel, SqlReadModel
+from app.adapters.repository import AbstractRepository, SqlRepository
+from app.adapters.transactions import transaction
 from app.domain import events
 
 InlineHandler: TypeAlias = Callable[[Any, "AbstractUnitOfWork"], Awaitable[None]]
@@ -54,6 +60,7 @@ class AbstractUnitOfWork(abc.ABC):
     ) -> None:
         self._inline = inline or {}
         self._after_commit = after_commit  # event types the outbox keeps
+        self._raised: list[events.Event] = []  # followed through, not yet committed
         self.committed_events: list[events.Event] = []
 
     async def __aenter__(self) -> Self:
@@ -68,6 +75,19 @@ class AbstractUnitOfWork(abc.ABC):
         await self.rollback()
 
     async def commit(self) -> None:
+        await self.follow_through()
+        await self.products.save()
+        await self.read_model.flush()
+        raised, self._raised = self._raised, []
+        await self.outbox.add([e for e in raised if type(e) in self._after_commit])
+        await self._commit()
+        self.committed_events.extend(raised)
+
+    async def follow_through(self) -> list[events.Event]:
+        """Run the inline handlers of the events raised since, and of those they raise in turn.
+
+        Returns those events, in order; the commit stores and reports them.
+        """
         raised: list[events.Event] = []
         queue = deque(self._new_events())
         while queue:
@@ -76,19 +96,24 @@ class AbstractUnitOfWork(abc.ABC):
             for handler in self._inline.get(type(event), {}).values():
                 await handler(event, self)
             queue.extend(self._new_events())
-        await self.products.save()
-        await self.outbox.add([e for e in raised if type(e) in self._after_commit])
-        await self._commit()
-        self.committed_events.extend(raised)
+        self._raised.extend(raised)
+        return raised
+
+    def share(self) -> Share:
+        """A part of this unit of work for one command of a group that shares it."""
+        return Share(self)
 
     def _new_events(self) -> Iterator[events.Event]:
-        """Events the products raised since last asked, with the request's id."""
+        """Events the products raised since last asked, with the request's id and trace."""
         request_id = correlation.request_id.get()
+        traceparent = tracing.traceparent()
         for product in self.products.seen:
             while product.events:
                 event = product.events.pop(0)
                 if request_id and not event.request_id:
                     event = replace(event, request_id=request_id)
+                if traceparent and not event.traceparent:
+                    event = replace(event, traceparent=traceparent)
                 yield event
 
     @abc.abstractmethod
@@ -98,7 +123,39 @@ class AbstractUnitOfWork(abc.ABC):
     async def rollback(self) -> None: ...
 
 
-class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
+class Share(AbstractUnitOfWork):
+    """One command's part of a unit of work that a group of commands shares.
+
+    Its commit is the command's: it runs the inline handlers of what the
+    command changed, in the shared transaction, and leaves the rest to the
+    whole's commit. A command that leaves without committing is rolled back
+    only if it changed nothing (a refusal: the domain refuses before it
+    changes anything); ``changed_uncommitted`` says when it did, and the
+    group must not commit that.
+    """
+
+    def __init__(self, whole: AbstractUnitOfWork) -> None:
+        super().__init__()
+        self._whole = whole
+        self.products = whole.products
+        self.read_model = whole.read_model
+        self.outbox = whole.outbox
+        self.committed = False
+        self.changed_uncommitted = False
+
+    async def commit(self) -> None:
+        self.committed_events = await self._whole.follow_through()
+        self.committed = True
+
+    async def _commit(self) -> None:  # pragma: no cover - commit() is the share's own
+        raise NotImplementedError
+
+    async def rollback(self) -> None:
+        if not self.committed and any(p.events for p in self.products.seen):
+            self.changed_uncommitted = True
+
+
+class SqlUnitOfWork(AbstractUnitOfWork):
     """Single use: one transaction, closed on leaving."""
 
     def __init__(
@@ -110,9 +167,9 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         super().__init__(inline, after_commit)
         # The first statement takes a connection and begins.
         self.tx = transaction(engine)
-        self.products = SqlAlchemyRepository(self.tx)
-        self.read_model = SqlAlchemyReadModel(self.tx)
-        self.outbox = SqlAlchemyOutbox(self.tx)
+        self.products = SqlRepository(self.tx)
+        self.read_model = SqlReadModel(self.tx)
+        self.outbox = SqlOutbox(self.tx)
 
     async def __aexit__(
         self,

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from app.config import Settings
+from app.entrypoints.api import problems
 from app.main import create_app
 from tests.support.apps import serving
 from tests.support.refs import random_ref
@@ -35,15 +36,24 @@ async def test_a_write_without_the_token_is_a_401(
     r = await guarded.request(method, path, json=body)
 
     assert r.status_code == 401
-    assert r.json() == {"message": "This route needs `Authorization: Bearer <token>`"}
+    assert r.json() == problems.body(
+        problems.TOKEN_MISSING, "This route needs `Authorization: Bearer <token>`"
+    )
     assert r.headers["www-authenticate"] == 'Bearer realm="allocation"'
 
 
 @pytest.mark.parametrize(
-    "authorization", [f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer ", f"Basic {TOKEN}"]
+    ("authorization", "kind"),
+    [
+        (f"Bearer {TOKEN}x", problems.TOKEN_INVALID),
+        (f"Bearer {TOKEN[:-1]}", problems.TOKEN_INVALID),
+        # No bearer token at all.
+        ("Bearer ", problems.TOKEN_MISSING),
+        (f"Basic {TOKEN}", problems.TOKEN_MISSING),
+    ],
 )
 async def test_a_write_with_another_token_is_a_401(
-    guarded: httpx.AsyncClient, authorization: str
+    guarded: httpx.AsyncClient, authorization: str, kind: problems.ProblemType
 ) -> None:
     r = await guarded.post(
         "/allocate",
@@ -53,7 +63,7 @@ async def test_a_write_with_another_token_is_a_401(
 
     assert r.status_code == 401
     assert r.headers["www-authenticate"].startswith('Bearer realm="allocation"')
-    assert "message" in r.json()
+    assert r.json()["type"] == kind.uri
 
 
 async def test_the_token_opens_writes_and_reads_need_none(guarded: httpx.AsyncClient) -> None:
@@ -118,7 +128,9 @@ async def test_a_declared_body_over_the_limit_is_a_413(client: httpx.AsyncClient
     r = await client.post("/allocate", content=big, headers={"Content-Type": "application/json"})
 
     assert r.status_code == 413
-    assert r.json() == {"message": "The request body is larger than 65536 bytes"}
+    assert r.json() == problems.body(
+        problems.BODY_TOO_LARGE, "The request body is larger than 65536 bytes"
+    )
 
 
 async def test_a_streamed_body_over_the_limit_is_a_413(client: httpx.AsyncClient) -> None:
@@ -133,7 +145,9 @@ async def test_a_streamed_body_over_the_limit_is_a_413(client: httpx.AsyncClient
     )
 
     assert r.status_code == 413
-    assert r.json() == {"message": "The request body is larger than 65536 bytes"}
+    assert r.json() == problems.body(
+        problems.BODY_TOO_LARGE, "The request body is larger than 65536 bytes"
+    )
 
 
 async def test_a_body_within_the_limit_is_read(client: httpx.AsyncClient) -> None:

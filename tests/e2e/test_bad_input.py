@@ -5,6 +5,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.entrypoints.api import problems
 from app.entrypoints.fields import MAX_ID_LENGTH
 from tests.support.refs import random_ref
 
@@ -140,11 +141,17 @@ async def test_a_bad_sentgets_a_4xx_with_a_message(
     r = await client.request(method, url, **sent)
 
     assert 400 <= r.status_code < 500, f"{r.status_code}: {r.text[:500]}"
-    assert r.headers["content-type"] == "application/json"
+    assert r.headers["content-type"] == "application/problem+json"
     body = r.json()
     assert isinstance(body, dict)
-    assert isinstance(body["message"], str)
-    assert body["message"].strip()
+    # A problem (RFC 9457) of one of the documented types, and the book's message.
+    kind = problems.TYPES[body["type"]]
+    assert (
+        (body["status"], body["title"]) == (r.status_code, kind.title) == (kind.status, kind.title)
+    )
+    assert isinstance(body["detail"], str)
+    assert body["detail"].strip()
+    assert body["message"] == body["detail"]
     # An answer never echoes back what was sent, at whatever size it came.
     assert len(r.content) < 2_000
 
@@ -189,8 +196,11 @@ async def test_a_422_names_the_offending_field(
 
     assert r.status_code == 422, r.text
     body = r.json()
-    assert field in body["message"]
-    assert any(field in error["loc"] for error in body["detail"])
+    assert body["type"] == problems.INVALID_INPUT.uri
+    assert field in body["detail"]
+    # Each invalid field, with its own message.
+    [error] = [e for e in body["errors"] if field in e["loc"]]
+    assert error["message"]
 
 
 async def test_a_rejected_sentchanges_nothing(client: httpx.AsyncClient) -> None:
@@ -221,10 +231,10 @@ async def test_a_json_body_that_is_not_utf8_is_invalid_input(client: httpx.Async
 @pytest.mark.parametrize(
     ("method", "url", "allowed"),
     [
-        ("PUT", "/batches/b-1", "GET, PATCH"),
-        ("DELETE", "/batches/b-1", "GET, PATCH"),
+        ("PUT", "/batches/b-1", "GET, HEAD, PATCH"),
+        ("DELETE", "/batches/b-1", "GET, HEAD, PATCH"),
         ("GET", "/allocate", "POST"),
-        ("POST", "/allocations/o-1", "GET"),
+        ("POST", "/allocations/o-1", "GET, HEAD"),
     ],
 )
 async def test_a_wrong_method_is_a_405_that_allows_every_method_of_the_path(

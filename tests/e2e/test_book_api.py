@@ -140,7 +140,7 @@ async def test_repeating_an_allocation_changes_nothing(client: httpx.AsyncClient
     for _ in range(3):
         r = await client.post("/allocate", json={"orderid": orderid, "sku": sku, "qty": 3})
         assert r.status_code == 202, r.text
-        assert r.headers["location"] == f"/allocations/{orderid}"
+        assert r.headers["location"] == f"/orders/{orderid}"
 
     assert await allocations(client, orderid) == [{"sku": sku, "batchref": ref}]
     after = await batch(client, ref)
@@ -241,7 +241,7 @@ async def test_the_location_of_any_valid_reference_leads_back_to_it(
 
     r = await client.post("/allocate", json={"orderid": orderid, "sku": sku, "qty": 1})
     assert r.status_code == 202, r.text
-    assert_names(r.headers["location"], f"/allocations/{orderid}")
+    assert_names(r.headers["location"], f"/orders/{orderid}")
     r = await client.get(r.headers["location"])
     assert r.status_code == 200, r.text
-    assert r.json() == [{"sku": sku, "batchref": ref}]
+    assert r.json()["lines"] == [{"sku": sku, "state": "allocated", "batchref": ref}]

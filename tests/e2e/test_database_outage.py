@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.entrypoints.api import problems
 from tests.support.databases import alembic_upgrade, query
 from tests.support.outbox import outbox_pending
 from tests.support.polling import eventually
@@ -38,7 +39,9 @@ RECOVERY_WITHIN = 5.0  # seconds from the database's return to answers that succ
 OUTAGE = 3.0  # seconds the database stays away under load
 CLIENTS = 6
 SKUS = 3
-UNAVAILABLE = {"message": "The database is unavailable; try again shortly"}
+UNAVAILABLE = problems.body(
+    problems.DATABASE_UNAVAILABLE, "The database is unavailable; try again shortly"
+)
 
 
 @pytest.fixture
@@ -149,7 +152,7 @@ async def test_a_database_that_hangs_answers_503_within_db_timeout_then_serves_a
         assert {status for _, status, _, _ in answers} <= {200, 201, 202}, answers
     log = api.output()
     assert "Traceback" not in log, api.report()
-    assert log.count("relay: the database is back") == 1, api.report()
+    assert log.count("database available again after") == 1, api.report()
 
 
 # -- under load --------------------------------------------------------------
@@ -200,7 +203,8 @@ async def client(n: int, http: httpx.AsyncClient, load: Load) -> None:
             return
         answer = Answer(kind, key, started, time.monotonic(), r.status_code)
         answer.retry_after = r.headers.get("Retry-After")
-        answer.body = r.json() if r.headers.get("content-type") == "application/json" else r.text
+        json = r.headers.get("content-type") in ("application/json", problems.MEDIA_TYPE)
+        answer.body = r.json() if json else r.text
         load.answers.append(answer)
         if r.status_code == 201:
             load.created.append(key)
@@ -348,13 +352,14 @@ async def test_an_outage_under_load_answers_503_fast_and_loses_nothing_acknowled
         changed = {p: (before[p], after[p]) for p in paths if before[p] != after[p]}
         assert not changed, f"the views differ from a rebuild: {changed}"
 
-    # -- the process said what happened, once per request, and its relay lived through it
+    # -- the process said what happened: one line when the outage began, one when it
+    # ended, each 503 on its request's own line; and its relay lived through it
     log = api.output()
     refused = outcomes_total(outcomes, 503)
-    assert log.count("database unavailable:") == refused, api.report()
+    assert log.count('"status":503') == refused, api.report()
     assert "Traceback" not in log, api.report()
-    assert log.count("relay: the database is unavailable") == 1, api.report()
-    assert log.count("relay: the database is back") == 1, api.report()
+    assert log.count("database unavailable (") == 1, api.report()
+    assert log.count("database available again after") == 1, api.report()
     assert api.running, api.report()
     await api.shut_down()
 

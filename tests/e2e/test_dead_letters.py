@@ -137,14 +137,14 @@ async def test_the_worker_dead_letters_and_the_operator_lists_replays_and_drops(
         assert worker.running, processes.report()
 
 
-async def test_without_redis_url_the_commands_say_so() -> None:
+async def test_without_redis_url_or_nats_url_the_commands_say_so() -> None:
     env = service_env("sqlite+aiosqlite:///unused.db")
 
     for args in (("list",), ("replay", "--all")):  # replay needs the database too: not first
         result = await run_cli(env, "dead-letters", *args)
 
         assert result.returncode == 1, describe(result)
-        assert "REDIS_URL is not set" in result.stderr, describe(result)
+        assert "neither REDIS_URL nor NATS_URL is set" in result.stderr, describe(result)
 
 
 async def test_with_redis_away_the_commands_say_so() -> None:

@@ -4,7 +4,6 @@ No container engine runs here, so the image's own install and start
 commands are proven the next best way: in a clean virtual environment.
 """
 
-import json
 import os
 import re
 import shlex
@@ -26,22 +25,16 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from app.config import Settings
+from app.entrypoints.redis_consumer import HANDLING_GRACE
+from app.entrypoints.serve import GRACEFUL_SHUTDOWN
 from tests.support.databases import ROOT
+from tests.support.deploy import image_command, image_command_here
 from tests.support.servers import free_port, wait_until_serving
 
 BIN = Path(sys.executable).parent
 LOCK = ROOT / "requirements.lock"
 # Compose files the services read their settings from, when they exist.
 ENV_FILE = [{"path": "allocation.env", "required": False}]
-
-
-def image_command() -> list[str]:
-    """The Dockerfile's CMD (exec form)."""
-    lines = (ROOT / "Dockerfile").read_text().splitlines()
-    cmd = [line for line in lines if line.startswith("CMD ")]
-    assert len(cmd) == 1, cmd
-    command: list[str] = json.loads(cmd[0].removeprefix("CMD "))
-    return command
 
 
 def build_stage() -> list[str]:
@@ -124,10 +117,9 @@ def test_the_images_install_and_start_commands_work_in_a_clean_venv(tmp_path: Pa
     assert worker_help.returncode == 0, worker_help.stderr[-3000:]
 
     port = free_port()
-    command = image_command()
-    assert command[:2] == ["uvicorn", "app.main:app"], command
+    assert image_command()[:2] == ["allocation", "serve"], image_command()
     # The image listens on 0.0.0.0:8000; here, loopback and a free port.
-    command = [{"0.0.0.0": "127.0.0.1", "8000": str(port)}.get(arg, arg) for arg in command]
+    command = image_command_here(port)
     server = subprocess.Popen(
         [bin_dir / command[0], *command[1:]],
         cwd=srv,
@@ -205,6 +197,20 @@ def test_compose_requires_an_api_token_for_the_api_alone() -> None:
     )
 
 
+def test_compose_gives_the_api_and_the_worker_the_time_they_take_to_stop() -> None:
+    services = compose_services()
+
+    def seconds(value: str) -> float:
+        assert value.endswith("s"), value
+        return float(value.removesuffix("s"))
+
+    # In-flight requests get GRACEFUL_SHUTDOWN; the worker hands back what it
+    # holds after HANDLING_GRACE and stops within 5 s (tests/e2e/test_streams.py).
+    assert seconds(services["api"]["stop_grace_period"]) >= GRACEFUL_SHUTDOWN + 1
+    assert seconds(services["worker"]["stop_grace_period"]) >= 5 + 1
+    assert HANDLING_GRACE + 1 <= 5
+
+
 def test_compose_publishes_ports_on_loopback_unless_told_otherwise() -> None:
     services = compose_services()
     published = {
@@ -233,7 +239,7 @@ def test_every_image_is_pinned_to_a_patch_release() -> None:
 
     unpinned = [image for image in bases + images if not pinned(image)]
     assert unpinned == []
-    assert len(images) == 3
+    assert len(images) == 5
 
 
 def pinned(image: str) -> bool:
@@ -301,3 +307,32 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
     # The placeholders pass the settings' own checks.
     given = {name: listed[name.upper()] for name in Settings.model_fields}
     Settings.model_validate({name: value for name, value in given.items() if value})
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_composes_worker_healthcheck_passes_once_the_worker_is_ready(
+    tmp_path: Path, redis_url: str
+) -> None:
+    worker = compose_services()["worker"]
+    port = worker["environment"]["WORKER_PORT"]
+    check = worker["healthcheck"]["test"]
+    assert check[0] == "CMD"
+    assert f":{port}/ready" in check[-1]
+    here = str(free_port())
+    database = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
+    migrate = run(BIN / "alembic", "upgrade", "head", DATABASE_URL=database)
+    assert migrate.returncode == 0, migrate.stderr
+    env = {**os.environ, "DATABASE_URL": database, "REDIS_URL": redis_url, "WORKER_PORT": here}
+    process = subprocess.Popen([BIN / "allocation", "worker"], cwd=ROOT, env=env)
+    try:
+        command = [arg.replace(f":{port}/", f":{here}/") for arg in check[1:]]
+        command[0] = str(BIN / command[0])
+        deadline = time.monotonic() + 30
+        while run(*command).returncode != 0:
+            assert process.poll() is None, "the worker exited"
+            assert time.monotonic() < deadline, "the healthcheck never passed"
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -23,6 +23,7 @@ from typing import NoReturn
 import pytest
 
 from tests.support.databases import ROOT, alembic_upgrade
+from tests.support.processes import ALLOCATION
 from tests.support.servers import free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow
@@ -90,9 +91,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     env = {**os.environ, "DATABASE_URL": database, "LOG_LEVEL": "WARNING"}
     for unwanted in ("API_TOKEN", "READ_DATABASE_URL", "REDIS_URL"):
         env.pop(unwanted, None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)], cwd=ROOT, env=env
-    )
+    process = subprocess.Popen([ALLOCATION, "serve", "--port", str(port)], cwd=ROOT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_serving(url, process, time.monotonic() + 30)
@@ -120,7 +119,9 @@ def test_the_readme_generated_client_allocates_reads_back_and_type_checks(
     assert {"allocate", "get_allocation", "add_batch", "health"} <= modules, modules
     assert all(not m.endswith(("_get", "_post", "_patch")) for m in modules), modules
     models = {p.stem for p in (project / PACKAGE / "models").glob("*.py")}
-    assert {"batch_in", "allocation", "error", "invalid_input", "health"} <= models, models
+    assert {"batch_in", "allocation", "problem", "health"} <= models, models
+    # One model for every error: a Problem, whatever the status.
+    assert not {"error", "invalid_input", "not_ready", "http_validation_error"} & models, models
 
     script = project / "example.py"
     script.write_text(code.replace("http://127.0.0.1:8000", server))
@@ -132,7 +133,7 @@ def test_the_readme_generated_client_allocates_reads_back_and_type_checks(
         timeout=60,
     )
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.strip() == "batch-001"
+    assert ran.stdout.splitlines() == ["batch-001", "Order holds another quantity"]
 
     checked = subprocess.run(
         [

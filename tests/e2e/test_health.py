@@ -9,6 +9,7 @@ from app.adapters.schema_version import StartupError
 from app.config import Settings
 from app.main import create_app
 from tests.support.apps import serving
+from tests.support.refs import random_ref
 from tests.support.servers import free_port
 
 
@@ -38,12 +39,20 @@ async def test_no_start_while_the_database_is_unreachable() -> None:
     assert time.monotonic() - started < 12
 
 
-async def test_not_ready_while_redis_is_unreachable(sqlite_url: str) -> None:
+async def test_ready_and_saying_so_while_redis_is_unreachable(sqlite_url: str) -> None:
+    # Writes go on without Redis (their events wait in the outbox): still ready.
     redis_nowhere = f"redis://127.0.0.1:{free_port()}/0"
     settings = Settings(database_url=sqlite_url, redis_url=redis_nowhere, relay_enabled=False)
     async with serving(create_app(settings)) as client:
         r = await client.get("/ready")
 
-        assert r.status_code == 503
-        assert r.json()["message"] == "not ready: redis unreachable"
-        assert r.json()["checks"]["database"] == "ok"
+        assert r.status_code == 200
+        assert r.json()["checks"] == {
+            "database": "ok",
+            "replica": "off",
+            "redis": "degraded: events wait in the outbox",
+        }
+        batch = {"ref": random_ref("batch"), "sku": random_ref("sku"), "qty": 5, "eta": None}
+        assert (await client.post("/add_batch", json=batch)).status_code == 201
+        scrape = (await client.get("/metrics")).text
+        assert 'allocation_dependency_up{dependency="redis"} 0.0' in scrape

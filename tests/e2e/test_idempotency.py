@@ -10,8 +10,10 @@ import pytest
 from dependency_injector import providers
 
 from app.config import Settings
+from app.entrypoints.api import problems
 from app.main import create_app
-from app.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+from app.service_layer.handlers import INLINE_HANDLERS
+from app.service_layer.unit_of_work import SqlUnitOfWork
 from tests.support.apps import serving
 from tests.support.refs import random_ref
 
@@ -53,7 +55,9 @@ async def test_a_repeat_does_not_run_the_command_again(client: httpx.AsyncClient
 
     again = await client.post("/allocate", json=line(orderid, sku), headers=headers)
 
-    assert (again.status_code, again.json()) == (400, {"message": f"Invalid sku {sku}"})
+    assert (again.status_code, again.content) == (400, refused.content)
+    assert again.json() == problems.body(problems.INVALID_SKU, f"Invalid sku {sku}")
+    assert again.headers["content-type"] == "application/problem+json"
     assert again.headers[REPLAYED] == "true"
     assert (await client.get(f"/allocations/{orderid}")).status_code == 404
 
@@ -72,7 +76,7 @@ async def test_a_repeat_answers_as_the_first_did_though_the_state_changed(
     again = await client.post("/allocate", json=line(orderid, sku, qty=5), headers=headers)
 
     assert (again.status_code, again.content) == (202, accepted.content)
-    assert again.headers["location"] == accepted.headers["location"] == f"/allocations/{orderid}"
+    assert again.headers["location"] == accepted.headers["location"] == f"/orders/{orderid}"
     assert (await client.get(f"/allocations/{orderid}")).status_code == 404
 
 
@@ -96,10 +100,11 @@ async def test_the_key_with_another_body_is_a_422(client: httpx.AsyncClient) -> 
     other = await client.post("/batches", json=batch(ref, sku, qty=11), headers=headers)
 
     assert other.status_code == 422
-    assert other.json() == {
-        "message": "This Idempotency-Key was already used with a different request body; "
-        "use a new key for a new request"
-    }
+    assert other.json() == problems.body(
+        problems.KEY_REUSED,
+        "This Idempotency-Key was already used with a different request body; "
+        "use a new key for a new request",
+    )
     # The key still holds the first answer.
     again = await client.post("/batches", json=batch(ref, sku, qty=10), headers=headers)
     assert (again.status_code, again.content) == (first.status_code, first.content)
@@ -112,6 +117,7 @@ async def test_the_key_on_another_route_is_a_422(client: httpx.AsyncClient) -> N
     r = await client.post("/add_batch", json=body, headers=headers)
 
     assert r.status_code == 422
+    assert r.json()["type"] == problems.KEY_REUSED.uri
     assert r.json()["message"] == (
         "This Idempotency-Key was already used for POST /batches; use a new key for a new request"
     )
@@ -187,7 +193,7 @@ async def test_an_expired_key_is_new_again(database_url: str) -> None:
     assert REPLAYED not in again.headers
 
 
-class FailsAfterCommit(SqlAlchemyUnitOfWork):
+class FailsAfterCommit(SqlUnitOfWork):
     """Commits, then fails: as a process would that died between its commit and its answer."""
 
     async def _commit(self) -> None:
@@ -199,7 +205,7 @@ async def test_a_server_error_is_not_kept_and_the_key_may_be_sent_again(
     database_url: str,
 ) -> None:
     app = create_app(Settings(database_url=database_url))
-    container = app.state.container
+    container = app.state.services
     async with serving(app, raise_app_exceptions=False) as client:
         ref, sku, headers = random_ref("batch"), random_ref("sku"), key()
         # The batch is committed, then the request fails: a 500 to the client.
@@ -207,7 +213,7 @@ async def test_a_server_error_is_not_kept_and_the_key_may_be_sent_again(
             providers.Factory(
                 FailsAfterCommit,
                 engine=container.engine,
-                inline=container.inline_handlers,
+                inline=INLINE_HANDLERS,
                 after_commit=container.after_commit_handlers,
             )
         ):

@@ -1,16 +1,21 @@
-"""One Idempotency-Key sent at once to two API processes on one database: one command."""
+"""One Idempotency-Key on two API processes of one database: one command, even after a crash."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support.databases import query
+from tests.support.polling import eventually
 from tests.support.processes import Api, Processes, service_env
 from tests.support.refs import random_ref
 
@@ -57,7 +62,7 @@ async def test_concurrent_repeats_on_two_processes_run_the_command_once(
 
                 line = {"orderid": orderid, "sku": sku, "qty": 2}
                 answers = await send_everywhere(http, apis, "/allocate", line)
-                assert_one_answer(answers, 202, f"/allocations/{orderid}")
+                assert_one_answer(answers, 202, f"/orders/{orderid}")
                 refs.append(ref)
                 orderids.append(orderid)
 
@@ -77,3 +82,51 @@ async def test_concurrent_repeats_on_two_processes_run_the_command_once(
             private_database, "SELECT status, count(*) FROM idempotency_keys GROUP BY status"
         )
         assert sorted(answered) == [(201, ROUNDS), (202, ROUNDS)]
+
+
+async def test_a_key_whose_process_died_mid_request_is_answered_within_seconds(
+    private_database: str, tmp_path: Path
+) -> None:
+    sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    line = {"orderid": orderid, "sku": sku, "qty": 2}
+    engine = create_async_engine(private_database)
+    async with Processes(tmp_path) as processes:
+        doomed, survivor = (processes.api(service_env(private_database), name=n) for n in "ab")
+        await asyncio.gather(doomed.start_serving(), survivor.start_serving())
+        async with httpx.AsyncClient(timeout=30) as http:
+            batch = {"ref": ref, "sku": sku, "qty": 100, "eta": None}
+            assert (await http.post(f"{doomed.url}/batches", json=batch)).status_code == 201
+            async with engine.connect() as holder:
+                # The product's row lock held: the allocation waits on it, mid-request.
+                await holder.execute(
+                    text("SELECT 1 FROM products WHERE sku = :sku FOR UPDATE"), {"sku": sku}
+                )
+                first = asyncio.create_task(
+                    http.post(f"{doomed.url}/allocate", json=line, headers=key)
+                )
+
+                async def reserved() -> bool:
+                    rows = await query(
+                        private_database,
+                        "SELECT 1 FROM idempotency_keys WHERE idempotency_key = :key",
+                        key=key["Idempotency-Key"],
+                    )
+                    return bool(rows)
+
+                await eventually(reserved, 5, processes.report)
+                await doomed.kill()
+                killed_at = time.monotonic()
+                await holder.rollback()
+            with contextlib.suppress(httpx.HTTPError):
+                await first
+            retry = await http.post(f"{survivor.url}/allocate", json=line, headers=key)
+            answered_in = time.monotonic() - killed_at
+    await engine.dispose()
+
+    assert retry.status_code == 202, retry.text
+    assert answered_in <= 5, f"answered {answered_in:.1f}s after the crash"
+    allocated = await query(
+        private_database, "SELECT count(*) FROM order_lines WHERE orderid = :o", o=orderid
+    )
+    assert allocated == [(1,)]

@@ -1,9 +1,11 @@
 """A real uvicorn's life: how it starts, logs, refuses to start, and stops."""
 
 import asyncio
+import json
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -171,3 +173,39 @@ async def test_sigterm_lets_a_request_in_flight_finish(
     messages = [r["message"] for r in json_lines(api.output())]
     assert "shutting down: stopping the relay" in messages
     assert "stopped" in messages, api.report()
+
+
+def every_line_is_one_json_object(output: str) -> list[dict[str, Any]]:
+    lines = [line for line in output.splitlines() if not line.startswith("---- ")]
+    records = [json.loads(line) for line in lines]  # fails on any line that is not JSON
+    assert all(isinstance(r, dict) for r in records)
+    assert "\x1b" not in output  # no terminal colours anywhere
+    assert "\\u001b" not in output
+    return records
+
+
+async def test_the_production_command_prints_nothing_but_json_lines(
+    tmp_path: Path, migrated_sqlite: str
+) -> None:
+    env = service_env(migrated_sqlite, log_format="json", web_concurrency=2)
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    async with Processes(tmp_path) as processes:
+        api = processes.api(env)
+        await api.start_serving()
+        async with httpx.AsyncClient(base_url=api.url) as client:
+            await client.get("/batches/none-such")
+        await api.shut_down()
+        refused = processes.api({**env, "DATABASE_URL": f"sqlite+aiosqlite:///{empty}"})
+        refused.start()
+        assert await refused.wait(within=30) != 0
+
+    records = every_line_is_one_json_object(api.output())
+    messages = [str(r["message"]) for r in records]
+    assert any(m.startswith("Started parent process") for m in messages), api.report()
+    assert sum(m.startswith("Started server process") for m in messages) == 2, api.report()
+    failed = every_line_is_one_json_object(refused.output())
+    traced = [r for r in failed if "exc_info" in r]
+    assert traced, refused.report()
+    assert all(str(r["exc_info"]).startswith("Traceback") for r in traced)
+    assert not any(str(r["message"]).startswith("Traceback") for r in failed), refused.report()

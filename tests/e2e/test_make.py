@@ -1,7 +1,8 @@
 """The Makefile on a fresh clone: what each target would install.
 
 ``make -n`` prints the commands a target would run without running them,
-in a copy holding the Makefile and pyproject.toml and no venv yet.
+in a copy holding the Makefile, pyproject.toml and the AsyncAPI parser's
+package.json, and no venv yet.
 """
 
 import re
@@ -26,8 +27,9 @@ def make() -> str:
 
 @pytest.fixture
 def clone(tmp_path: Path) -> Path:
-    for name in ("Makefile", "pyproject.toml"):
-        shutil.copy(ROOT / name, tmp_path)
+    for name in ("Makefile", "pyproject.toml", "tests/asyncapi/package.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
     return tmp_path
 
 

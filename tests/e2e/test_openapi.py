@@ -12,10 +12,11 @@ from dependency_injector import providers
 from fastapi import FastAPI
 from starlette.requests import Request
 
-from app.adapters.database import ConcurrencyError, DatabaseUnavailable
+from app.adapters.database_errors import ConcurrencyError, DatabaseUnavailable
+from app.adapters.engines import build_engine
 from app.config import Settings
 from app.entrypoints import fields
-from app.entrypoints.api import schemas
+from app.entrypoints.api import dependencies, problems, schemas
 from app.entrypoints.api.idempotency import Idempotency, fingerprint
 from app.main import create_app
 from tests.support.apps import serving
@@ -29,13 +30,14 @@ def database_url(sqlite_url: str) -> str:
 
 
 # Every route reaches the database, so every one may answer 503; every write
-# may meet the API token (401, where one is set) and the body size limit (413).
+# may meet the API token (401, where one is set), the body size limit (413)
+# and wants JSON (415).
 ROUTES = [
-    ("/add_batch", "post", {"201", "401", "409", "413", "422", "503"}),
-    ("/batches", "post", {"201", "401", "409", "413", "422", "503"}),
+    ("/add_batch", "post", {"201", "401", "409", "413", "415", "422", "503"}),
+    ("/batches", "post", {"201", "401", "409", "413", "415", "422", "503"}),
     ("/batches/{ref}", "get", {"200", "404", "422", "503"}),
-    ("/batches/{ref}", "patch", {"202", "401", "404", "409", "413", "422", "503"}),
-    ("/allocate", "post", {"202", "400", "401", "409", "413", "422", "503"}),
+    ("/batches/{ref}", "patch", {"202", "401", "404", "409", "413", "415", "422", "503"}),
+    ("/allocate", "post", {"202", "400", "401", "409", "413", "415", "422", "503"}),
     ("/allocations/{orderid}", "get", {"200", "404", "422", "503"}),
     ("/allocations/{orderid}/{sku}", "get", {"200", "404", "422", "503"}),
     ("/orders/{orderid}", "get", {"200", "404", "422", "503"}),
@@ -132,24 +134,33 @@ async def test_with_a_token_set_writes_want_it_as_a_bearer_token(
         assert operation.get("security") == wanted, (path, method)
 
 
-MESSAGE = {"$ref": "#/components/schemas/Error"}
-INVALID_INPUT = {"$ref": "#/components/schemas/InvalidInput"}
+PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
 
 @pytest.mark.parametrize(("path", "method", "statuses"), ROUTES)
-async def test_every_error_is_documented_as_a_message(
+async def test_every_error_is_documented_as_a_problem(
     guarded_openapi: dict[str, Any], path: str, method: str, statuses: set[str]
 ) -> None:
     responses = guarded_openapi["paths"][path][method]["responses"]
     for status in sorted(s for s in statuses if s[0] in "45"):
-        schema = responses[status]["content"]["application/json"]["schema"]
-        # A 422 adds `detail`, and only a 422: the others show `message` alone.
-        assert schema == (INVALID_INPUT if status == "422" else MESSAGE), status
-        error = resolve(guarded_openapi, schema)
-        assert error["required"] == ["message"], status
-        assert error["properties"]["message"]["type"] == "string"
-    assert set(resolve(guarded_openapi, MESSAGE)["properties"]) == {"message"}
-    assert set(resolve(guarded_openapi, INVALID_INPUT)["properties"]) == {"message", "detail"}
+        # One model for every error, under RFC 9457's media type and no other.
+        assert set(responses[status]["content"]) == {"application/problem+json"}, status
+        content = responses[status]["content"]["application/problem+json"]
+        assert content["schema"] == PROBLEM, status
+    problem = resolve(guarded_openapi, PROBLEM)
+    assert problem["required"] == ["type", "title", "status", "detail", "message"]
+    assert set(problem["properties"]) == {*problem["required"], "errors", "checks"}
+    assert problem["properties"]["detail"]["type"] == "string"
+
+
+async def test_the_errors_section_lists_every_type(openapi: dict[str, Any]) -> None:
+    [description] = [tag["description"] for tag in openapi["tags"] if tag["name"] == "errors"]
+    assert "errors" in resolve(openapi, PROBLEM)["description"]
+    assert f"Each `type` is `{problems.TYPE_PREFIX}` and a name:" in description
+    for kind in problems.TYPES.values():
+        name = kind.uri.removeprefix(problems.TYPE_PREFIX)
+        assert f"| `{name}` | {kind.status} | **{kind.title}**. {kind.when} |" in description
+    assert "`about:blank`" in description
 
 
 def error_examples(openapi: dict[str, Any]) -> list[tuple[str, str, str, str, Any, dict[str, Any]]]:
@@ -160,7 +171,7 @@ def error_examples(openapi: dict[str, Any]) -> list[tuple[str, str, str, str, An
             for status, response in operation["responses"].items():
                 if status[0] not in "45":
                     continue
-                content = response["content"]["application/json"]
+                content = response["content"]["application/problem+json"]
                 schema = {**content["schema"], "components": openapi["components"]}
                 for name, example in content["examples"].items():
                     found.append((path, method, status, name, example["value"], schema))
@@ -189,21 +200,16 @@ async def test_an_error_example_is_what_the_service_really_answers(
     schema: dict[str, Any],
 ) -> None:
     assert jsonschema_rs.validator_for(schema).is_valid(body), body
-    assert body["message"] != "string"
-    settings = Settings(database_url=sqlite_url, api_token=TOKEN)
-    if name == "redis down":
-        settings = Settings(
-            database_url=sqlite_url,
-            redis_url=f"redis://127.0.0.1:{free_port()}/0",
-            relay_enabled=False,
-        )
-    app = create_app(settings)
+    assert body["message"] == body["detail"] != "string"
+    assert problems.TYPES[body["type"]].status == body["status"] == int(status)
+    app = create_app(Settings(database_url=sqlite_url, api_token=TOKEN))
     async with serving(app) as client:
         client.headers["Authorization"] = f"Bearer {TOKEN}"
         document = (await client.get("/openapi.json")).json()
         real = await PRODUCERS[name](Route(document, app, client, path, method))
 
     assert (real.status_code, real.json()) == (int(status), body)
+    assert real.headers["content-type"] == "application/problem+json"
 
 
 class Route:
@@ -246,7 +252,9 @@ class Route:
         answer = self.app.exception_handlers[type(exc)](Request(scope), exc)
         assert inspect.isawaitable(answer)
         response = await answer
-        return httpx.Response(response.status_code, content=bytes(response.body))
+        return httpx.Response(
+            response.status_code, content=bytes(response.body), headers=dict(response.headers)
+        )
 
 
 async def _example_request(route: Route) -> httpx.Response:
@@ -273,9 +281,12 @@ async def _key_reused(route: Route) -> httpx.Response:
 
 
 async def _key_in_progress(route: Route) -> httpx.Response:
-    container = route.app.state.container
-    keys = container.idempotency_keys()
-    container.idempotency.override(providers.Object(Idempotency(keys, wait=0.0)))
+    keys = route.app.state.services.idempotency_keys()
+
+    async def without_waiting() -> Idempotency:
+        return Idempotency(keys, wait=0.0)
+
+    route.app.dependency_overrides[dependencies.idempotency] = without_waiting
     model = {"/allocate": schemas.AllocateIn}.get(route.path, schemas.BatchIn)
     request = f"{route.method.upper()} {route.path}"
     await keys.reserve("in-progress", request, fingerprint(request, model(**route.body())))
@@ -296,9 +307,9 @@ async def _dots(route: Route) -> httpx.Response:
     # A client would resolve "/.." away: sent percent-encoded, as one that quotes ids does.
     [name] = re.findall(
         r"path\.(\w+):",
-        route.operation["responses"]["422"]["content"]["application/json"]["examples"][
+        route.operation["responses"]["422"]["content"]["application/problem+json"]["examples"][
             "an invalid identifier"
-        ]["value"]["message"],
+        ]["value"]["detail"],
     )
     return await route.client.request(route.method, route.url(**{name: "%2E%2E"}))
 
@@ -316,8 +327,19 @@ async def _too_large(route: Route) -> httpx.Response:
     return await route.send(json=route.body(padding="x" * 70_000))
 
 
-async def _ready(route: Route) -> httpx.Response:
-    return await route.client.get("/ready")
+async def _form(route: Route) -> httpx.Response:
+    form = {key: str(value) for key, value in route.body().items()}
+    return await route.send(json=None, data=form)
+
+
+async def _database_unreachable(route: Route) -> httpx.Response:
+    # Up, then the database gone: where it was, nothing listens now.
+    gone = build_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/allocation")
+    route.app.state.services.engine.override(providers.Object(gone))
+    try:
+        return await route.client.get("/ready")
+    finally:
+        await gone.dispose()
 
 
 Producer = Callable[[Route], Awaitable[httpx.Response]]
@@ -339,14 +361,15 @@ PRODUCERS: dict[str, Producer] = {
     "no token": _no_token,
     "another token": _another_token,
     "too large": _too_large,
-    "redis down": _ready,
+    "not json": _form,
+    "database unreachable": _database_unreachable,
 }
 
 
 async def test_every_error_example_has_a_real_answer_to_compare_with() -> None:
     assert {name for _, _, _, name, _, _ in EXAMPLES} == set(PRODUCERS)
     statuses = {status for _, _, status, _, _, _ in EXAMPLES}
-    assert statuses == {"400", "401", "404", "409", "413", "422", "503"}
+    assert statuses == {"400", "401", "404", "409", "413", "415", "422", "503"}
 
 
 @pytest.mark.parametrize(("path", "method", "statuses"), ROUTES)
@@ -356,7 +379,7 @@ async def test_every_error_says_when_it_happens(
     responses = guarded_openapi["paths"][path][method]["responses"]
     described = {s: responses[s]["description"] for s in statuses if s[0] in "45"}
     assert all(d and d != "Additional Response" for d in described.values()), described
-    assert "detail" in described["422"]
+    assert "errors" in described["422"]
     assert "Retry-After" in described["503"]
     assert set(responses["503"]["headers"]) == {"Retry-After"}
 
@@ -455,10 +478,70 @@ async def test_the_documented_examples_work_when_tried(
     assert r.headers["location"] == f"/batches/{ref}"
     r = await client.post("/allocate", json=line["value"])
     assert r.status_code == 202
-    assert r.headers["location"] == f"/allocations/{orderid}"
+    assert r.headers["location"] == f"/orders/{orderid}"
     r = await client.get(f"/allocations/{orderid}")
     assert r.json() == [{"sku": line["value"]["sku"], "batchref": ref}]
     assert (await client.patch(f"/batches/{ref}", json=change["value"])).status_code == 202
+
+
+def success_examples(openapi: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each operation's example bodies of its success, by name; each must have some."""
+    found = {}
+    for path, item in openapi["paths"].items():
+        for method, operation in item.items():
+            [status] = [s for s in operation["responses"] if s.startswith("2")]
+            [content] = operation["responses"][status]["content"].values()
+            examples = content.get("examples", {})
+            assert examples, f"{method.upper()} {path} {status} shows no example"
+            found[path, method] = {name: e["value"] for name, e in examples.items()}
+    return found
+
+
+async def test_every_success_has_an_example_and_it_is_what_the_service_answers(
+    client: httpx.AsyncClient, openapi: dict[str, Any]
+) -> None:
+    # The examples of the requests, tried in order, as the examples of the answers say.
+    [warehouse, shipment] = try_it_out_examples(openapi, "/batches", "post")
+    [line] = try_it_out_examples(openapi, "/allocate", "post")
+    [change] = try_it_out_examples(openapi, "/batches/{ref}", "patch")
+    orderid, sku = line["value"]["orderid"], line["value"]["sku"]
+    ref = warehouse["value"]["ref"]
+    too_many = {**line["value"], "orderid": "order-002", "qty": 100}
+    answers: dict[tuple[str, str], list[Any]] = {
+        ("/add_batch", "post"): [(await client.post("/add_batch", json=warehouse["value"]))],
+        ("/batches", "post"): [(await client.post("/batches", json=warehouse["value"]))],
+    }
+    assert (await client.post("/batches", json=shipment["value"])).status_code == 201
+    answers["/allocate", "post"] = [await client.post("/allocate", json=line["value"])]
+    assert (await client.post("/allocate", json=too_many)).status_code == 202
+    reads = {
+        "/batches/{ref}": [f"/batches/{ref}"],
+        "/allocations/{orderid}": [f"/allocations/{orderid}"],
+        "/allocations/{orderid}/{sku}": [f"/allocations/{orderid}/{sku}"],
+        "/orders/{orderid}": [f"/orders/{orderid}", "/orders/order-002"],
+        "/products/{sku}": [f"/products/{sku}"],
+        "/health": ["/health"],
+        "/ready": ["/ready"],
+    }
+    for path, urls in reads.items():
+        answers[path, "get"] = [await client.get(url) for url in urls]
+    answers["/batches/{ref}", "patch"] = [
+        await client.patch(f"/batches/{ref}", json=change["value"])
+    ]
+    metrics = (await client.get("/metrics")).text
+
+    for (path, method), examples in success_examples(openapi).items():
+        if path == "/metrics":
+            [text] = examples.values()
+            for sample in text.splitlines():
+                # The help and type of each family, and each family's name, are the real ones.
+                assert (
+                    sample if sample.startswith("#") else sample.split("{")[0].split()[0]
+                ) in metrics
+            continue
+        real = answers[path, method]
+        assert all(r.status_code < 300 for r in real), (path, [r.text for r in real])
+        assert [r.json() for r in real] == list(examples.values()), (method, path)
 
 
 @pytest.mark.parametrize(
@@ -518,18 +601,21 @@ async def test_every_json_answer_has_a_named_schema(openapi: dict[str, Any]) -> 
     for path, item in openapi["paths"].items():
         for method, operation in item.items():
             for status, response in operation["responses"].items():
-                schema = response.get("content", {}).get("application/json", {}).get("schema")
-                if schema is None:
-                    continue
-                named = schema.get("items", schema)
-                assert set(named) == {"$ref"}, (path, method, status, schema)
+                for media_type, content in response.get("content", {}).items():
+                    if not media_type.endswith("json"):
+                        continue
+                    schema = content["schema"]
+                    named = schema.get("items", schema)
+                    assert set(named) == {"$ref"}, (path, method, status, schema)
 
 
 async def test_the_service_describes_itself(openapi: dict[str, Any]) -> None:
     assert openapi["info"]["title"] == "Allocation service"
-    description = openapi["info"]["description"]
-    for subject in ["202 Accepted", "`Location`", "read model", '{"message": "..."}', "detail"]:
+    description = " ".join(openapi["info"]["description"].split())
+    for subject in ["202 Accepted", "`Location`", "read model", "problem details", "`type`"]:
         assert subject in description
+    # A few lines above the first operation; the details are in the sections below.
+    assert len(description) < 800
 
 
 async def test_swagger_ui_is_served(client: httpx.AsyncClient) -> None:
@@ -582,6 +668,6 @@ async def test_the_413_example_names_the_services_own_limit(sqlite_url: str) -> 
             "/batches", json={"ref": "b", "sku": "s", "qty": 1, "x": "y" * 3000}
         )
     content = document["paths"]["/batches"]["post"]["responses"]["413"]["content"]
-    [example] = content["application/json"]["examples"].values()
+    [example] = content["application/problem+json"]["examples"].values()
     assert (real.status_code, real.json()) == (413, example["value"])
-    assert "2048" in example["value"]["message"]
+    assert "2048" in example["value"]["detail"]

@@ -1,8 +1,8 @@
 """Behind nginx, under a path prefix: the book's flow, Location headers and /docs.
 
 A real nginx (Debian's package) runs on loopback with the location block
-from deploy/nginx-location.conf, in front of a real uvicorn started as the
-README says: ROOT_PATH set, ``--proxy-headers --forwarded-allow-ips``.
+from deploy/nginx-location.conf, in front of the production command, as
+docs/operations.md says: `allocation serve` with ROOT_PATH and FORWARDED_ALLOW_IPS.
 Swagger UI is then used through it in Debian's chromium.
 """
 
@@ -72,7 +72,6 @@ async def behind_nginx(
     """(the proxy's URL with the prefix, the API behind it, on PostgreSQL)."""
     async with Processes(tmp_path) as processes:
         api = processes.api(service_env(private_database, root_path=PREFIX))
-        api.argv += ["--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"]
         await api.start_serving()
 
         port = free_port()
@@ -119,21 +118,26 @@ async def test_the_books_flow_through_the_proxy(behind_nginx: tuple[str, Api]) -
         r = await client.post(f"{url}/allocate", json={"orderid": orderid, "sku": sku, "qty": 3})
         assert r.status_code == 202, r.text
         location = r.headers["location"]
-        assert location == f"{PREFIX}/allocations/{orderid}"
+        assert location == f"{PREFIX}/orders/{orderid}"
 
         # The Location works as given, against the proxy's origin.
         origin = url.removesuffix(PREFIX)
         r = await client.get(origin + location)
         assert r.status_code == 200, r.text
+        assert r.json()["lines"] == [{"sku": sku, "state": "allocated", "batchref": ref}]
+        r = await client.get(f"{url}/allocations/{orderid}")
         assert r.json() == [{"sku": sku, "batchref": ref}]
 
 
 async def test_docs_and_openapi_under_the_prefix(behind_nginx: tuple[str, Api]) -> None:
     url, _ = behind_nginx
     async with httpx.AsyncClient() as client:
+        home = await client.get(f"{url}/")
         docs = await client.get(f"{url}/docs")
         spec = await client.get(f"{url}/openapi.json")
 
+    # The front page leads to the docs under the prefix, by a path the proxy serves.
+    assert (home.status_code, home.headers["location"]) == (307, f"{PREFIX}/docs")
     assert docs.status_code == 200
     assert f"'{PREFIX}/openapi.json'" in docs.text or f'"{PREFIX}/openapi.json"' in docs.text
     assert spec.status_code == 200

@@ -95,10 +95,12 @@ async def test_an_out_of_stock_line_reads_as_such_not_as_an_unknown_order(
     r = await client.post("/allocate", json={"orderid": orderid, "sku": sku, "qty": 5})
 
     assert r.status_code == 202
+    assert r.headers["location"] == f"/orders/{orderid}"
     assert r.headers["link"] == f'</orders/{orderid}>; rel="order"'
     # The book's read: nothing allocated, a 404 as for an order never seen.
-    assert (await client.get(r.headers["location"])).status_code == 404
-    order = await client.get(f"/orders/{orderid}")
+    assert (await client.get(f"/allocations/{orderid}")).status_code == 404
+    # The write's Location answers, and says what became of the line.
+    order = await client.get(r.headers["location"])
     assert order.status_code == 200
     assert order.json() == {
         "orderid": orderid,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.databases import ROOT, alembic_upgrade
-from tests.support.readme import httpx_example
+from tests.support.processes import ALLOCATION
+from tests.support.readme import HTTPX_EXAMPLE_PRINTS, httpx_example
 from tests.support.servers import free_port, wait_until_serving
 
 
@@ -20,7 +21,7 @@ def test_the_readme_httpx_example_allocates_and_reads_back(tmp_path: Path) -> No
     alembic_upgrade(database)
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
+        [ALLOCATION, "serve", "--port", str(port)],
         cwd=ROOT,
         env={**os.environ, "DATABASE_URL": database},
     )
@@ -35,7 +36,7 @@ def test_the_readme_httpx_example_allocates_and_reads_back(tmp_path: Path) -> No
         )
 
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "[{'sku': 'SMALL-TABLE', 'batchref': 'batch-001'}]"
+        assert result.stdout.splitlines() == HTTPX_EXAMPLE_PRINTS
     finally:
         server.terminate()
         server.wait(timeout=15)

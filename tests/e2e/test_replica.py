@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from tests.support.databases import alembic_upgrade
+from tests.support.otlp import receiving
 from tests.support.polling import eventually
 from tests.support.processes import Api, Processes, service_env
-from tests.support.readme import httpx_example
+from tests.support.readme import HTTPX_EXAMPLE_PRINTS, httpx_example
 from tests.support.refs import random_ref
 from tests.support.servers import PostgresCluster, find_bindir, free_port, unavailable
 
@@ -146,8 +147,12 @@ async def test_following_location_reads_your_own_writes_despite_the_lag(
     orderid = random_ref("order")
     accepted = await http.post("/allocate", json={"orderid": orderid, "sku": sku, "qty": 3})
     assert accepted.status_code == 202
-    allocations = await follow(accepted)
-    assert allocations.json() == [{"sku": sku, "batchref": ref}]
+    order = await follow(accepted)
+    assert order.json()["lines"] == [{"sku": sku, "state": "allocated", "batchref": ref}]
+    short = await http.post("/allocate", json={"orderid": random_ref("o"), "sku": sku, "qty": 50})
+    assert (await follow(short)).json()["lines"] == [
+        {"sku": sku, "state": "out_of_stock", "batchref": None}
+    ]
 
     changed = await http.patch(f"/batches/{ref}", json={"qty": 12})
     assert changed.status_code == 202
@@ -162,7 +167,7 @@ async def test_following_location_reads_your_own_writes_despite_the_lag(
 
     print(f"replica applies {APPLY_DELAY}s late; longest Location read {max(waits):.3f}s")
     # The replica answered each, once it had caught up: it was waited for.
-    assert reads_from((await http.get("/metrics")).text, "replica") == replica_reads + 5
+    assert reads_from((await http.get("/metrics")).text, "replica") == replica_reads + 6
     assert APPLY_DELAY / 2 < max(waits) < REPLICA_WAIT + 0.5
 
 
@@ -178,7 +183,7 @@ async def test_the_readme_httpx_example_reads_back_through_the_lagging_replica(
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[{'sku': 'SMALL-TABLE', 'batchref': 'batch-001'}]"
+    assert result.stdout.splitlines() == HTTPX_EXAMPLE_PRINTS
 
 
 async def test_a_position_that_is_not_one_is_refused(http: httpx.AsyncClient) -> None:
@@ -247,3 +252,38 @@ async def test_metrics_show_the_replicas_lag(http: httpx.AsyncClient) -> None:
 
     await eventually(lag_seen, 10, "no replica lag in /metrics")
     assert "allocation_replica_up 1.0" in (await http.get("/metrics")).text
+
+
+async def test_a_traced_read_shows_its_statements_on_the_replica_and_a_write_on_the_primary(
+    clusters: tuple[PostgresCluster, PostgresCluster], tmp_path: Path
+) -> None:
+    primary, replica = clusters
+    with receiving() as receiver:
+        env = service_env(primary.url, read_database_url=replica.url, replica_wait=REPLICA_WAIT)
+        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="100")
+        async with Processes(tmp_path) as processes:
+            api = processes.api(env)
+            await api.start_serving()
+            async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+                written, write_trace = "00-" + "a1" * 16 + "-" + "b2" * 8 + "-01", "a1" * 16
+                ref, sku = random_ref("batch"), random_ref("sku")
+                batch = {"ref": ref, "sku": sku, "qty": 5, "eta": None}
+                created = await http.post(
+                    "/add_batch", json=batch, headers={"traceparent": written}
+                )
+                read, read_trace = "00-" + "c3" * 16 + "-" + "d4" * 8 + "-01", "c3" * 16
+                got = await http.get(created.headers["location"], headers={"traceparent": read})
+                assert got.status_code == 200
+
+            def ports(trace_id: str) -> set[object]:
+                return {
+                    s.attributes.get("server.port", s.attributes.get("net.peer.port"))
+                    for s in receiver.of_trace(trace_id)
+                    if s.kind == "client"
+                }
+
+            async def both_traced() -> bool:
+                return replica.port in ports(read_trace) and primary.port in ports(write_trace)
+
+            await eventually(both_traced, 15, lambda: f"{ports(read_trace)} {ports(write_trace)}")
+    assert replica.port not in ports(write_trace)  # writes never touch the replica

@@ -52,7 +52,7 @@ def checkout(tmp_path: Path) -> Path:
 
 def serve(cwd: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), *args]
+    argv = [ALLOCATION, "serve", "--port", str(port), *args]
     server = subprocess.Popen(
         argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -79,7 +79,7 @@ def test_the_service_runs_on_env_example_copied_as_it_stands(checkout: Path) -> 
     assert (checkout / "allocation.db").exists()  # DATABASE_URL came from the .env
 
 
-def test_uvicorn_takes_its_own_settings_from_the_env_file(checkout: Path) -> None:
+def test_the_servers_settings_come_from_the_env_file_too(checkout: Path) -> None:
     env_file = checkout / ".env"
     # The proxy is somewhere else: X-Forwarded-For from this client is not believed.
     env_file.write_text(
@@ -89,7 +89,7 @@ def test_uvicorn_takes_its_own_settings_from_the_env_file(checkout: Path) -> Non
     )
     forwarded = {"X-Forwarded-For": "203.0.113.9"}
 
-    server, url = serve(checkout, environment(LOG_FORMAT="json"), "--env-file", ".env")
+    server, url = serve(checkout, environment(LOG_FORMAT="json"))
     try:
         httpx.get(f"{url}/health", headers=forwarded)
         # PROMETHEUS_MULTIPROC_DIR is there, empty: it means unset, not multiprocess mode.
@@ -99,7 +99,8 @@ def test_uvicorn_takes_its_own_settings_from_the_env_file(checkout: Path) -> Non
     assert '"client":"127.0.0.1"' in output
     assert "203.0.113.9" not in output
 
-    server, url = serve(checkout, environment(LOG_FORMAT="json"))  # uvicorn's default
+    # The environment wins over the file, as for every setting.
+    server, url = serve(checkout, environment(LOG_FORMAT="json", FORWARDED_ALLOW_IPS="127.0.0.1"))
     try:
         httpx.get(f"{url}/health", headers=forwarded)
     finally:
@@ -115,7 +116,7 @@ def test_uvicorn_takes_its_own_settings_from_the_env_file(checkout: Path) -> Non
             {"API_TOKEN": "x" * 20, "REDIS_URL": f"redis://:{SECRET}@127.0.0.1:6379/0"},
             "",  # a real-looking password: accepted; here only to be kept out of output
         ),
-        ({"WORKER_METRICS_PORT": "nine"}, "WORKER_METRICS_PORT: Input should be a valid integer"),
+        ({"WORKER_PORT": "nine"}, "WORKER_PORT: Input should be a valid integer"),
         (
             {"DATABASE_URL": f"postgresql://me:{SECRET}@host:port/db"},
             "DATABASE_URL: is not a database URL",
@@ -159,9 +160,9 @@ def test_alembic_that_cannot_reach_the_database_says_so_in_one_line(tmp_path: Pa
 def test_an_empty_optional_setting_means_unset(tmp_path: Path) -> None:
     code = (
         "from app.config import load_settings; s = load_settings(); "
-        "print(s.worker_metrics_port, s.redis_url, s.smtp_port)"
+        "print(s.worker_port, s.redis_url, s.smtp_port)"
     )
-    env = environment(WORKER_METRICS_PORT="", REDIS_URL="", SMTP_PORT="")
+    env = environment(WORKER_PORT="", REDIS_URL="", SMTP_PORT="")
     result = run([sys.executable, "-c", code], tmp_path, env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["None", "None", "25"]

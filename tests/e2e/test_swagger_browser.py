@@ -1,20 +1,27 @@
-"""Swagger UI in a real browser: add a batch, allocate a line, read the allocation back.
+"""Swagger UI and ReDoc in a real browser, as a newcomer meets them.
 
-It drives Debian's chromium (``apt-get install chromium``) through Playwright,
-against a real uvicorn on PostgreSQL. ``SWAGGER_SCREENSHOT=PATH``
-also saves the final screen there: that is how the README's picture is made.
+In Swagger UI: add a batch, allocate a line, read the order back; on the way,
+what the page shows a reader (no regex, no optional parameter filled in, an
+example for each answer, the first operation on the first screen). It drives
+Debian's chromium (``apt-get install chromium``) through Playwright, against a
+real uvicorn on PostgreSQL. ``SWAGGER_SCREENSHOT=PATH`` also saves the final
+screen there: that is how the README's picture is made.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Locator, sync_playwright
 
+from app.entrypoints import fields
+from app.entrypoints.api import problems
 from tests.support.databases import ROOT
 from tests.support.refs import random_ref
 from tests.support.swagger_ui import (
@@ -29,6 +36,31 @@ from tests.support.swagger_ui import (
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 PNG = b"\x89PNG\r\n\x1a\n"
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+FIRST_SCREEN = 600  # px of a 1000 px high window: the first operation shows in full above
+# What of an id's pattern would show if the page showed it: its character ranges.
+PATTERN_SHOWN = re.compile(r"\\x00|\\u00a0|matches \^")
+
+
+def assert_no_pattern_shown(operation: Locator) -> None:
+    """Every schema of the operation opened in full: the rules in words, and no regex."""
+    for schema in operation.get_by_text("Schema", exact=True).all():
+        schema.click()
+    expand = operation.get_by_role("button", name="Expand all")
+    for _ in range(100):  # each opens a schema whole, and its own buttons turn "Collapse all"
+        if not expand.count():
+            break
+        expand.first.click()
+    assert not expand.count()
+    text = operation.inner_text()
+    assert not PATTERN_SHOWN.search(text), PATTERN_SHOWN.search(text)
+    assert fields.ID_RULES.split(":")[0] in text  # "Printable", the words of the rule
+
+
+def shown_example(operation: Locator, status: str) -> Any:
+    """The example answer the operation shows for ``status``, before it is tried."""
+    row = operation.locator(f'tr.response[data-code="{status}"]')
+    return json.loads(row.locator(".example pre, pre.example").first.inner_text())
 
 
 @pytest.fixture
@@ -36,7 +68,7 @@ def chromium() -> str:
     return require_chromium()
 
 
-def test_a_person_allocates_and_reads_the_allocation_back_in_swagger_ui(
+def test_a_person_allocates_and_reads_the_order_back_in_swagger_ui(
     chromium: str, uvicorn_url: str, tmp_path: Path
 ) -> None:
     server = uvicorn_url  # a real uvicorn, two workers, on PostgreSQL
@@ -51,6 +83,10 @@ def test_a_person_allocates_and_reads_the_allocation_back_in_swagger_ui(
             outside: list[str] = []
             page.route("**/*", lambda route: local_only(route, server, outside))
             page.goto(f"{server}/docs")
+            # The service in a few lines, and the operations right below: on the first screen.
+            first = page.locator(".opblock").first.bounding_box()
+            assert first is not None
+            assert first["y"] + first["height"] < FIRST_SCREEN, first
 
             added = try_it_out(page, "post", "/add_batch")
             example = fill_body(added, {"ref": ref, "sku": sku, "qty": 20, "eta": None})
@@ -60,19 +96,33 @@ def test_a_person_allocates_and_reads_the_allocation_back_in_swagger_ui(
             allocated = try_it_out(page, "post", "/allocate")
             example = fill_body(allocated, {"orderid": orderid, "sku": sku, "qty": 2})
             assert example == {"orderid": "order-001", "sku": "SMALL-TABLE", "qty": 2}
-            execute(allocated, "202", f"location: /allocations/{orderid}")
+            # The answer the page shows before it is tried: the real one, not "string".
+            assert shown_example(allocated, "202") == {"orderid": "order-001"}
+            execute(allocated, "202", f"location: /orders/{orderid}")
 
-            read = try_it_out(page, "get", "/allocations/{orderid}")
+            # The Location: the order, and what became of its line.
+            read = try_it_out(page, "get", "/orders/{orderid}")
             parameter = read.get_by_placeholder("orderid", exact=True)
             assert parameter.input_value() == "order-001"
+            # An optional parameter is left empty, and so is left out of the request.
+            assert read.get_by_placeholder("after", exact=True).input_value() == ""
+            assert shown_example(read, "200")["lines"][0]["state"] == "allocated"
             parameter.fill(orderid)
             answer = execute(read, "200", f'"batchref": "{ref}"')
-            assert json.loads(answer.locator("pre.microlight").first.inner_text()) == [
-                {"sku": sku, "batchref": ref}
-            ]
+            assert "after" not in read.locator(".request-url").inner_text()
+            assert json.loads(answer.locator("pre.microlight").first.inner_text()) == {
+                "orderid": orderid,
+                "lines": [{"sku": sku, "state": "allocated", "batchref": ref}],
+            }
 
+            # The picture: the operation, from its title down to the order it answered.
+            page.set_viewport_size({"width": 1280, "height": 1350})
             read.evaluate("operation => operation.scrollIntoView()")
             page.screenshot(path=screenshot)
+
+            # Every schema of the two operations opened in full: the rules in words only.
+            assert_no_pattern_shown(allocated)
+            assert_no_pattern_shown(read)
         finally:
             browser.close()
 
@@ -83,3 +133,30 @@ def test_a_person_allocates_and_reads_the_allocation_back_in_swagger_ui(
     if target := os.environ.get("SWAGGER_SCREENSHOT"):
         (ROOT / target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(screenshot, ROOT / target)
+
+
+def test_redoc_shows_the_rules_in_words_the_answers_and_every_errors_type(
+    chromium: str, uvicorn_url: str
+) -> None:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            outside: list[str] = []
+            page.route("**/*", lambda route: local_only(route, uvicorn_url, outside))
+            page.goto(f"{uvicorn_url}/redoc")
+            page.get_by_role("heading", name="Read an order: each line allocated").wait_for()
+            text = page.locator("body").inner_text()
+        finally:
+            browser.close()
+
+    # But for its footer's logo, which ReDoc asks its CDN for and hides when it cannot load.
+    assert set(outside) <= {REDOC_LOGO}, "ReDoc asked for files from outside the service"
+    assert not PATTERN_SHOWN.search(text)
+    assert "Show pattern" not in text
+    assert fields.ID_RULES.split(":")[0] in text
+    # Every success's example, not a body of "string"s; and the errors section, every type.
+    assert '"batchref": "batch-001"' in text
+    assert '"ref": "string"' not in text
+    for kind in problems.TYPES.values():
+        assert kind.uri.removeprefix(problems.TYPE_PREFIX) in text

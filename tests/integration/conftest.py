@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.adapters.database import build_engine
-from app.container import Container
+from app.adapters.engines import build_engine
+from app.service_layer import handlers
 from app.service_layer.unit_of_work import InlineHandlers
 from tests.support.databases import postgres_database
 
@@ -36,8 +36,7 @@ async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture(scope="session")
 def inline_handlers() -> InlineHandlers:
     """The inline handlers the service registers (read models, reallocation)."""
-    handlers: InlineHandlers = Container().inline_handlers()
-    return handlers
+    return handlers.INLINE_HANDLERS
 
 
 @pytest.fixture

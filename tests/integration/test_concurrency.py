@@ -22,7 +22,7 @@ from dependency_injector import providers
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.adapters import orm
+from app.adapters import tables
 from app.config import Settings
 from app.container import Container, start, stop
 from app.domain import commands, model
@@ -96,7 +96,7 @@ async def rows(engine: AsyncEngine, query: Any) -> list[Any]:
 
 async def batches_of(engine: AsyncEngine, sku: str) -> dict[str, tuple[int, int]]:
     """ref: (purchased_quantity, allocated_quantity) of every batch of ``sku``."""
-    b = orm.batches.c
+    b = tables.batches.c
     query = select(b.reference, b.purchased_quantity, b.allocated_quantity).where(b.sku == sku)
     return {
         r.reference: (r.purchased_quantity, r.allocated_quantity) for r in await rows(engine, query)
@@ -105,11 +105,11 @@ async def batches_of(engine: AsyncEngine, sku: str) -> dict[str, tuple[int, int]
 
 async def allocated_lines(engine: AsyncEngine, sku: str) -> dict[str, list[tuple[str, int]]]:
     """ref: [(orderid, qty)] of the allocation rows of every batch of ``sku``."""
-    b, a, lines = orm.batches.c, orm.allocations.c, orm.order_lines.c
+    b, a, lines = tables.batches.c, tables.allocations.c, tables.order_lines.c
     query = (
         select(b.reference, lines.orderid, lines.qty)
-        .join(orm.allocations, a.orderline_id == lines.id)
-        .join(orm.batches, b.id == a.batch_id)
+        .join(tables.allocations, a.orderline_id == lines.id)
+        .join(tables.batches, b.id == a.batch_id)
         .where(b.sku == sku)
     )
     held: dict[str, list[tuple[str, int]]] = {}
@@ -120,33 +120,33 @@ async def allocated_lines(engine: AsyncEngine, sku: str) -> dict[str, list[tuple
 
 async def viewed_allocations(engine: AsyncEngine, sku: str) -> dict[str, str]:
     """orderid: batchref of every allocation of ``sku`` the read model shows."""
-    v = orm.allocations_view.c
+    v = tables.allocations_view.c
     query = select(v.orderid, v.batchref).where(v.sku == sku, v.batchref.is_not(None))
     return {r.orderid: r.batchref for r in await rows(engine, query)}
 
 
 async def viewed_batches(engine: AsyncEngine, sku: str) -> dict[str, tuple[int, int]]:
-    v = orm.batches_view.c
+    v = tables.batches_view.c
     query = select(v.reference, v.purchased, v.allocated).where(v.sku == sku)
     return {r.reference: (r.purchased, r.allocated) for r in await rows(engine, query)}
 
 
 async def tombstones(engine: AsyncEngine, sku: str) -> list[str]:
     """The orders whose line of ``sku`` the read model saw deallocated, and not reallocated."""
-    v = orm.allocations_view.c
+    v = tables.allocations_view.c
     query = select(v.orderid).where(v.sku == sku, v.batchref.is_(None))
     return [r.orderid for r in await rows(engine, query)]
 
 
 async def product_versions(engine: AsyncEngine, sku: str) -> list[int]:
-    p = orm.products.c
+    p = tables.products.c
     return [
         r.version_number for r in await rows(engine, select(p.version_number).where(p.sku == sku))
     ]
 
 
 async def order_line_count(engine: AsyncEngine, sku: str) -> int:
-    query = select(func.count()).where(orm.order_lines.c.sku == sku)
+    query = select(func.count()).where(tables.order_lines.c.sku == sku)
     [(count,)] = await rows(engine, query)
     return int(count)
 
@@ -293,7 +293,7 @@ async def test_allocations_racing_quantity_changes_keep_every_count_true(
     # Every order left without stock reads as refused; each stock-out (the
     # shuffle may raise a batch again, ending one) was told once.
     async with engine.connect() as conn:
-        r = orm.refused_lines_view.c
+        r = tables.refused_lines_view.c
         refused = set((await conn.execute(select(r.orderid).where(r.sku == sku))).scalars())
     assert set(orders) - set(written) <= refused
     stock_outs = await outbox_rows(engine, sku, "OutOfStock")

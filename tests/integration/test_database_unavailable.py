@@ -15,14 +15,16 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import views
-from app.adapters import database
-from app.adapters.database import DatabaseUnavailable, build_engine
+from app.adapters import reads
+from app.adapters.database_errors import DatabaseUnavailable
+from app.adapters.engines import build_engine
 from app.adapters.read_source import ReadSource
+from app.backoff import Backoff
 from app.domain import commands, events
 from app.service_layer import handlers
-from app.service_layer.delivery import Backoff, Delivery
+from app.service_layer.delivery import Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
-from app.service_layer.unit_of_work import InlineHandlers, SqlAlchemyUnitOfWork
+from app.service_layer.unit_of_work import InlineHandlers, SqlUnitOfWork
 from tests.support.databases import alembic_upgrade
 from tests.support.refs import random_ref
 from tests.support.servers import PostgresCluster, free_port
@@ -37,9 +39,9 @@ INLINE: InlineHandlers = {
 }
 
 
-def bus(engine: AsyncEngine, built: list[SqlAlchemyUnitOfWork]) -> MessageBus:
-    def uow() -> SqlAlchemyUnitOfWork:
-        built.append(SqlAlchemyUnitOfWork(engine, inline=INLINE))
+def bus(engine: AsyncEngine, built: list[SqlUnitOfWork]) -> MessageBus:
+    def uow() -> SqlUnitOfWork:
+        built.append(SqlUnitOfWork(engine, inline=INLINE))
         return built[-1]
 
     return MessageBus(
@@ -48,8 +50,8 @@ def bus(engine: AsyncEngine, built: list[SqlAlchemyUnitOfWork]) -> MessageBus:
             commands.CreateBatch: handlers.add_batch,
             commands.ChangeBatchQuantity: handlers.change_batch_quantity,
         },
-        retry=RetryPolicy(attempts=5, backoff_base=0.01, backoff_max=0.1),
-        delivery=Delivery(uow, handlers={}, backoff=Backoff()),
+        retry=RetryPolicy(attempts=5, backoff=Backoff(0.01, 0.1, jitter=True)),
+        delivery=Delivery(uow, handlers={}),
     )
 
 
@@ -65,7 +67,7 @@ async def nowhere() -> AsyncIterator[AsyncEngine]:
 
 
 async def test_a_write_fails_once_and_fast_with_database_unavailable(nowhere: AsyncEngine) -> None:
-    built: list[SqlAlchemyUnitOfWork] = []
+    built: list[SqlUnitOfWork] = []
     started = time.monotonic()
 
     with pytest.raises(DatabaseUnavailable, match="ConnectionRefusedError"):
@@ -81,7 +83,7 @@ async def test_reads_and_the_ping_fail_fast(nowhere: AsyncEngine) -> None:
     with pytest.raises(DatabaseUnavailable, match="ConnectionRefusedError"):
         await views.batch(ReadSource(nowhere), random_ref("batch"))
     with pytest.raises(ConnectionRefusedError):
-        await database.ping(nowhere)
+        await reads.ping(nowhere)
 
     assert time.monotonic() - started < 1
 
@@ -98,7 +100,7 @@ async def test_pools_replace_every_connection_the_restarted_server_dropped(
         postgres_cluster.url, pool_size=pool_size, writer=False, db_timeout=DB_TIMEOUT
     )
     ref = random_ref("batch")
-    built: list[SqlAlchemyUnitOfWork] = []
+    built: list[SqlUnitOfWork] = []
     try:
         await bus(write, built).handle(commands.CreateBatch(ref, random_ref("sku"), 10))
 
@@ -123,8 +125,8 @@ async def test_pools_replace_every_connection_the_restarted_server_dropped(
         # ... and then every stale connection is replaced: no other use fails.
         for _ in range(2 * pool_size):
             assert await views.batch(ReadSource(read), ref) is not None
-            await database.ping(read)
-            await database.ping(write)
+            await reads.ping(read)
+            await reads.ping(write)
         await bus(write, built).handle(commands.ChangeBatchQuantity(ref, 8))
         batch = await views.batch(ReadSource(read), ref)
         assert batch is not None

@@ -48,7 +48,7 @@ async def test_replay_after_the_cause_is_fixed_applies_and_removes(
     letter = await service.dead_letter(change(ref, 3))
     await add_batch(service, ref)
 
-    code = await command.replay(service.dead_letters, service.consumer, letter.id)
+    code = await command.replay(service.dead_letters, service.consumer.policy, letter.id)
 
     assert code == 0
     assert capsys.readouterr().out == f"{letter.id}: applied\n"
@@ -62,7 +62,7 @@ async def test_replay_of_a_still_broken_message_puts_it_back_one_attempt_more(
     ref = random_ref("batch")
     letter = await service.dead_letter(change(ref, 3))
 
-    code = await command.replay(service.dead_letters, service.consumer, letter.id)
+    code = await command.replay(service.dead_letters, service.consumer.policy, letter.id)
 
     assert code == 1
     [again] = await service.dead_letters.entries()
@@ -87,7 +87,7 @@ async def test_replay_all_applies_what_it_can_and_keeps_the_rest(
     gone = await service.dead_letter(change(broken, 5))
     await add_batch(service, fixed)
 
-    code = await command.replay(service.dead_letters, service.consumer, None)
+    code = await command.replay(service.dead_letters, service.consumer.policy, None)
 
     assert code == 1
     assert [(d.id, d.attempts) for d in await service.dead_letters.entries()] == [
@@ -111,8 +111,8 @@ async def test_two_operators_replaying_one_entry_apply_it_once(
     one, other = service.consumer, service.another_consumer()
 
     codes = await asyncio.gather(
-        command.replay(service.dead_letters, one, letter.id),
-        command.replay(service.dead_letters, other, letter.id),
+        command.replay(service.dead_letters, one.policy, letter.id),
+        command.replay(service.dead_letters, other.policy, letter.id),
     )
 
     assert sorted(codes) == [0, 1]
@@ -126,7 +126,7 @@ async def test_two_operators_replaying_one_entry_apply_it_once(
 async def test_replay_of_an_unknown_id_fails(
     service: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = await command.replay(service.dead_letters, service.consumer, "nope")
+    code = await command.replay(service.dead_letters, service.consumer.policy, "nope")
 
     assert code == 1
     assert "nope: no such dead letter" in capsys.readouterr().err
@@ -188,7 +188,7 @@ async def test_a_replay_killed_half_way_loses_nothing(
     assert claim is not None
     assert await service.dead_letters.entries() == [letter]
     # While its claim lasts, no one else replays the entry...
-    assert await command.replay(service.dead_letters, service.consumer, letter.id) == 1
+    assert await command.replay(service.dead_letters, service.consumer.policy, letter.id) == 1
     assert await purchased(service, ref) == 10
     # ...and once the claim runs out, the entry replays as any other.
     client = Redis.from_url(redis_url)
@@ -199,7 +199,7 @@ async def test_a_replay_killed_half_way_loses_nothing(
         await client.aclose()
     capsys.readouterr()
 
-    assert await command.replay(service.dead_letters, service.consumer, letter.id) == 0
+    assert await command.replay(service.dead_letters, service.consumer.policy, letter.id) == 0
     assert capsys.readouterr().out == f"{letter.id}: applied\n"
     assert await service.dead_letters.entries() == []
     assert await purchased(service, ref) == 7

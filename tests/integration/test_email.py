@@ -8,6 +8,8 @@ same notice.
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -16,7 +18,7 @@ import pytest
 from sqlalchemy import insert
 
 from app import views
-from app.adapters import orm
+from app.adapters import tables
 from app.adapters.outbox import serialise
 from app.adapters.read_source import ReadSource
 from app.clock import utcnow
@@ -27,7 +29,7 @@ from tests.support.containers import running_container
 from tests.support.faults import failing_after_it_ran
 from tests.support.outbox import OutboxRow, deliver_until_delivered, outbox_rows
 from tests.support.refs import random_ref
-from tests.support.servers import ReceivedMail, SmtpSink, free_port
+from tests.support.servers import ReceivedMail, SmtpSink
 
 STOCK_TEAM = "stock@example.com"
 SENDER = "allocation@example.com"
@@ -59,16 +61,6 @@ def email_database_url(request: pytest.FixtureRequest) -> str:
     name = "sqlite_url" if request.param == "sqlite" else "module_database"
     url: str = request.getfixturevalue(name)
     return url
-
-
-@pytest.fixture
-async def smtp() -> AsyncIterator[SmtpSink]:
-    sink = SmtpSink(free_port())
-    await sink.start()
-    try:
-        yield sink
-    finally:
-        await sink.stop()
 
 
 @pytest.fixture
@@ -225,7 +217,7 @@ async def test_a_notice_stored_before_notices_named_the_order_is_still_delivered
     async with container.engine().begin() as conn:
         now = utcnow()
         await conn.execute(
-            insert(orm.outbox).values(
+            insert(tables.outbox).values(
                 id=old.id,
                 type="OutOfStock",
                 payload=payload,
@@ -241,3 +233,28 @@ async def test_a_notice_stored_before_notices_named_the_order_is_still_delivered
     [row] = await outbox_rows(container.engine(), sku, "OutOfStock")
     assert_a_notice_of(mail, sku, row)
     assert "An order for" in mail.message.get_body().get_content()  # type: ignore[union-attr]
+
+
+async def test_a_sale_of_more_orders_than_units_at_once_mails_the_stock_team_once(
+    container: Container, smtp: SmtpSink
+) -> None:
+    # Orders that arrive together share transactions (group commit): the
+    # stock-out still begins once, with the first line no batch could take.
+    sku, ref = random_ref("sku"), random_ref("batch")
+    orders = [random_ref("order") for _ in range(30)]
+    await container.bus().handle(commands.CreateBatch(ref, sku, 10, None))
+
+    await asyncio.gather(*(container.bus().handle(commands.Allocate(o, sku, 1)) for o in orders))
+
+    reads = container.read_source()
+    states = [await views.order(reads, orderid) for orderid in orders]
+    lines = [state["lines"][0]["state"] for state in states if state is not None]
+    assert Counter(lines) == {"allocated": 10, "out_of_stock": 20}
+    [row] = await outbox_rows(container.engine(), sku, "OutOfStock")
+    await deliver_until_delivered(container, [row.id])
+
+    [mail] = smtp.about(sku)
+    assert_a_notice_of(mail, sku, row)
+    first_refused = row.payload["orderid"]
+    assert f"Order {first_refused} " in mail.message.get_body().get_content()  # type: ignore[union-attr]
+    assert (await views.order(reads, first_refused) or {})["lines"][0]["state"] == "out_of_stock"

@@ -225,7 +225,7 @@ async def test_over_http_a_crash_after_the_commit_is_an_error_but_the_write_is_s
 ) -> None:
     app = create_app(settings)
     sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
-    container: Container = app.state.container
+    container: Container = app.state.services
     # The app's error would otherwise be raised into the test, as in-process
     # ASGI does; a server would answer it with a 500, and so does this.
     async with serving(app, raise_app_exceptions=False) as client:

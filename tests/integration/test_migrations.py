@@ -1,4 +1,4 @@
-"""Alembic owns the schema: its migrations must build exactly what app.adapters.orm declares."""
+"""Alembic owns the schema: its migrations must build exactly what app.adapters.tables declares."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import command
-from app.adapters import orm
+from app.adapters import tables
 from tests.support.databases import ROOT, alembic_upgrade
 
 
@@ -102,8 +102,8 @@ def operation_name(difference: Any) -> str:
 
 
 def drifted(change: Callable[[MetaData], None]) -> MetaData:
-    copy = MetaData(naming_convention=orm.metadata.naming_convention)
-    for table in orm.metadata.sorted_tables:
+    copy = MetaData(naming_convention=tables.metadata.naming_convention)
+    for table in tables.metadata.sorted_tables:
         table.to_metadata(copy)
     change(copy)
     return copy
@@ -151,7 +151,7 @@ async def test_the_migrations_build_the_schema_the_orm_declares(
 ) -> None:
     await asyncio.to_thread(alembic_upgrade, empty_database_url)
 
-    assert await schema_diff(empty_database_url, orm.metadata) == []
+    assert await schema_diff(empty_database_url, tables.metadata) == []
     assert await inspect_schema(empty_database_url, current_revisions) == [head()]
 
 
@@ -196,4 +196,4 @@ async def test_upgrading_again_after_a_downgrade_rebuilds_the_same_schema(
     await asyncio.to_thread(alembic_downgrade, empty_database_url, "base")
     await asyncio.to_thread(alembic_upgrade, empty_database_url)
 
-    assert await schema_diff(empty_database_url, orm.metadata) == []
+    assert await schema_diff(empty_database_url, tables.metadata) == []

@@ -17,19 +17,21 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.adapters import orm
-from app.adapters.database import DatabaseUnavailable, Transaction, build_engine, transaction
+from app.adapters import tables
+from app.adapters.database_errors import DatabaseUnavailable
+from app.adapters.engines import build_engine
 from app.adapters.outbox import (
     FailingEvent,
     OutboxStats,
     Pending,
-    SqlAlchemyOutbox,
+    SqlOutbox,
     deserialise,
     serialise,
 )
+from app.adapters.transactions import Transaction, transaction
 from app.clock import utcnow
 from app.domain import events, model
-from app.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+from app.service_layer.unit_of_work import SqlUnitOfWork
 from tests.support.databases import alembic_upgrade
 from tests.support.refs import random_ref
 
@@ -76,16 +78,16 @@ def allocated() -> events.Allocated:
 
 
 @asynccontextmanager
-async def open_outbox(engine: AsyncEngine) -> AsyncIterator[tuple[SqlAlchemyOutbox, Transaction]]:
+async def open_outbox(engine: AsyncEngine) -> AsyncIterator[tuple[SqlOutbox, Transaction]]:
     """The outbox on a transaction of its own, rolled back unless committed."""
     tx = transaction(engine)
     try:
-        yield SqlAlchemyOutbox(tx), tx
+        yield SqlOutbox(tx), tx
     finally:
         await tx.close()
 
 
-async def committed(engine: AsyncEngine, work: Callable[[SqlAlchemyOutbox], Awaitable[T]]) -> T:
+async def committed(engine: AsyncEngine, work: Callable[[SqlOutbox], Awaitable[T]]) -> T:
     """``work`` on the outbox, in a transaction that commits."""
     async with open_outbox(engine) as (outbox, tx):
         result = await work(outbox)
@@ -128,13 +130,13 @@ async def prune(engine: AsyncEngine, before: datetime, limit: int = 100) -> int:
 async def outbox_row(engine: AsyncEngine, event_id: str) -> dict[str, Any] | None:
     async with engine.connect() as conn:
         row = (
-            await conn.execute(select(orm.outbox).where(orm.outbox.c.id == event_id))
+            await conn.execute(select(tables.outbox).where(tables.outbox.c.id == event_id))
         ).one_or_none()
     return None if row is None else row._asdict()
 
 
 async def ledger(engine: AsyncEngine) -> set[tuple[str, str]]:
-    p = orm.processed_messages.c
+    p = tables.processed_messages.c
     async with engine.connect() as conn:
         return {(m, h) for m, h in await conn.execute(select(p.message_id, p.handler))}
 
@@ -341,7 +343,7 @@ class TestSettling:
         assert await stats(engine) == OutboxStats(0, 0, None, None)
 
 
-class CommitFails(SqlAlchemyUnitOfWork):
+class CommitFails(SqlUnitOfWork):
     """Fails at its commit, before committing: as when the database goes away then."""
 
     async def _commit(self) -> None:
@@ -355,7 +357,7 @@ class TestUnitOfWork:
         sku, ref = random_ref("sku"), random_ref("batch")
         before = utcnow()
 
-        async with SqlAlchemyUnitOfWork(engine, after_commit={events.BatchCreated}) as uow:
+        async with SqlUnitOfWork(engine, after_commit={events.BatchCreated}) as uow:
             product = model.Product(sku, [])
             uow.products.add(product)
             product.add_batch(model.Batch(ref, sku, 10, date(2011, 1, 2)))
@@ -381,7 +383,7 @@ class TestUnitOfWork:
         self, engine: AsyncEngine
     ) -> None:
         sku = random_ref("sku")
-        async with SqlAlchemyUnitOfWork(engine, after_commit={events.Allocated}) as uow:
+        async with SqlUnitOfWork(engine, after_commit={events.Allocated}) as uow:
             product = model.Product(sku, [])
             uow.products.add(product)
             product.add_batch(model.Batch(random_ref("batch"), sku, 10, None))
@@ -392,7 +394,7 @@ class TestUnitOfWork:
 
     async def test_leaving_without_commit_stores_no_event(self, engine: AsyncEngine) -> None:
         sku = random_ref("sku")
-        async with SqlAlchemyUnitOfWork(engine, after_commit={events.BatchCreated}) as uow:
+        async with SqlUnitOfWork(engine, after_commit={events.BatchCreated}) as uow:
             product = model.Product(sku, [])
             uow.products.add(product)
             product.add_batch(model.Batch(random_ref("batch"), sku, 10, None))
@@ -400,7 +402,7 @@ class TestUnitOfWork:
             await uow.outbox.add(list(product.events))
 
         assert await stats(engine) == OutboxStats(0, 0, None, None)
-        async with SqlAlchemyUnitOfWork(engine) as uow:
+        async with SqlUnitOfWork(engine) as uow:
             assert await uow.products.get(sku) is None
 
     async def test_a_commit_that_fails_stores_neither_the_change_nor_its_events(
@@ -408,7 +410,7 @@ class TestUnitOfWork:
     ) -> None:
         sku = random_ref("sku")
 
-        async def create(uow: SqlAlchemyUnitOfWork) -> None:
+        async def create(uow: SqlUnitOfWork) -> None:
             async with uow:
                 product = model.Product(sku, [])
                 uow.products.add(product)
@@ -419,10 +421,10 @@ class TestUnitOfWork:
             await create(CommitFails(engine, after_commit={events.BatchCreated}))
 
         assert await stats(engine) == OutboxStats(0, 0, None, None)
-        async with SqlAlchemyUnitOfWork(engine) as uow:
+        async with SqlUnitOfWork(engine) as uow:
             assert await uow.products.get(sku) is None
 
-        again = SqlAlchemyUnitOfWork(engine, after_commit={events.BatchCreated})
+        again = SqlUnitOfWork(engine, after_commit={events.BatchCreated})
         await create(again)
         [event] = again.committed_events
         assert ids(await claim(engine)) == [event.id]
@@ -488,3 +490,50 @@ def test_every_event_round_trips_through_serialise(event: events.Event) -> None:
     assert type(again) is type(event)
     assert again.id == event.id
     assert payload["id"] == event.id
+
+
+def allocations_of(sku: str, versions: list[int]) -> list[events.Allocated]:
+    return [
+        events.Allocated(orderid=random_ref("order"), sku=sku, qty=1, batchref="b", version=version)
+        for version in versions
+    ]
+
+
+async def test_a_products_events_are_claimed_in_version_order_and_none_past_a_gap(
+    engine: AsyncEngine,
+) -> None:
+    sku, other = random_ref("sku"), random_ref("sku")
+    # Stored out of order, as two processes committing one after the other may.
+    second, first, third = allocations_of(sku, [2, 1, 3])
+    elsewhere = allocations_of(other, [7])
+    await add(engine, second, first, third, *elsewhere)
+
+    def of(claimed: list[Pending], product: str) -> list[str]:
+        return [p.event.id for p in claimed if getattr(p.event, "sku", None) == product]
+
+    claimed = await claim(engine)
+    assert of(claimed, sku) == [first.id, second.id, third.id]
+    assert of(claimed, other) == [elsewhere[0].id]
+
+    # The first failed and is not due again yet: what comes after it waits for it.
+    await retry_later(engine, first.id, "redis away", utcnow() + LATER)
+    assert ids(await claim(engine)) == [elsewhere[0].id]
+    await delivered(engine, first.id)
+    claimed = await claim(engine)
+    assert of(claimed, sku) == [second.id, third.id]
+
+
+@pytest.mark.postgres
+async def test_a_products_later_events_wait_while_another_relay_holds_an_earlier_one(
+    postgres_engine: AsyncEngine,
+) -> None:
+    sku, other = random_ref("sku"), random_ref("sku")
+    earliest, *later = allocations_of(sku, [1, 2, 3])
+    elsewhere = allocations_of(other, [1])
+    await add(postgres_engine, earliest, *later, *elsewhere)
+
+    async with open_outbox(postgres_engine) as (outbox, _):
+        held = await outbox.claim(1)  # another relay's pass, holding the earliest one
+        assert ids(held) == [earliest.id]
+        # Its product's others may not go ahead of it; other products' go.
+        assert ids(await claim(postgres_engine)) == [elsewhere[0].id]

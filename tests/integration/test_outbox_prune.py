@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app import container as composition
-from app.adapters.database import DatabaseUnavailable
+from app.adapters.database_errors import DatabaseUnavailable
 from app.config import Settings
 from app.container import Container
 from app.domain import commands

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import date
 from typing import Any
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.base import Executable
 
-from app.adapters import orm
-from app.adapters.database import Params, Transaction, transaction
-from app.adapters.repository import SqlAlchemyRepository
+from app.adapters import tables
+from app.adapters.driver import Params, compiled
+from app.adapters.repository import SqlRepository, _statements
+from app.adapters.transactions import Transaction, transaction
 from app.domain import events, model
+from tests.support.polling import eventually
 from tests.support.refs import random_ref
 
 
@@ -30,6 +35,17 @@ class CountingTransaction(Transaction):
     async def execute(self, statement: Executable, params: Params | None = None) -> int:
         self.statements += 1
         return await self.inner.execute(statement, params)
+
+    async def write(
+        self,
+        statement: Executable,
+        params: Params | None = None,
+        *,
+        expect: int | None = None,
+        stale: str = "",
+    ) -> None:
+        self.statements += 1
+        await self.inner.write(statement, params, expect=expect, stale=stale)
 
     async def execute_many(self, statement: Executable, rows: Sequence[Params]) -> None:
         self.statements += 1
@@ -51,16 +67,16 @@ class CountingTransaction(Transaction):
 @asynccontextmanager
 async def repository(
     engine: AsyncEngine,
-) -> AsyncIterator[tuple[SqlAlchemyRepository, Transaction]]:
+) -> AsyncIterator[tuple[SqlRepository, Transaction]]:
     """A repository on a transaction of its own, rolled back unless committed."""
     tx = transaction(engine)
     try:
-        yield SqlAlchemyRepository(tx), tx
+        yield SqlRepository(tx), tx
     finally:
         await tx.close()
 
 
-async def save(repo: SqlAlchemyRepository, tx: Transaction) -> None:
+async def save(repo: SqlRepository, tx: Transaction) -> None:
     await repo.save()
     await tx.commit()
 
@@ -86,11 +102,11 @@ async def allocation_rows(
     engine: AsyncEngine, orderids: list[str]
 ) -> list[tuple[str, str, int, str]]:
     """(orderid, sku, qty, batchref) of every allocation row of ``orderids``."""
-    lines, allocs, batches = orm.order_lines.c, orm.allocations.c, orm.batches.c
+    lines, allocs, batches = tables.order_lines.c, tables.allocations.c, tables.batches.c
     query = (
         select(lines.orderid, lines.sku, lines.qty, batches.reference)
-        .join(orm.allocations, allocs.orderline_id == lines.id)
-        .join(orm.batches, batches.id == allocs.batch_id)
+        .join(tables.allocations, allocs.orderline_id == lines.id)
+        .join(tables.batches, batches.id == allocs.batch_id)
         .where(lines.orderid.in_(orderids))
         .order_by(lines.orderid)
     )
@@ -101,7 +117,7 @@ async def allocation_rows(
 async def order_line_count(engine: AsyncEngine, orderids: list[str]) -> int:
     async with engine.connect() as conn:
         count = await conn.scalar(
-            select(func.count()).where(orm.order_lines.c.orderid.in_(orderids))
+            select(func.count()).where(tables.order_lines.c.orderid.in_(orderids))
         )
         return count or 0
 
@@ -109,7 +125,7 @@ async def order_line_count(engine: AsyncEngine, orderids: list[str]) -> int:
 async def product_version(engine: AsyncEngine, sku: str) -> int | None:
     async with engine.connect() as conn:
         version: int | None = await conn.scalar(
-            select(orm.products.c.version_number).where(orm.products.c.sku == sku)
+            select(tables.products.c.version_number).where(tables.products.c.sku == sku)
         )
         return version
 
@@ -378,7 +394,7 @@ async def allocate_counting(engine: AsyncEngine, sku: str, orderid: str) -> tupl
     """(statements, rows read) of allocating one more line of ``sku``."""
     tx = CountingTransaction(transaction(engine))
     try:
-        repo = SqlAlchemyRepository(tx)
+        repo = SqlRepository(tx)
         product = await repo.get(sku, orderid=orderid)
         assert product is not None
         assert product.allocate(model.OrderLine(orderid, sku, 1)) is not None
@@ -409,10 +425,97 @@ async def test_saving_an_unchanged_product_writes_nothing(engine: AsyncEngine) -
 
     tx = CountingTransaction(transaction(engine))
     try:
-        repo = SqlAlchemyRepository(tx)
+        repo = SqlRepository(tx)
         assert await repo.get(sku, orderid=orderid) is not None
         loaded = tx.statements
         await repo.save()
         assert tx.statements == loaded
     finally:
         await tx.close()
+
+
+async def blocked_on(engine: AsyncEngine, pid: int) -> bool:
+    """Whether some backend waits for a lock PostgreSQL backend ``pid`` holds."""
+    async with engine.connect() as conn:
+        waiting = await conn.scalar(
+            text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+            {"pid": pid},
+        )
+        return bool(waiting)
+
+
+@pytest.mark.postgres
+async def test_a_product_changed_while_its_lock_was_awaited_is_read_as_it_is_now(
+    postgres_engine: AsyncEngine,
+) -> None:
+    # The lock and the read are one statement, whose snapshot predates the
+    # wait: what the other transaction committed meanwhile must be read.
+    engine = postgres_engine
+    sku, ref = random_ref("sku"), random_ref("batch")
+    first, second = random_ref("order"), random_ref("order")
+    await add_product(engine, sku, {ref: 10})
+
+    async with repository(engine) as (holder, holding):
+        product = await holder.get(sku)
+        assert product is not None
+        product.allocate(model.OrderLine(first, sku, 4))
+        await holder.save()
+        pid = await holding.scalar(select(func.pg_backend_pid()))
+        async with repository(engine) as (waiter, _):
+            waited = asyncio.create_task(waiter.get(sku, orderid=first))
+            await eventually(lambda: blocked_on(engine, pid), 10, "the second get never waited")
+            await holding.commit()
+            again = await waited
+
+            assert again is not None
+            assert again.version_number == 1
+            [batch] = again.batches
+            assert (batch.allocated_quantity, batch.allocations) == (
+                4,
+                {model.OrderLine(first, sku, 4)},
+            )
+            assert again.allocate(model.OrderLine(second, sku, 7)) is None  # 6 left, not 10
+
+
+@pytest.mark.postgres
+async def test_reading_a_product_reads_only_its_orders_lines_with_any_plan(
+    postgres_engine: AsyncEngine,
+) -> None:
+    # A plan made while each batch held ten lines (as statistics said) must
+    # not go through a batch's allocations once one holds thousands.
+    engine, sku, orderid = postgres_engine, random_ref("sku"), "o-17"
+    for n in range(300):
+        await add_product(
+            engine, f"{sku}-{n}", {f"{sku}-{n}-b": 100}, {f"o-{k}": 1 for k in range(10)}
+        )
+    await add_product(engine, sku, {f"{sku}-b": 10**6}, {"o-0": 1})
+    raw = await engine.raw_connection()
+    try:
+        conn: Any = raw.driver_connection
+        await conn.execute("ANALYZE")
+        sql = compiled(_statements().locked_product, engine.dialect).sql
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE read_product AS {sql}")
+        read = f"EXECUTE read_product('{sku}', ARRAY['{orderid}'])"
+        await conn.execute(f"BEGIN; {read}; ROLLBACK")  # planned now
+        async with repository(engine) as (repo, tx):
+            product = await repo.get(sku)
+            assert product is not None
+            for n in range(1, 5000):
+                product.allocate(model.OrderLine(f"o-{n}", sku, 1))
+            await save(repo, tx)
+        await conn.execute("BEGIN")
+        [plan] = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {read}")
+        await conn.execute("ROLLBACK")
+    finally:
+        raw.invalidate()  # not back to the pool with a prepared statement and a setting
+    assert lines_read(plan["Plan"]) == 1, json.dumps(plan, indent=1)
+
+
+def lines_read(node: dict[str, Any]) -> int:
+    """The most rows a node of the plan read from order_lines or allocations, in all its loops."""
+    here = 0
+    if node.get("Relation Name") in ("order_lines", "allocations"):
+        removed = int(node.get("Rows Removed by Filter", 0))
+        here = int(node["Actual Rows"] * node["Actual Loops"]) + removed
+    return max([here, *(lines_read(child) for child in node.get("Plans", []))])

@@ -17,13 +17,13 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from app.adapters import orm
+from app.adapters import tables
 from app.adapters.publisher import RedisPublisher
 from app.adapters.streams import create_group, group_stats
 from app.domain import commands
 from app.entrypoints import dead_letter_commands
 from app.entrypoints.redis_consumer import STREAM, StreamConsumer
-from tests.support.dead_letters import ATTEMPTS, Service, running_service
+from tests.support.dead_letters import Service, policy_of, running_service
 from tests.support.polling import eventually
 from tests.support.refs import random_ref
 from tests.support.servers import RedisServer
@@ -54,13 +54,10 @@ async def consuming(
     assert client is not None
     consumer = StreamConsumer(
         client,
-        service.container.bus,
-        service.dead_letters,
+        policy_of(service.container, service.dead_letters),
         group=GROUP,
         name=name,
         claim_idle=claim_idle,
-        attempts=ATTEMPTS,
-        backoff=0.01,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop), name=f"stream consumer {name}")
@@ -78,7 +75,7 @@ async def new_batch(service: Service, qty: int = 10) -> str:
 
 
 async def purchased(service: Service, ref: str) -> int:
-    b = orm.batches.c
+    b = tables.batches.c
     async with service.container.engine().connect() as conn:
         qty = await conn.scalar(select(b.purchased_quantity).where(b.reference == ref))
     assert qty is not None, f"no batch {ref}"
@@ -169,13 +166,11 @@ async def test_an_older_entry_replayed_from_the_dead_letters_does_not_win(
         await eventually(counted(consumer, "applied", 2), 10.0, "the newer entry applied")
     assert await purchased(service, early) == 8
 
-    code = await dead_letter_commands.replay(service.dead_letters, consumer, None)
+    code = await dead_letter_commands.replay(service.dead_letters, consumer.policy, None)
 
     assert code == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == (
-        f"{stale.id}: not applied: a later stream entry for the batch was applied already"
-    )
+    assert out[0] == (f"{stale.id}: not applied: a later change to the batch was applied already")
     assert out[1].endswith(": applied")  # nothing newer for that batch: it applies
     assert await purchased(service, early) == 8
     assert await purchased(service, early + "-also") == 6

@@ -17,10 +17,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm.exc import StaleDataError
 
-from app.adapters import orm
-from app.adapters.database import ConcurrencyError, build_engine
+from app.adapters import tables
+from app.adapters.database_errors import ConcurrencyError
+from app.adapters.engines import build_engine
 from app.domain import events, model
-from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers, SqlAlchemyUnitOfWork
+from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers, SqlUnitOfWork
 from tests.support.polling import eventually
 from tests.support.refs import random_ref
 
@@ -32,7 +33,7 @@ class Boom(Exception):
 
 
 async def insert_product(engine: AsyncEngine, sku: str, batchref: str, qty: int) -> None:
-    async with SqlAlchemyUnitOfWork(engine) as uow:
+    async with SqlUnitOfWork(engine) as uow:
         uow.products.add(model.Product(sku, [model.Batch(batchref, sku, qty, None)]))
         await uow.commit()
 
@@ -44,15 +45,15 @@ async def scalar(engine: AsyncEngine, query: Any) -> Any:
 
 async def batch_state(engine: AsyncEngine, ref: str) -> tuple[int, int] | None:
     """(allocated_quantity, sum of the qty of its allocation rows) of batch ``ref``."""
-    b, a, lines = orm.batches.c, orm.allocations.c, orm.order_lines.c
+    b, a, lines = tables.batches.c, tables.allocations.c, tables.order_lines.c
     allocated = await scalar(engine, select(b.allocated_quantity).where(b.reference == ref))
     if allocated is None:
         return None
     total = await scalar(
         engine,
         select(func.coalesce(func.sum(lines.qty), 0))
-        .join(orm.allocations, a.orderline_id == lines.id)
-        .join(orm.batches, b.id == a.batch_id)
+        .join(tables.allocations, a.orderline_id == lines.id)
+        .join(tables.batches, b.id == a.batch_id)
         .where(b.reference == ref),
     )
     return allocated, total or 0
@@ -60,13 +61,14 @@ async def batch_state(engine: AsyncEngine, ref: str) -> tuple[int, int] | None:
 
 async def product_count(engine: AsyncEngine, sku: str) -> int:
     count = await scalar(
-        engine, select(func.count()).select_from(orm.products).where(orm.products.c.sku == sku)
+        engine,
+        select(func.count()).select_from(tables.products).where(tables.products.c.sku == sku),
     )
     return int(count or 0)
 
 
 async def viewed_allocation(engine: AsyncEngine, orderid: str, sku: str) -> str | None:
-    v = orm.allocations_view.c
+    v = tables.allocations_view.c
     batchref: str | None = await scalar(
         engine, select(v.batchref).where(v.orderid == orderid, v.sku == sku)
     )
@@ -75,7 +77,7 @@ async def viewed_allocation(engine: AsyncEngine, orderid: str, sku: str) -> str 
 
 async def viewed_batch(engine: AsyncEngine, ref: str) -> tuple[int, int] | None:
     """(purchased, allocated) of batch ``ref`` in the read model."""
-    v = orm.batches_view.c
+    v = tables.batches_view.c
     async with engine.connect() as conn:
         row = (
             await conn.execute(select(v.purchased, v.allocated).where(v.reference == ref))
@@ -84,14 +86,14 @@ async def viewed_batch(engine: AsyncEngine, ref: str) -> tuple[int, int] | None:
 
 
 async def outbox_types(engine: AsyncEngine, sku: str) -> list[str]:
-    o = orm.outbox.c
+    o = tables.outbox.c
     async with engine.connect() as conn:
         rows = await conn.execute(select(o.type).where(o.sku == sku).order_by(o.version, o.type))
         return [r.type for r in rows]
 
 
 async def allocate(engine: AsyncEngine, sku: str, orderid: str, qty: int) -> None:
-    async with SqlAlchemyUnitOfWork(engine) as uow:
+    async with SqlUnitOfWork(engine) as uow:
         product = await uow.products.get(sku, orderid=orderid)
         assert product is not None
         product.allocate(model.OrderLine(orderid, sku, qty))
@@ -113,7 +115,7 @@ async def test_commit_persists(engine: AsyncEngine) -> None:
     sku, batchref = random_ref("sku"), random_ref("batch")
     await insert_product(engine, sku, batchref, 10)
 
-    async with SqlAlchemyUnitOfWork(engine) as uow:
+    async with SqlUnitOfWork(engine) as uow:
         product = await uow.products.get(sku)
         assert product is not None
         assert [b.reference for b in product.batches] == [batchref]
@@ -130,7 +132,7 @@ async def test_allocation_committed_through_the_uow_persists(engine: AsyncEngine
 
 async def test_leaving_without_commit_rolls_back(engine: AsyncEngine) -> None:
     sku, batchref = random_ref("sku"), random_ref("batch")
-    async with SqlAlchemyUnitOfWork(engine) as uow:
+    async with SqlUnitOfWork(engine) as uow:
         uow.products.add(model.Product(sku, [model.Batch(batchref, sku, 10, None)]))
         await uow.products.save()
 
@@ -142,7 +144,7 @@ async def test_leaving_without_commit_rolls_back_an_allocation(engine: AsyncEngi
     sku, batchref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
     await insert_product(engine, sku, batchref, 10)
 
-    async with SqlAlchemyUnitOfWork(engine) as uow:
+    async with SqlUnitOfWork(engine) as uow:
         product = await uow.products.get(sku, orderid=orderid)
         assert product is not None
         product.allocate(model.OrderLine(orderid, sku, 3))
@@ -155,7 +157,7 @@ async def test_an_exception_rolls_back_and_is_raised_unchanged(engine: AsyncEngi
     sku, batchref = random_ref("sku"), random_ref("batch")
 
     async def fail_after_writing() -> None:
-        async with SqlAlchemyUnitOfWork(engine) as uow:
+        async with SqlUnitOfWork(engine) as uow:
             uow.products.add(model.Product(sku, [model.Batch(batchref, sku, 10, None)]))
             await uow.products.save()
             raise Boom
@@ -170,7 +172,7 @@ async def test_the_commit_updates_the_read_models_in_the_same_transaction(
     engine: AsyncEngine, inline_handlers: InlineHandlers
 ) -> None:
     sku, batchref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
-    async with SqlAlchemyUnitOfWork(engine, inline_handlers, AFTER_COMMIT) as uow:
+    async with SqlUnitOfWork(engine, inline_handlers, AFTER_COMMIT) as uow:
         uow.products.add(model.Product(sku, []))
         product = await uow.products.get(sku)
         assert product is not None
@@ -178,7 +180,7 @@ async def test_the_commit_updates_the_read_models_in_the_same_transaction(
         await uow.commit()
     assert await viewed_batch(engine, batchref) == (10, 0)
 
-    async with SqlAlchemyUnitOfWork(engine, inline_handlers, AFTER_COMMIT) as uow:
+    async with SqlUnitOfWork(engine, inline_handlers, AFTER_COMMIT) as uow:
         product = await uow.products.get(sku, orderid=orderid)
         assert product is not None
         product.allocate(model.OrderLine(orderid, sku, 3))
@@ -192,6 +194,26 @@ async def test_the_commit_updates_the_read_models_in_the_same_transaction(
     assert [type(e) for e in uow.committed_events] == [events.Allocated]
 
 
+async def test_a_refused_line_is_kept_with_the_product_version_it_was_refused_at(
+    engine: AsyncEngine, inline_handlers: InlineHandlers
+) -> None:
+    sku, batchref = random_ref("sku"), random_ref("batch")
+    fits, refused = random_ref("order"), random_ref("order")
+    await insert_product(engine, sku, batchref, 2)
+
+    async with SqlUnitOfWork(engine, inline_handlers, AFTER_COMMIT) as uow:
+        product = await uow.products.get(sku, orderid=fits)
+        assert product is not None
+        product.allocate(model.OrderLine(fits, sku, 2))  # version 0 -> 1
+        assert product.allocate(model.OrderLine(refused, sku, 1)) is None
+        await uow.commit()
+
+    r = tables.refused_lines_view.c
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(r.orderid, r.qty, r.version).where(r.sku == sku))).all()
+    assert [tuple(row) for row in rows] == [(refused, 1, 1)]
+
+
 async def test_inline_handlers_reallocate_within_the_commit(
     engine: AsyncEngine, inline_handlers: InlineHandlers
 ) -> None:
@@ -201,7 +223,7 @@ async def test_inline_handlers_reallocate_within_the_commit(
         random_ref("second"),
         random_ref("order"),
     )
-    async with SqlAlchemyUnitOfWork(engine, inline_handlers, AFTER_COMMIT) as uow:
+    async with SqlUnitOfWork(engine, inline_handlers, AFTER_COMMIT) as uow:
         product = model.Product(sku, [])
         uow.products.add(product)
         product.add_batch(model.Batch(first, sku, 10, None))
@@ -210,7 +232,7 @@ async def test_inline_handlers_reallocate_within_the_commit(
         await uow.commit()
     [allocated_to] = [b.reference for b in product.batches if b.allocations]
 
-    async with SqlAlchemyUnitOfWork(engine, inline_handlers, AFTER_COMMIT) as uow:
+    async with SqlUnitOfWork(engine, inline_handlers, AFTER_COMMIT) as uow:
         changed = await uow.products.get_by_batchref(allocated_to)
         assert changed is not None
         changed.change_batch_quantity(allocated_to, 2)
@@ -243,7 +265,7 @@ async def test_a_failing_inline_handler_commits_nothing(
         **inline_handlers,
         events.Allocated: {**inline_handlers[events.Allocated], "fail": fail},
     }
-    uow = SqlAlchemyUnitOfWork(engine, failing, AFTER_COMMIT)
+    uow = SqlUnitOfWork(engine, failing, AFTER_COMMIT)
 
     async def allocate_with_a_failing_handler() -> None:
         async with uow:
@@ -263,11 +285,11 @@ async def test_a_failing_inline_handler_commits_nothing(
 
 async def test_what_follows_a_commit_is_a_transaction_of_its_own(engine: AsyncEngine) -> None:
     sku, later = random_ref("sku"), random_ref("later")
-    async with SqlAlchemyUnitOfWork(engine) as uow:
+    async with SqlUnitOfWork(engine) as uow:
         uow.products.add(model.Product(sku, [model.Batch(random_ref("batch"), sku, 10, None)]))
         await uow.commit()
         # Written after the commit and never committed: rolled back on leaving.
-        await uow.tx.execute(orm.products.insert().values(sku=later, version_number=0))
+        await uow.tx.execute(tables.products.insert().values(sku=later, version_number=0))
 
     assert await product_count(engine, sku) == 1
     assert await product_count(engine, later) == 0
@@ -278,7 +300,7 @@ async def test_a_duplicate_product_is_a_concurrency_error(engine: AsyncEngine) -
     await insert_product(engine, sku, random_ref("batch"), 10)
 
     async def add_again() -> None:
-        async with SqlAlchemyUnitOfWork(engine) as uow:
+        async with SqlUnitOfWork(engine) as uow:
             uow.products.add(model.Product(sku, [model.Batch(random_ref("b"), sku, 5, None)]))
             await uow.commit()
 
@@ -315,7 +337,7 @@ async def test_a_stale_product_version_is_a_concurrency_error(engine: AsyncEngin
     await insert_product(engine, sku, batchref, 10)
 
     async def allocate_on_a_stale_product() -> None:
-        async with SqlAlchemyUnitOfWork(engine) as stale:
+        async with SqlUnitOfWork(engine) as stale:
             product = await stale.products.get(sku, orderid=second)
             assert product is not None
             # Let go of the lock but keep the loaded state, as if the lock had
@@ -337,7 +359,7 @@ async def test_writers_of_one_product_wait_for_each_other(engine: AsyncEngine) -
     first, second = random_ref("first"), random_ref("second")
     await insert_product(engine, sku, batchref, 10)
 
-    async with SqlAlchemyUnitOfWork(engine) as holder:
+    async with SqlUnitOfWork(engine) as holder:
         product = await holder.products.get(sku, orderid=first)
         assert product is not None
         task = asyncio.create_task(allocate(engine, sku, second, 5))
@@ -372,7 +394,7 @@ async def test_sqlite_database_is_locked_is_a_concurrency_error(
     await insert_product(deferred_sqlite, sku, batchref, 10)
 
     async def allocate_from_an_old_snapshot() -> None:
-        async with SqlAlchemyUnitOfWork(deferred_sqlite) as late:
+        async with SqlUnitOfWork(deferred_sqlite) as late:
             product = await late.products.get(sku, orderid=second)
             assert product is not None
             await allocate(deferred_sqlite, sku, first, 4)
@@ -409,11 +431,11 @@ async def test_postgres_lock_timeout_is_a_concurrency_error(postgres_engine: Asy
     await insert_product(postgres_engine, sku, random_ref("batch"), 10)
 
     async def get_impatiently() -> None:
-        async with SqlAlchemyUnitOfWork(postgres_engine) as uow:
+        async with SqlUnitOfWork(postgres_engine) as uow:
             await uow.tx.execute(text("SET LOCAL lock_timeout = '50ms'"))
             await uow.products.get(sku)
 
-    async with SqlAlchemyUnitOfWork(postgres_engine) as holder:
+    async with SqlUnitOfWork(postgres_engine) as holder:
         assert await holder.products.get(sku) is not None
         with pytest.raises(ConcurrencyError) as caught:
             await get_impatiently()
@@ -429,7 +451,7 @@ async def test_postgres_deadlock_is_a_concurrency_error(postgres_engine: AsyncEn
     both_locked = asyncio.Barrier(2)
 
     async def lock(first: str, then: str) -> None:
-        async with SqlAlchemyUnitOfWork(postgres_engine) as uow:
+        async with SqlUnitOfWork(postgres_engine) as uow:
             await uow.products.get(first)
             await both_locked.wait()
             await uow.products.get(then)

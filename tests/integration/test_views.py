@@ -19,14 +19,14 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import views
-from app.adapters import orm
-from app.adapters.database import transaction
-from app.adapters.projections import SqlAlchemyReadModel
+from app.adapters import tables
+from app.adapters.projections import SqlReadModel
 from app.adapters.read_source import ReadSource
 from app.adapters.rebuild import rebuild_views
+from app.adapters.transactions import transaction
 from app.domain import commands, events
 from app.service_layer import handlers
-from app.service_layer.unit_of_work import InlineHandlers, SqlAlchemyUnitOfWork
+from app.service_layer.unit_of_work import InlineHandlers, SqlUnitOfWork
 from tests.support.refs import random_ref
 
 Write = Callable[[commands.Command], Awaitable[list[events.Event]]]
@@ -43,7 +43,7 @@ def write(engine: AsyncEngine, inline_handlers: InlineHandlers) -> Write:
 
     async def run(command: commands.Command) -> list[events.Event]:
         # No after-commit handlers: the read side needs no outbox.
-        uow = SqlAlchemyUnitOfWork(engine, inline_handlers)
+        uow = SqlUnitOfWork(engine, inline_handlers)
         await command_handlers[type(command)](command, uow)
         return uow.committed_events
 
@@ -56,13 +56,11 @@ async def allocate(write: Write, orderid: str, sku: str, qty: int) -> str | None
     return next((e.batchref for e in committed if isinstance(e, events.Allocated)), None)
 
 
-async def apply(
-    engine: AsyncEngine, change: Callable[[SqlAlchemyReadModel], Awaitable[None]]
-) -> None:
+async def apply(engine: AsyncEngine, change: Callable[[SqlReadModel], Awaitable[None]]) -> None:
     """Apply ``change`` to the read model in a transaction of its own, as a late event would."""
     tx = transaction(engine)
     try:
-        await change(SqlAlchemyReadModel(tx))
+        await change(SqlReadModel(tx))
         await tx.commit()
     finally:
         await tx.close()
@@ -77,7 +75,7 @@ async def allocation_row(
     engine: AsyncEngine, orderid: str, sku: str
 ) -> tuple[str | None, int] | None:
     """(batchref, version) of the order's line of ``sku`` in the projection, tombstones too."""
-    v = orm.allocations_view.c
+    v = tables.allocations_view.c
     found = await rows(
         engine, select(v.batchref, v.version).where(v.orderid == orderid, v.sku == sku)
     )
@@ -86,7 +84,7 @@ async def allocation_row(
 
 async def product_version(engine: AsyncEngine, sku: str) -> int:
     [(version,)] = await rows(
-        engine, select(orm.products.c.version_number).where(orm.products.c.sku == sku)
+        engine, select(tables.products.c.version_number).where(tables.products.c.sku == sku)
     )
     assert isinstance(version, int)
     return version
@@ -94,19 +92,19 @@ async def product_version(engine: AsyncEngine, sku: str) -> int:
 
 async def batch_view_version(engine: AsyncEngine, ref: str) -> int:
     [(version,)] = await rows(
-        engine, select(orm.batches_view.c.version).where(orm.batches_view.c.reference == ref)
+        engine, select(tables.batches_view.c.version).where(tables.batches_view.c.reference == ref)
     )
     assert isinstance(version, int)
     return version
 
 
 async def placement_in_write_model(engine: AsyncEngine, orderid: str) -> list[dict[str, str]]:
-    b, a, line = orm.batches.c, orm.allocations.c, orm.order_lines.c
+    b, a, line = tables.batches.c, tables.allocations.c, tables.order_lines.c
     found = await rows(
         engine,
         select(line.sku, b.reference)
-        .join(orm.allocations, a.orderline_id == line.id)
-        .join(orm.batches, b.id == a.batch_id)
+        .join(tables.allocations, a.orderline_id == line.id)
+        .join(tables.batches, b.id == a.batch_id)
         .where(line.orderid == orderid)
         .order_by(line.sku),
     )
@@ -272,7 +270,7 @@ def allocation_changes(committed: Iterable[events.Event]) -> list[tuple[str, str
 
 
 async def replay(
-    orderid: str, sku: str, batchref: str | None, version: int, read_model: SqlAlchemyReadModel
+    orderid: str, sku: str, batchref: str | None, version: int, read_model: SqlReadModel
 ) -> None:
     await read_model.allocation_changed(orderid, sku, batchref, version)
 
@@ -356,7 +354,7 @@ async def test_a_batch_added_again_leaves_a_newer_row_alone(engine: AsyncEngine)
     async with engine.begin() as conn:
         # As written once the product had reached a later version.
         await conn.execute(
-            insert(orm.batches_view).values(
+            insert(tables.batches_view).values(
                 reference=batchref, sku=sku, eta=None, purchased=30, allocated=2, version=5
             )
         )
@@ -392,7 +390,7 @@ async def test_the_views_equal_a_rebuild_from_the_write_model(
     for ref, qty in zip(refs, [3, 8, 1], strict=True):
         await write(commands.ChangeBatchQuantity(ref, qty))  # deallocations, reallocations
 
-    b, a = orm.batches_view.c, orm.allocations_view.c
+    b, a = tables.batches_view.c, tables.allocations_view.c
     batches = select(b.reference, b.eta, b.purchased, b.allocated).where(b.sku == sku)
     allocations = select(a.orderid, a.batchref).where(a.sku == sku, a.batchref.is_not(None))
 

@@ -4,13 +4,15 @@ from dataclasses import dataclass
 
 from dependency_injector import providers
 
+from app.backoff import Backoff
 from app.container import Container
 from app.domain import commands
 from app.service_layer.delivery import Delivery, UnitOfWorkFactory
+from app.service_layer.handlers import INLINE_HANDLERS
 from app.service_layer.messagebus import MessageBus, RetryPolicy
 from tests.support.fakes import FakeNotifications, FakePublisher, FakeStore, FakeUnitOfWork
 
-FAST_RETRY = RetryPolicy(attempts=3, backoff_base=0.0001, backoff_max=0.001)
+FAST_RETRY = RetryPolicy(attempts=3, backoff=Backoff(0.0001, 0.001, jitter=True))
 
 
 @dataclass
@@ -41,7 +43,7 @@ def bootstrap_test_bus(
         else providers.Factory(
             FakeUnitOfWork,
             store,
-            inline=container.inline_handlers,
+            inline=INLINE_HANDLERS,
             after_commit=container.after_commit_handlers,
         )
     )

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from app.adapters.dead_letters import DeadLetter, RedisDeadLetters
+from app.adapters.dead_letters import AbstractDeadLetters, DeadLetter
+from app.backoff import Backoff
 from app.config import Settings
 from app.container import Container
+from app.entrypoints.message_policy import MessagePolicy
 from app.entrypoints.redis_consumer import PubSubConsumer
 from tests.support.containers import running_container
 
@@ -19,7 +21,7 @@ ATTEMPTS = 3
 @dataclass
 class Service:
     container: Container
-    dead_letters: RedisDeadLetters
+    dead_letters: AbstractDeadLetters
     consumer: PubSubConsumer
 
     def another_consumer(self) -> PubSubConsumer:
@@ -34,10 +36,18 @@ class Service:
         return outcome.dead_letter
 
 
-def consumer_of(container: Container, dead_letters: RedisDeadLetters) -> PubSubConsumer:
+# Tries a few milliseconds apart.
+QUICK = Backoff(base=0.001, maximum=0.01)
+
+
+def policy_of(container: Container, dead_letters: AbstractDeadLetters) -> MessagePolicy:
+    return MessagePolicy(container.bus, dead_letters, QUICK, tries=ATTEMPTS)
+
+
+def consumer_of(container: Container, dead_letters: AbstractDeadLetters) -> PubSubConsumer:
     client = container.redis()
     assert client is not None
-    return PubSubConsumer(client, container.bus, dead_letters, attempts=ATTEMPTS, backoff=0.01)
+    return PubSubConsumer(client, policy_of(container, dead_letters))
 
 
 @asynccontextmanager

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from app.adapters.dead_letters import AbstractDeadLetters, Claim, DeadLetter
 from app.adapters.notifications import AbstractNotifications
-from app.adapters.outbox import AbstractOutbox, FailingEvent, OutboxStats, Pending
+from app.adapters.outbox import AbstractOutbox, FailingEvent, OutboxStats, Pending, in_order
 from app.adapters.projections import AbstractReadModel
 from app.adapters.publisher import AbstractPublisher
 from app.adapters.repository import AbstractRepository
+from app.adapters.unavailable import BrokerUnavailable
 from app.clock import utcnow
 from app.domain import events, model
 from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers
@@ -32,6 +34,9 @@ class FakeRepository(AbstractRepository):
 
     async def _get(self, sku: str, orderid: str | None) -> model.Product | None:
         return self._products.get(sku)
+
+    async def _prefetch(self, sku: str, orderids: Collection[str]) -> model.Product | None:
+        return self._products.get(sku)  # every line is always there
 
     async def save(self) -> None:
         pass  # the products are the store's own objects
@@ -56,9 +61,11 @@ class FakeReadModel(AbstractReadModel):
         self._versions: dict[tuple[str, str], int] = {}
         self.batches: dict[str, dict[str, object]] = {}
         self.refused: dict[tuple[str, str], int] = {}
+        self.refused_at: dict[tuple[str, str], int] = {}  # the product's version then
 
-    async def line_refused(self, orderid: str, sku: str, qty: int) -> None:
+    async def line_refused(self, orderid: str, sku: str, qty: int, version: int) -> None:
         self.refused[(orderid, sku)] = qty
+        self.refused_at[(orderid, sku)] = version
 
     async def allocation_changed(
         self, orderid: str, sku: str, batchref: str | None, version: int
@@ -79,6 +86,9 @@ class FakeReadModel(AbstractReadModel):
         allocated = self.batches[ref]["allocated"]
         assert isinstance(allocated, int)
         self.batches[ref]["allocated"] = allocated + qty
+
+    async def flush(self) -> None:
+        pass  # it writes at once
 
     def allocations_of(self, orderid: str) -> list[dict[str, str]]:
         return [
@@ -109,14 +119,32 @@ class FakeOutbox(AbstractOutbox):
     async def claim(self, limit: int) -> list[Pending]:
         now = utcnow()
         due = [r for r in self.rows.values() if not r.completed and r.available_at <= now]
-        return [
-            Pending(
-                row.event,
-                row.attempts,
-                frozenset(h for i, h in self.handled if i == row.event.id),
-            )
-            for row in due[:limit]
-        ]
+        return in_order(
+            [
+                (
+                    Pending(
+                        row.event,
+                        row.attempts,
+                        frozenset(h for i, h in self.handled if i == row.event.id),
+                    ),
+                    self._earlier(row.event),
+                )
+                for row in due[:limit]
+            ]
+        )
+
+    def _earlier(self, event: events.Event) -> int:
+        """How many undelivered events of its product came before it."""
+        sku, version = getattr(event, "sku", None), getattr(event, "version", None)
+        if version is None:
+            return 0
+        return sum(
+            1
+            for r in self.rows.values()
+            if not r.completed
+            and getattr(r.event, "sku", None) == sku
+            and (getattr(r.event, "version", None) or version) < version
+        )
 
     async def delivered(self, event_ids: list[str]) -> None:
         for event_id in event_ids:
@@ -159,7 +187,8 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.products: dict[str, model.Product] = {}
-        self.positions: dict[str, tuple[int, int]] = {}  # batch -> last stream entry applied
+        # batch -> when the change applied to it last came
+        self.positions: dict[str, tuple[int, int]] = {}
         self.read_model = FakeReadModel(self.products)
         self.outbox = FakeOutbox()
         self.commits = 0
@@ -218,3 +247,43 @@ class FailingPublisher(AbstractPublisher):
             self.times -= 1
             raise ConnectionError("publisher down")
         self.published.append((channel, payload))
+
+
+class FakeDeadLetters(AbstractDeadLetters):
+    """The dead-letter list in memory; ``unreachable``, every write fails as a lost broker's."""
+
+    def __init__(self) -> None:
+        self.key = "fake dead letters"
+        self.letters: list[DeadLetter] = []
+        self.unreachable = False
+        self._claimed: set[str] = set()
+
+    async def add(self, letter: DeadLetter) -> None:
+        if self.unreachable:
+            raise BrokerUnavailable("dead-letter list unreachable")
+        self.letters.append(letter)
+
+    async def entries(self) -> list[DeadLetter]:
+        return list(self.letters)
+
+    async def take(self, letter_id: str) -> DeadLetter | None:
+        for letter in self.letters:
+            if letter.id == letter_id:
+                self.letters.remove(letter)
+                return letter
+        return None
+
+    async def claim(self, letter_id: str) -> Claim | None:
+        for n, letter in enumerate(self.letters):
+            if letter.id == letter_id and letter_id not in self._claimed:
+                self._claimed.add(letter_id)
+                return Claim(letter, n, letter_id)
+        return None
+
+    async def settle(self, claim: Claim) -> None:
+        self.letters = [letter for letter in self.letters if letter.id != claim.lock]
+        self._claimed.discard(claim.lock)
+
+    async def clear(self) -> int:
+        count, self.letters = len(self.letters), []
+        return count

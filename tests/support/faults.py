@@ -1,7 +1,8 @@
 """Faults, injected by overriding the container's providers.
 
 Before the container first builds what depends on them: a unit of work that
-crashes right after its commit, an after-commit handler that fails after it
+crashes right after its commit, one that loses the database as a group of
+commands commits, an after-commit handler that fails after it
 ran, a publisher that fails.
 """
 
@@ -12,13 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dependency_injector import providers
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.publisher import AbstractPublisher
 from app.container import Container
 from app.domain import events
 from app.service_layer.delivery import AfterCommitHandlers, EventHandler
-from app.service_layer.unit_of_work import InlineHandlers, SqlAlchemyUnitOfWork
+from app.service_layer.handlers import INLINE_HANDLERS
+from app.service_layer.unit_of_work import InlineHandlers, Share, SqlUnitOfWork
 
 
 class InjectedFault(Exception):
@@ -39,8 +42,8 @@ class Faults:
             raise InjectedFault(what)
 
 
-class CrashesAfterCommit(SqlAlchemyUnitOfWork):
-    """Commits, then fails: as a process would that died right after its commit."""
+class FaultyUnitOfWork(SqlUnitOfWork):
+    """A unit of work that strikes ``faults`` somewhere: subclasses say where."""
 
     def __init__(
         self,
@@ -53,9 +56,71 @@ class CrashesAfterCommit(SqlAlchemyUnitOfWork):
         super().__init__(engine, inline, after_commit)
         self._faults = faults
 
+
+class CrashesAfterCommit(FaultyUnitOfWork):
+    """Commits, then fails: as a process would that died right after its commit."""
+
     async def _commit(self) -> None:
         await super()._commit()
         self._faults.strike("crash after the commit")
+
+
+class FailsToCommit(FaultyUnitOfWork):
+    """Fails as it would commit: nothing of its transaction is kept."""
+
+    async def _commit(self) -> None:
+        self._faults.strike("failed to commit")
+        await super()._commit()
+
+
+class DiesAtAGroupsCommit(FaultyUnitOfWork):
+    """Loses its connection just before it commits, when it holds several commands.
+
+    The server drops the backend, as on a restart or a network cut: the
+    transaction is rolled back, and the commit fails with a lost connection.
+    """
+
+    _commands = 0
+
+    def share(self) -> Share:
+        self._commands += 1
+        return super().share()
+
+    async def _commit(self) -> None:
+        if self._commands > 1 and self._faults.times > 0:
+            self._faults.times -= 1
+            self._faults.struck += 1
+            pid = await self.tx.scalar(select(func.pg_backend_pid()))
+            async with self.tx.engine.connect() as other:
+                await other.execute(select(func.pg_terminate_backend(pid)))
+        await super()._commit()
+
+
+def faulty_units_of_work(
+    container: Container, unit_of_work: type[FaultyUnitOfWork], times: int
+) -> Faults:
+    """The container's units of work from now on are ``unit_of_work``s, striking ``times``."""
+    faults = Faults(times)
+    container.uow.override(
+        providers.Factory(
+            unit_of_work,
+            engine=container.engine,
+            inline=INLINE_HANDLERS,
+            after_commit=container.after_commit_handlers,
+            faults=providers.Object(faults),
+        )
+    )
+    return faults
+
+
+def lose_a_groups_commit(container: Container, times: int = 1) -> Faults:
+    """The next ``times`` transactions of several commands lose the database as they commit."""
+    return faulty_units_of_work(container, DiesAtAGroupsCommit, times)
+
+
+def fail_to_commit(container: Container, times: int = 1) -> Faults:
+    """The next ``times`` commits of the container's units of work fail, committing nothing."""
+    return faulty_units_of_work(container, FailsToCommit, times)
 
 
 def crash_after_commit(container: Container, times: int = 1) -> Faults:
@@ -64,17 +129,7 @@ def crash_after_commit(container: Container, times: int = 1) -> Faults:
     Every unit of work counts, a delivery pass's too. ``container.uow.reset_override()``
     ends it.
     """
-    faults = Faults(times)
-    container.uow.override(
-        providers.Factory(
-            CrashesAfterCommit,
-            engine=container.engine,
-            inline=container.inline_handlers,
-            after_commit=container.after_commit_handlers,
-            faults=providers.Object(faults),
-        )
-    )
-    return faults
+    return faulty_units_of_work(container, CrashesAfterCommit, times)
 
 
 def fail_after_running(handler: EventHandler, faults: Faults, name: str) -> EventHandler:

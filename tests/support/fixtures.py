@@ -8,6 +8,7 @@ import pytest
 
 from tests.support.databases import postgres_database
 from tests.support.fakes import FakeNotifications, FakePublisher
+from tests.support.servers import SmtpSink, free_port
 
 
 @pytest.fixture
@@ -38,3 +39,14 @@ def notifications() -> FakeNotifications:
 def publisher() -> FakePublisher:
     """Published messages kept in memory, for the test to read."""
     return FakePublisher()
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpSink]:
+    """An SMTP server of the test's own, keeping what it receives."""
+    sink = SmtpSink(free_port())
+    await sink.start()
+    try:
+        yield sink
+    finally:
+        await sink.stop()

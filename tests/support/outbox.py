@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.adapters import orm
+from app.adapters import tables
 from app.container import Container
 from tests.support.databases import query
 from tests.support.polling import eventually
@@ -36,7 +36,7 @@ class OutboxRow:
 
 async def outbox_rows(engine: AsyncEngine, sku: str, type_: str | None = None) -> list[OutboxRow]:
     """The outbox rows of events about ``sku``, oldest first."""
-    o = orm.outbox.c
+    o = tables.outbox.c
     query = select(
         o.id, o.type, o.payload, o.attempts, o.last_error, o.available_at, o.completed_at
     ).where(o.sku == sku)
@@ -51,7 +51,7 @@ async def allocated_row(engine: AsyncEngine, orderid: str) -> OutboxRow:
     """The outbox row of the Allocated event of ``orderid``."""
     async with engine.connect() as conn:
         sku = await conn.scalar(
-            select(orm.order_lines.c.sku).where(orm.order_lines.c.orderid == orderid)
+            select(tables.order_lines.c.sku).where(tables.order_lines.c.orderid == orderid)
         )
     assert sku is not None, f"order {orderid} has no line"
     rows = [
@@ -63,13 +63,13 @@ async def allocated_row(engine: AsyncEngine, orderid: str) -> OutboxRow:
 
 async def handled_by(engine: AsyncEngine, event_id: str) -> set[str]:
     """The handlers the ledger records as done with the event."""
-    p = orm.processed_messages.c
+    p = tables.processed_messages.c
     async with engine.connect() as conn:
         return set(await conn.scalars(select(p.handler).where(p.message_id == event_id)))
 
 
 async def pending_count(engine: AsyncEngine) -> int:
-    o = orm.outbox.c
+    o = tables.outbox.c
     async with engine.connect() as conn:
         count = await conn.scalar(select(func.count()).where(o.completed_at.is_(None)))
     return int(count or 0)
@@ -77,12 +77,12 @@ async def pending_count(engine: AsyncEngine) -> int:
 
 async def allocated_in_write_model(engine: AsyncEngine, orderid: str, sku: str) -> str | None:
     """The batch the write model (not the read model) has the order's line in."""
-    b, line, a = orm.batches.c, orm.order_lines.c, orm.allocations.c
+    b, line, a = tables.batches.c, tables.order_lines.c, tables.allocations.c
     async with engine.connect() as conn:
         ref: str | None = await conn.scalar(
             select(b.reference)
-            .join(orm.allocations, a.batch_id == b.id)
-            .join(orm.order_lines, line.id == a.orderline_id)
+            .join(tables.allocations, a.batch_id == b.id)
+            .join(tables.order_lines, line.id == a.orderline_id)
             .where(line.orderid == orderid, line.sku == sku)
         )
     return ref
@@ -101,7 +101,7 @@ async def deliver_until_delivered(
 
     async def delivered() -> bool:
         await container.delivery().deliver_due()
-        o = orm.outbox.c
+        o = tables.outbox.c
         async with engine.connect() as conn:
             done = set(
                 await conn.scalars(

@@ -24,6 +24,7 @@ import httpx
 from sqlalchemy import make_url
 
 from app.config import Settings
+from tests.support.deploy import image_command_here
 from tests.support.polling import eventually
 from tests.support.servers import free_port
 
@@ -134,11 +135,21 @@ class Service:
 
 
 class Api(Service):
-    """``uvicorn app.main:app`` on one port, one process."""
+    """``allocation serve``, the production command, on one port, one process.
 
-    def __init__(self, name: str, env: Mapping[str, str], log: Path, port: int) -> None:
-        argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
-        super().__init__(name, [*argv, "--port", str(port)], env, log)
+    ``argv``, when given, is the command to run instead (its port ``port``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        log: Path,
+        port: int,
+        argv: list[str] | None = None,
+    ) -> None:
+        argv = argv or [ALLOCATION, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        super().__init__(name, argv, env, log)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
 
@@ -222,6 +233,16 @@ class Processes:
 
     def api(self, env: Mapping[str, str], name: str = "api", port: int | None = None) -> Api:
         api = Api(name, env, self._log(name), port or free_port())
+        self.services.append(api)
+        return api
+
+    def image(self, env: Mapping[str, str], open_files: int = 1024, name: str = "image") -> Api:
+        """The API as the Dockerfile's CMD runs it, with a container's open-file limit."""
+        port = free_port()
+        command = image_command_here(port)
+        command[0] = str(Path(sys.executable).with_name(command[0]))
+        limit = ["prlimit", f"--nofile={open_files}:{open_files}", "--"]
+        api = Api(name, env, self._log(name), port, [*limit, *command])
         self.services.append(api)
         return api
 

@@ -1,4 +1,5 @@
-"""Servers of the tests' own: free ports, a redis-server, a PostgreSQL cluster, an SMTP sink.
+"""Servers of the tests' own: free ports, a redis-server, a PostgreSQL cluster, an SMTP sink,
+a web site.
 
 A PostgreSQL server of a test's own, to stop and start: an outage on demand.
 The machine's shared server must never be stopped, so outage tests make a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import glob
 import os
 import pwd
@@ -26,11 +28,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -82,6 +86,18 @@ def require_program(name: str, package: str, also: tuple[str, ...] = ()) -> str:
 # Ports and HTTP servers.
 
 
+async def stopped(process: asyncio.subprocess.Process | None, within: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``within`` seconds: a server of a test's own, gone."""
+    if process is None or process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), within)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,6 +115,29 @@ def wait_until_serving(url: str, process: subprocess.Popen[Any], deadline: float
         except httpx.TransportError:
             time.sleep(0.1)
     raise TimeoutError(f"{url} did not start serving")
+
+
+# A web site of a test's own: pages of another origin than the service's.
+
+
+@contextlib.contextmanager
+def static_site(directory: Path) -> Iterator[str]:
+    """``directory`` served over HTTP on loopback, on a port of its own: the site's origin."""
+    handler = functools.partial(_QuietFiles, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="static site", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a line per request on stderr would bury the test's own report
 
 
 # PostgreSQL: a cluster of a test's own.
@@ -332,14 +371,7 @@ class RedisServer:
 
     async def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await stopped(process)
 
     async def _answers(self) -> bool:
         if self._process is not None and self._process.returncode is not None:

@@ -16,15 +16,16 @@ import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app.adapters.database import (
+from app.adapters.database_errors import (
     DatabaseUnavailable,
     is_retryable,
     is_unavailable,
     unavailable_reason,
 )
+from app.backoff import Backoff
 from app.domain import commands, events
 from app.service_layer import handlers
-from app.service_layer.delivery import Backoff, Delivery
+from app.service_layer.delivery import Delivery
 from app.service_layer.messagebus import MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
 from tests.support.fakes import FakeStore, FakeUnitOfWork
@@ -122,7 +123,6 @@ def delivery_on(store: DownStore, published: list[str]) -> Delivery:
     return Delivery(
         uow_factory=lambda: UnreachableUnitOfWork(store),
         handlers={events.Allocated: {"publish_allocated_event": publish}},
-        backoff=Backoff(),
     )
 
 
@@ -130,7 +130,7 @@ def bus_on(store: DownStore) -> MessageBus:
     return MessageBus(
         uow_factory=lambda: UnreachableUnitOfWork(store),
         command_handlers={commands.CreateBatch: handlers.add_batch},
-        retry=RetryPolicy(attempts=5, backoff_base=0.0001, backoff_max=0.001),
+        retry=RetryPolicy(attempts=5, backoff=Backoff(0.0001, 0.001, jitter=True)),
         delivery=delivery_on(store, []),
     )
 
@@ -148,7 +148,7 @@ async def test_the_bus_does_not_retry_a_write_while_the_database_is_away() -> No
 async def test_the_relay_lives_through_an_outage_says_so_once_and_delivers_after(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.service_layer.relay")
+    caplog.set_level(logging.INFO, logger="app.outages")
     store = DownStore()
     ref, sku = random_ref("batch"), random_ref("sku")
     # an event the outage left undelivered
@@ -173,9 +173,9 @@ async def test_the_relay_lives_through_an_outage_says_so_once_and_delivers_after
         stop.set()
         await asyncio.wait_for(task, 5)
 
-    messages = [r.getMessage() for r in caplog.records if r.name == "app.service_layer.relay"]
-    assert [m.split(" (")[0] for m in messages] == [
-        "relay: the database is unavailable",
-        "relay: the database is back; delivering again",
+    messages = [r.getMessage() for r in caplog.records if r.name == "app.outages"]
+    assert [m.split(" (")[0].split(" after ")[0] for m in messages] == [
+        "database unavailable",
+        "database available again",
     ]
     assert not [r for r in caplog.records if r.exc_info]

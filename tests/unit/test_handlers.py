@@ -5,7 +5,7 @@ from datetime import date
 
 import pytest
 
-from app.container import Container
+from app.clock import position_now
 from app.domain import commands
 from app.domain.model import DuplicateBatch
 from app.service_layer import handlers
@@ -99,7 +99,7 @@ class TestAllocate:
     async def test_commits(self, store: FakeStore, notifications: FakeNotifications) -> None:
         uows: list[FakeUnitOfWork] = []
 
-        inline = Container().inline_handlers()
+        inline = handlers.INLINE_HANDLERS
 
         def uow_factory() -> FakeUnitOfWork:
             uows.append(FakeUnitOfWork(store, inline=inline))
@@ -212,14 +212,32 @@ class TestChangeBatchQuantity:
         assert batch_view(store, ref) == (9, 0)
         assert store.positions == {ref: (1000, 10)}
 
-    async def test_a_change_from_elsewhere_applies_whatever_the_stream_did(
+    async def test_a_change_as_of_now_applies_and_outdates_what_came_before(
         self, bus: Service, store: FakeStore
     ) -> None:
         sku, ref = random_ref("sku"), random_ref("batch")
         await bus.handle(commands.CreateBatch(ref, sku, 20, None))
+        sent = position_now()
         await bus.handle(commands.ChangeBatchQuantity(ref, 7, position=(1000, 2)))
+
+        await bus.handle(commands.ChangeBatchQuantity(ref, 4))  # as PATCH sends it
+
+        assert batch_view(store, ref) == (4, 0)
+        assert store.positions[ref] >= sent
+        # A stream entry added before it, read after it (a consumer died holding it):
+        with pytest.raises(handlers.Superseded):
+            await bus.handle(commands.ChangeBatchQuantity(ref, 50, position=sent))
+        assert batch_view(store, ref) == (4, 0)
+
+    async def test_a_change_as_of_now_applies_after_one_from_a_clock_ahead(
+        self, bus: Service, store: FakeStore
+    ) -> None:
+        sku, ref = random_ref("sku"), random_ref("batch")
+        await bus.handle(commands.CreateBatch(ref, sku, 20, None))
+        ahead = (position_now()[0] + 60_000, 3)  # a broker whose clock runs a minute fast
+        await bus.handle(commands.ChangeBatchQuantity(ref, 7, position=ahead))
 
         await bus.handle(commands.ChangeBatchQuantity(ref, 4))
 
         assert batch_view(store, ref) == (4, 0)
-        assert store.positions == {ref: (1000, 2)}
+        assert store.positions[ref] == (ahead[0], 4)

@@ -1,7 +1,8 @@
 """The import picture of app/: each layer imports only those below it.
 
 The container is the composition root: only the entrypoints that build the
-service (app.main, the CLI) import it, and nothing imports them.
+service (app.main for the API, the worker, the operator's commands) import
+it; the CLI alone imports the last two, and nothing imports app.main or the CLI.
 """
 
 import ast
@@ -48,13 +49,24 @@ def test_the_modules_are_found() -> None:
     assert {"app.main", "app.container", "app.domain.model", "app.views"} <= set(IMPORTS)
 
 
+BUILDERS = {"app.main", "app.entrypoints.worker", "app.entrypoints.commands"}
+
+
 def test_only_what_builds_the_service_imports_the_container() -> None:
-    assert importers_of("app.container") == {"app.main", "app.entrypoints.cli"}
+    assert importers_of("app.container") == BUILDERS
 
 
 @pytest.mark.parametrize("top", ["app.main", "app.entrypoints.cli"])
 def test_nothing_imports_what_builds_the_service(top: str) -> None:
     assert importers_of(top) == set()
+
+
+def test_only_the_cli_starts_the_worker_and_the_commands() -> None:
+    assert importers_of("app.entrypoints.worker") == {
+        "app.entrypoints.cli",
+        "app.entrypoints.commands",  # a replay applies a letter as the worker would
+    }
+    assert importers_of("app.entrypoints.commands") == {"app.entrypoints.cli"}
 
 
 @pytest.mark.parametrize(
@@ -69,3 +81,11 @@ def test_nothing_imports_what_builds_the_service(top: str) -> None:
 def test_a_layer_imports_nothing_above_it(layer: str, above: list[str]) -> None:
     for upper in above:
         assert not {m for m in importers_of(upper) if _within(m, layer)}, f"{layer} imports {upper}"
+
+
+def test_the_container_binds_what_is_below_the_entrypoints() -> None:
+    """The composition root builds the model, the service layer and the adapters;
+    what an entrypoint needs of them (the HTTP layer's idempotency, say) it builds itself."""
+    above = [n for n in IMPORTS["app.container"] if _within(n, "app.entrypoints")]
+    assert above == [], f"app.container imports {above}"
+    assert not [n for n in IMPORTS["app.container"] if _within(n, "app.main")]

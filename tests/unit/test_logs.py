@@ -19,7 +19,7 @@ def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     logs.configure("INFO", "json")
     yield captured
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, logs._Handler)]:
+    for handler in [h for h in root.handlers if isinstance(h, logs.ServiceHandler)]:
         root.removeHandler(handler)
 
 
@@ -83,7 +83,7 @@ async def test_a_request_line_is_the_same_written_directly_or_through_a_record(
     # As deployed, the service's handler is the only one: the test runner's own
     # handlers on the root logger are left out of the request lines' way.
     requests = logging.getLogger(logs.REQUESTS)
-    (ours,) = [h for h in logging.getLogger().handlers if isinstance(h, logs._Handler)]
+    (ours,) = [h for h in logging.getLogger().handlers if isinstance(h, logs.ServiceHandler)]
     monkeypatch.setattr(requests, "handlers", [ours])
     monkeypatch.setattr(requests, "propagate", False)
     fields = {"method": "GET", "path": "/a%20b", "status": 200, "duration_ms": 1.25}

@@ -9,18 +9,18 @@ from typing import Self
 
 import pytest
 
-from app.adapters.database import ConcurrencyError
-from app.container import Container
+from app.adapters.database_errors import ConcurrencyError
+from app.backoff import Backoff
 from app.domain import commands, events, model
 from app.service_layer import handlers
-from app.service_layer.delivery import Backoff, Delivery, UnitOfWorkFactory
+from app.service_layer.delivery import Delivery, UnitOfWorkFactory
 from app.service_layer.messagebus import CommandHandler, MessageBus, RetryPolicy
 from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandlers
 from tests.support.fakes import FakeStore, FakeUnitOfWork
 from tests.support.refs import random_ref
 
 ATTEMPTS = 3
-INLINE = Container().inline_handlers()
+INLINE = handlers.INLINE_HANDLERS
 AFTER_COMMIT = frozenset({events.Allocated, events.OutOfStock})
 
 
@@ -87,8 +87,8 @@ def make_bus(
     return MessageBus(
         uow_factory=uow_factory,
         command_handlers=command_handlers,
-        retry=RetryPolicy(attempts=ATTEMPTS, backoff_base=0.0001, backoff_max=0.001),
-        delivery=Delivery(uow_factory, handlers={}, backoff=Backoff()),
+        retry=RetryPolicy(attempts=ATTEMPTS, backoff=Backoff(0.0001, 0.001, jitter=True)),
+        delivery=Delivery(uow_factory, handlers={}),
     )
 
 

@@ -116,7 +116,7 @@ class Products(RuleBasedStateMachine):
         elif not fits:
             assert ref is None
             assert state(self.products.values()) == (versions, batches)
-            refused = events.LineRefused(cmd.orderid, cmd.sku, cmd.qty)
+            refused = events.LineRefused(cmd.orderid, cmd.sku, cmd.qty, product.version_number)
             began = [] if was_out_of_stock else [events.OutOfStock(cmd.sku, cmd.orderid)]
             assert self.raised() == [refused, *began]  # one notice per stock-out
             assert product.out_of_stock

@@ -9,10 +9,9 @@ from pydantic_core import PydanticUndefined
 from app.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-# Read by others from the process environment (uvicorn, prometheus-client),
+# Read by others from the process environment (prometheus-client),
 # or by compose.yaml only: documented, but not fields of Settings.
 NOT_FIELDS = {
-    "FORWARDED_ALLOW_IPS",
     "PROMETHEUS_MULTIPROC_DIR",
     "POSTGRES_PASSWORD",
     "API_ADDRESS",

@@ -1,71 +1,86 @@
 """Health for operators: is the process alive, and can it serve?"""
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import Response
 
-from app.adapters import database
+from app import outages
+from app.adapters import reads
 from app.adapters.read_source import ReadSource
+from app.entrypoints.api import problems
 from app.entrypoints.api.dependencies import Engine, RedisClient, reads_of
-from app.entrypoints.api.openapi import operation_id
-from app.entrypoints.api.schemas import Health, NotReady, Readiness
+from app.entrypoints.api.openapi import answered, operation_id, problem_responses
+from app.entrypoints.api.problems import problem
+from app.entrypoints.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"], generate_unique_id_function=operation_id)
 
 CHECK_TIMEOUT = 1.0  # seconds: a dependency slower than this counts as down
 
 
-@router.get("/health", summary="The process is alive", response_model=Health)
+@router.get(
+    "/health",
+    summary="The process is alive",
+    response_model=Health,
+    responses=answered(200, {"alive": {"status": "ok"}}),
+)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-NOT_READY = {
-    "message": "not ready: redis unreachable",
-    "checks": {"database": "ok", "replica": "off", "redis": "error: ConnectionError"},
-}
+READY = {"status": "ready", "checks": {"database": "ok", "replica": "off", "redis": "off"}}
+NOT_READY_CHECKS = {"database": "error: ConnectionRefusedError", "replica": "off", "redis": "off"}
+# What the API does without each: it still takes writes and serves reads.
+REDIS_DOWN = "degraded: events wait in the outbox"
+REPLICA_DOWN = "degraded: reads go to the primary"
 
 
 @router.get(
     "/ready",
-    summary="The service can serve: its database (and Redis, when configured) answer",
-    description="`checks` gives each dependency's state. A replica that is down makes "
-    "`replica` degraded, not the process unready: reads go to the primary meanwhile.",
+    summary="The API can take writes: its database answers",
+    description="`checks` gives each dependency's state. Redis or a replica that is down "
+    "makes its check `degraded`, not the process unready: writes go on (their events wait "
+    "in the outbox), and reads go to the primary.",
     response_model=Readiness,
     responses={
-        503: {
-            "model": NotReady,
-            "description": "A dependency is down; `message` names it.",
-            "content": {
-                "application/json": {
-                    "examples": {"redis down": {"summary": "redis down", "value": NOT_READY}}
-                }
-            },
-        }
+        **answered(200, {"without Redis or a replica": READY}),
+        **problem_responses(
+            {
+                503: (
+                    "The database is down: `detail` says so, `checks` gives each "
+                    "dependency's state.",
+                    {
+                        "database unreachable": problems.body(
+                            problems.NOT_READY,
+                            "not ready: database unreachable",
+                            checks=NOT_READY_CHECKS,
+                        )
+                    },
+                )
+            }
+        ),
     },
 )
-async def ready(request: Request, engine: Engine, redis: RedisClient) -> JSONResponse:
+async def ready(request: Request, engine: Engine, redis: RedisClient) -> Response:
     # At once, so that the answer comes within CHECK_TIMEOUT however many hang.
     results = await asyncio.gather(_database(engine), _replica(reads_of(request)), _redis(redis))
     checks = dict(zip(("database", "replica", "redis"), results, strict=True))
-    # Reads survive the replica: without it the process still serves everything.
-    down = [
-        name for name, result in checks.items() if name != "replica" and result not in ("ok", "off")
-    ]
+    # Writes and reads survive Redis and the replica: only the database is needed.
+    down = [name for name, result in checks.items() if result.startswith("error")]
     if down:
-        body: dict[str, Any] = {"message": f"not ready: {', '.join(down)} unreachable"}
-        return JSONResponse({**body, "checks": checks}, status_code=503)
+        detail = f"not ready: {', '.join(down)} unreachable"
+        return problem(problems.NOT_READY, detail, checks=checks)
     return JSONResponse({"status": "ready", "checks": checks})
 
 
 async def _database(engine: AsyncEngine) -> str:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
-            await database.ping(engine)
+            await reads.ping(engine)
     except Exception as e:
         return f"error: {type(e).__name__}"
     return "ok"
@@ -76,7 +91,7 @@ async def _replica(reads: ReadSource) -> str:
         return "off"
     result = await _database(reads.replica)
     if result != "ok" or not reads.replica_healthy:
-        return "degraded: reads go to the primary"
+        return REPLICA_DOWN
     return "ok"
 
 
@@ -87,5 +102,7 @@ async def _redis(client: Redis | None) -> str:
         async with asyncio.timeout(CHECK_TIMEOUT):
             await client.ping()
     except Exception as e:
-        return f"error: {type(e).__name__}"
+        outages.failed("redis", f"{type(e).__name__}: {e}")
+        return REDIS_DOWN
+    outages.succeeded("redis")
     return "ok"

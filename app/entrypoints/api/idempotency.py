@@ -9,7 +9,7 @@ Policy:
 - A repeat that arrives while the first is still running waits for its
   answer, up to ``WAIT`` seconds, and replays it; after that it is a 409 with
   ``Retry-After``.
-- Recorded are successes and the domain's refusals (``errors.STATUS_OF``: 400,
+- Recorded are successes and the domain's refusals (``errors.PROBLEM_OF``: 400,
   404, 409), which the same request would get again. A 503, a 500 or a 409
   for writes that kept colliding is not: the reservation is released and the
   same key may be sent again.
@@ -34,14 +34,17 @@ from typing import Annotated, TypeVar
 from fastapi import Header, Request, Response
 from pydantic import AfterValidator, BaseModel, WithJsonSchema
 
-from app.adapters.database import DatabaseUnavailable, is_unavailable, unavailable_reason
+from app.adapters.database_errors import DatabaseUnavailable, is_unavailable, unavailable_reason
 from app.adapters.idempotency import (
     AbstractIdempotencyKeys,
     Answer,
     Existing,
     Reserved,
 )
-from app.entrypoints.api.errors import STATUS_OF, error
+from app.backoff import Backoff
+from app.entrypoints.api import problems
+from app.entrypoints.api.errors import PROBLEM_OF
+from app.entrypoints.api.problems import problem
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ REPLAYED = "Idempotent-Replayed"
 WAIT = 5.0  # seconds a repeat waits for the first request's answer
 RETRY_AFTER = 1  # seconds, after a repeat gave up waiting
 MAX_KEY_LENGTH = 255
+# How often a repeat looks for the first request's answer: 10 ms, doubling to 200 ms.
+_POLL = Backoff(base=0.01, maximum=0.2)
 # Printable ASCII; a space at either end would not survive an HTTP header.
 _PATTERN = rf"^[!-~]([ -~]{{0,{MAX_KEY_LENGTH - 2}}}[!-~])?$"
 _KEY = re.compile(_PATTERN)
@@ -128,7 +133,7 @@ class Idempotency:
         try:
             response = await work()
         except Exception as exc:
-            if type(exc) not in STATUS_OF:
+            if type(exc) not in PROBLEM_OF:
                 await self._release(key, claimed)
                 raise
             # The answer the app gives this refusal, from its own handler.
@@ -144,7 +149,7 @@ class Idempotency:
 
     async def _claim(self, key: str, route: str, digest: str) -> Reserved | Response:
         deadline = time.monotonic() + self._wait
-        pause = 0.01
+        tries = 0
         while True:
             found = await _translated(self._keys.reserve(key, route, digest))
             if isinstance(found, Reserved):
@@ -156,12 +161,15 @@ class Idempotency:
                 return refused
             if found.answer is not None:
                 return _replay(found.answer)
+            tries += 1
+            pause = _POLL.after(tries)
             if time.monotonic() + pause > deadline:
-                busy = error(409, IN_PROGRESS)
-                busy.headers["Retry-After"] = str(RETRY_AFTER)
-                return busy
+                return problem(
+                    problems.REQUEST_IN_PROGRESS,
+                    IN_PROGRESS,
+                    headers={"Retry-After": str(RETRY_AFTER)},
+                )
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.2)
 
     async def _record(self, key: str, reservation: Reserved, response: Response) -> None:
         location = response.headers.get("location")
@@ -182,9 +190,9 @@ class Idempotency:
 
 def _mismatch(found: Existing, route: str, digest: str) -> Response | None:
     if found.request != route:
-        return error(422, other_route(found.request))
+        return problem(problems.KEY_REUSED, other_route(found.request))
     if found.fingerprint != digest:
-        return error(422, OTHER_BODY)
+        return problem(problems.KEY_REUSED, OTHER_BODY)
     return None
 
 
@@ -192,9 +200,9 @@ def _replay(answer: Answer) -> Response:
     headers = {REPLAYED: "true"}
     if answer.location is not None:
         headers["Location"] = answer.location
-    return Response(
-        answer.body, status_code=answer.status, media_type="application/json", headers=headers
-    )
+    # Only answers and the domain's refusals are recorded: every error among them a problem.
+    media_type = problems.MEDIA_TYPE if answer.status >= 400 else "application/json"
+    return Response(answer.body, status_code=answer.status, media_type=media_type, headers=headers)
 
 
 async def _translated(call: Awaitable[T]) -> T:

@@ -1,21 +1,27 @@
-"""GET /metrics, in Prometheus's text format."""
+"""GET /metrics, in Prometheus's text format: the registry as it stands, nothing read per scrape.
 
-import logging
+The backlog gauges are kept fresh in the background (app.entrypoints.gauges).
+With METRICS_TOKEN set, a scrape must carry it as a bearer token.
+"""
 
-from fastapi import APIRouter, Response
-from redis.asyncio import Redis
+from fastapi import APIRouter, Request, Response
 
 from app import metrics
-from app.adapters.outbox import FAILING_AFTER
-from app.adapters.streams import group_stats
-from app.entrypoints.api.dependencies import RedisClient, ServiceSettings, UnitOfWork
-from app.entrypoints.api.openapi import operation_id
-from app.entrypoints.redis_consumer import STREAM
-from app.service_layer.unit_of_work import AbstractUnitOfWork
-
-logger = logging.getLogger(__name__)
+from app.entrypoints.api.dependencies import ServiceSettings
+from app.entrypoints.api.openapi import answered, operation_id
+from app.entrypoints.api.security import metrics_refusal
 
 router = APIRouter(tags=["operations"], generate_unique_id_function=operation_id)
+
+# A few lines of what a scrape gets, after one allocation.
+EXAMPLE = """\
+# HELP http_requests_total HTTP requests answered
+# TYPE http_requests_total counter
+http_requests_total{method="POST",route="/allocate",status="202"} 1.0
+# HELP allocation_lines_allocated_total Order lines allocated to a batch
+# TYPE allocation_lines_allocated_total counter
+allocation_lines_allocated_total 1.0
+"""
 
 
 @router.get(
@@ -23,41 +29,20 @@ router = APIRouter(tags=["operations"], generate_unique_id_function=operation_id
     summary="Metrics for Prometheus",
     description="Requests by route and status, allocations, out-of-stock lines, the "
     "outbox backlog, relay and prune failures and delivery lag, the workers' backlog on the "
-    "change_batch_quantity stream, in Prometheus's text format.",
+    "change_batch_quantity stream, which dependencies answer, in Prometheus's text format. "
+    "With `METRICS_TOKEN` set, it wants `Authorization: Bearer <METRICS_TOKEN>`.",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "The metrics."}},
+    responses={
+        200: {
+            **answered(200, {"after one allocation": EXAMPLE}, "text/plain")[200],
+            "description": "The metrics.",
+        }
+    },
 )
-async def get_metrics(uow: UnitOfWork, redis: RedisClient, settings: ServiceSettings) -> Response:
-    await _outbox_gauges(uow)
-    await _stream_gauges(redis, settings.stream_group)
+async def get_metrics(request: Request, settings: ServiceSettings) -> Response:
+    if settings.metrics_token is not None:
+        refused = metrics_refusal(request, settings.metrics_token.get_secret_value())
+        if refused is not None:
+            return refused
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)
-
-
-async def _outbox_gauges(uow: AbstractUnitOfWork) -> None:
-    # Read at scrape time: the backlog is the database's, whoever fills it.
-    try:
-        async with uow:
-            stats = await uow.outbox.stats(failing_after=FAILING_AFTER)
-    except Exception as e:
-        logger.warning("outbox metrics unavailable: %s: %s", type(e).__name__, e)
-        return
-    metrics.OUTBOX_PENDING.set(stats.pending)
-    metrics.OUTBOX_FAILING.set(stats.failing)
-    metrics.OUTBOX_OLDEST.set(stats.oldest_pending_age or 0.0)
-    metrics.OUTBOX_OLDEST_DELIVERED.set(stats.oldest_delivered_age or 0.0)
-
-
-async def _stream_gauges(client: Redis | None, group: str) -> None:
-    # Read at scrape time too: the backlog is Redis's, whichever worker reads it.
-    if client is None:
-        return
-    try:
-        stats = await group_stats(client, STREAM, group)
-    except Exception as e:
-        logger.warning("stream metrics unavailable: %s: %s", type(e).__name__, e)
-        return
-    if stats is None:  # no worker has read the stream yet
-        return
-    metrics.STREAM_PENDING.labels(STREAM, group).set(stats.pending)
-    metrics.STREAM_LAG.labels(STREAM, group).set(float("nan") if stats.lag is None else stats.lag)

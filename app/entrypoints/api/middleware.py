@@ -1,4 +1,4 @@
-"""What wraps every request: its context (request id, log line, metrics) and a body limit.
+"""What wraps every request: its context (request id, log line, metrics), HEAD, a body limit.
 
 Plain ASGI middleware rather than ``BaseHTTPMiddleware``: they add nothing
 to a request but a header, a log record and two metric updates.
@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import time
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import correlation, logs, metrics
-from app.entrypoints.api.errors import error
+from app.entrypoints.api import problems
+from app.entrypoints.api.problems import Refusal, problem
 
 logger = logging.getLogger(logs.REQUESTS)
 
@@ -91,7 +91,7 @@ class BodyLimit:
             return
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = error(413, self._message())
+            response = problem(problems.BODY_TOO_LARGE, self._message())
             await response(scope, receive, send)
             return
         received = 0
@@ -103,10 +103,35 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     # FastAPI passes an HTTPException from reading the body through.
-                    raise HTTPException(413, detail=self._message())
+                    raise Refusal(problems.BODY_TOO_LARGE, self._message())
             return message
 
         await self.app(scope, counting_receive, send)
 
     def _message(self) -> str:
         return f"The request body is larger than {self.max_bytes} bytes"
+
+
+class Head:
+    """HEAD as the GET of the same URL: its status and headers, and no body.
+
+    Below the routes, HEAD is GET, so that no operation is declared twice in
+    /openapi.json; the log and the metrics above still say HEAD.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)

@@ -1,74 +1,70 @@
 """What /docs and /openapi.json say about the service as a whole, and about every answer."""
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi import status as http
 from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from app.config import Settings
-from app.entrypoints.api import idempotency, schemas, security
+from app.entrypoints.api import idempotency, json_bodies, problems, security
 from app.entrypoints.api.errors import COLLIDED
 from app.entrypoints.api.errors import UNAVAILABLE as UNAVAILABLE_MESSAGE
-from app.entrypoints.api.schemas import Error, InvalidInput
+from app.entrypoints.api.problems import ProblemType
+from app.entrypoints.api.schemas import Problem
 
 DEFAULT_MAX_BODY_BYTES: int = Settings.model_fields["max_body_bytes"].default
 
 DESCRIPTION = """
-Allocates warehouse stock (batches) to customer order lines.
+Allocates warehouse stock (batches) to customer order lines, as *Architecture
+Patterns with Python* does.
 
-**Writes are commands.** `POST /batches` (or the book's `POST /add_batch`)
-answers **201 Created**; `POST /allocate` and `PATCH /batches/{ref}` answer
-**202 Accepted**. Each write carries a `Location` header naming where to read
-what it did: `/batches/{ref}` for a batch, `/allocations/{orderid}` for an
-order. The write's own body says only which batch or order it was about.
+**Try it:** `POST /add_batch`, `POST /allocate`, then `GET /orders/{orderid}`;
+the examples work as they stand.
 
-**Reads come from read models.** The `GET` routes answer from projection
-tables that the write's events keep up to date, and those are up to date by
-the time the write's answer is sent: follow the `Location` at once and the
-change is there.
+Writes answer **201 Created** or **202
+Accepted** with a `Location`: follow it to read what the write did, from read
+models it has already updated. Errors are RFC 9457 problem details, whose `type`
+names the cause: the **errors** section, last, lists every one. Each tag below
+says more of its routes; every `GET` answers `HEAD` too.
 
-Try it here: add the example batch, allocate the example line, then read
-`GET /allocations/order-001`. It names `batch-001`.
-
-**Errors** all have one body, `{"message": "..."}`, a sentence for a person
-to read; a 422 adds `detail`, each invalid field as `{"loc", "msg", "type"}`.
-
-| status | when |
-|---|---|
-| 400 | an order line names a sku no batch was ever added for |
-| 401 | a write without the API token, when the service has one set |
-| 404 | no batch, order allocation or sku by that name |
-| 409 | the write contradicts what exists, or kept colliding with concurrent writes |
-| 413 | a request body over the size limit (64 KiB unless configured) |
-| 422 | invalid input: `message` names the first field, `detail` lists each |
-| 503 | the database is unavailable: retry after the seconds in `Retry-After` |
-
-**Writes** need `Authorization: Bearer <token>` when the service has an
-`API_TOKEN` set (this page then shows "Authorize" above); reads never do.
-
-**Retrying a POST** is safe with an `Idempotency-Key` header: a repeat with the
-same key and body gets the first answer (marked `Idempotent-Replayed: true`)
-and does not run again. The same key with another body is a 422.
-
-Identifiers are 1 to 255 printable characters without `/`: no control
-characters, no invisible format or separator characters, and no spaces but
-U+0020; not blank, and not `.` or `..`, which every URL client resolves away.
-Quantities are integers from 1 to 1,000,000,000 (0 is allowed when changing a
-batch), and `5.0` is the integer 5, as JSON Schema has it. Dates are
-`YYYY-MM-DD`.
+**Events:** what the service consumes and publishes on Redis and NATS
+JetStream is in [its AsyncAPI document](asyncapi) (`/asyncapi.json`).
 """
+
+ERRORS = (
+    "Every error is an RFC 9457 problem (`application/problem+json`, the `Problem` "
+    "schema). `type` names the cause: a `tag:` URI, an identifier rather than an address, "
+    "the same wherever the service runs. `message` is the book's member, the same text "
+    "as `detail`.\n\n"
+    f"Each `type` is `{problems.TYPE_PREFIX}` and a name:\n\n"
+    "| name | status | title, and when |\n|---|---|---|\n"
+    + "".join(
+        f"| `{kind.uri.removeprefix(problems.TYPE_PREFIX)}` | {kind.status} "
+        f"| **{kind.title}**. {kind.when} |\n"
+        for kind in problems.TYPES.values()
+    )
+    + "\nAny other HTTP error, none expected, is `about:blank`, titled with its status's "
+    "own phrase.\n"
+)
+
 
 TAGS: list[dict[str, Any]] = [
     {
         "name": "batches",
         "description": "Stock: a batch of one sku, in the warehouse or arriving on a date. "
-        "Add one, read its quantities, change how much was purchased.",
+        "Add one (201, `Location: /batches/{ref}`), read its quantities, change how much "
+        "was purchased. Ids are 1 to 255 printable characters without `/`; quantities "
+        "integers up to 1,000,000,000 (`5.0` is 5); dates `YYYY-MM-DD`.",
     },
     {
         "name": "allocations",
         "description": "Order lines allocated to batches: warehouse stock first, then the "
-        "earliest shipment. Allocate a line, then read where it went.",
+        "earliest shipment. Allocate a line (202, `Location: /orders/{orderid}`), then read "
+        "where it went. Writes are commands; reads come from read models, up to date by "
+        "the time the write answers. Sending a write again with its `Idempotency-Key` gets "
+        "the first answer.",
     },
     {
         "name": "products",
@@ -76,17 +72,23 @@ TAGS: list[dict[str, Any]] = [
     },
     {
         "name": "operations",
-        "description": "Probes for orchestrators and load balancers: liveness and readiness.",
+        "description": "Probes for orchestrators and load balancers: liveness and readiness; "
+        "and metrics for Prometheus.",
     },
+    # No operation of its own: the list of every error's type, a section of its own.
+    {"name": "errors", "description": ERRORS},
 ]
 
 Responses = dict[int | str, dict[str, Any]]
 Bodies = dict[str, dict[str, Any]]
+Answers = dict[str, Any]  # a success's example bodies, by name: objects, lists or text
 
 
-def said(**examples: str) -> Bodies:
-    """Error bodies, each named by the case it shows: ``said(unknown_sku="Invalid sku X")``."""
-    return {name.replace("_", " "): {"message": message} for name, message in examples.items()}
+def said(kind: ProblemType, **examples: str) -> Bodies:
+    """Bodies of ``kind``, each named by the case it shows: ``said(KIND, unknown_sku="...")``."""
+    return {
+        name.replace("_", " "): problems.body(kind, detail) for name, detail in examples.items()
+    }
 
 
 def operation_id(route: APIRoute) -> str:
@@ -95,22 +97,26 @@ def operation_id(route: APIRoute) -> str:
 
 
 INVALID = (
-    "Invalid input: `message` names the first invalid field, `detail` lists each "
-    "(a body that is not JSON has a `message` only)."
+    "Invalid input: `errors` lists each invalid field with its own message, and `detail` "
+    "names the first (`invalid-input`); or the body is not JSON (`invalid-json`)."
 )
 INVALID_BODY: Bodies = {
-    "a missing field": {
-        "message": "body.qty: Field required",
-        "detail": [{"loc": ["body", "qty"], "msg": "Field required", "type": "missing"}],
-    },
-    "a body that is not JSON": {"message": "The request body is not valid JSON (at character 0)"},
+    "a missing field": problems.body(
+        problems.INVALID_INPUT,
+        "body.qty: Field required",
+        errors=[{"loc": ["body", "qty"], "message": "Field required"}],
+    ),
+    "a body that is not JSON": problems.body(
+        problems.INVALID_JSON, "The request body is not valid JSON (at character 0)"
+    ),
 }
 _DOTS = "Value error, must not be '..': a URL cannot name it as a path segment"
 INVALID_PATH: Bodies = {
-    "an invalid identifier": {
-        "message": f"path.{{name}}: {_DOTS}",
-        "detail": [{"loc": ["path", "{name}"], "msg": _DOTS, "type": "value_error"}],
-    },
+    "an invalid identifier": problems.body(
+        problems.INVALID_INPUT,
+        f"path.{{name}}: {_DOTS}",
+        errors=[{"loc": ["path", "{name}"], "message": _DOTS}],
+    ),
 }
 UNAVAILABLE = (
     "The database is unavailable: retry after the number of seconds in the "
@@ -124,6 +130,20 @@ _RETRY_AFTER = {
 }
 
 
+def problem_responses(described: dict[int, tuple[str, Bodies]]) -> Responses:
+    """Each status of ``described``, a problem: its description and its real example bodies."""
+    return {
+        status: {
+            "model": Problem,
+            "description": description,
+            # FastAPI puts the model's schema here too; install() gives both the problem's
+            # media type.
+            "content": {"application/json": {"examples": _examples(bodies)}},
+        }
+        for status, (description, bodies) in sorted(described.items())
+    }
+
+
 def error_responses(
     described: dict[int, tuple[str, Bodies]], invalid: Bodies | None = None, name: str = ""
 ) -> Responses:
@@ -134,32 +154,31 @@ def error_responses(
     """
     if invalid is None:
         invalid = {case: _named(body, name or "id") for case, body in INVALID_PATH.items()}
-    statuses = {
-        **described,
-        422: (INVALID, invalid),
-        503: (UNAVAILABLE, said(database_down=UNAVAILABLE_MESSAGE)),
-    }
-    responses: Responses = {}
-    for status, (description, bodies) in sorted(statuses.items()):
-        responses[status] = {
-            "model": InvalidInput if status == 422 else Error,
-            "description": description,
-            "content": {"application/json": {"examples": _examples(bodies)}},
+    responses = problem_responses(
+        {
+            **described,
+            422: (INVALID, invalid),
+            503: (
+                UNAVAILABLE,
+                said(problems.DATABASE_UNAVAILABLE, database_down=UNAVAILABLE_MESSAGE),
+            ),
         }
+    )
     responses[503]["headers"] = _RETRY_AFTER
     return responses
 
 
-def _examples(bodies: Bodies) -> dict[str, Any]:
+def _examples(bodies: Answers) -> dict[str, Any]:
     return {case: {"summary": case, "value": body} for case, body in bodies.items()}
 
 
 def _named(body: dict[str, Any], name: str) -> dict[str, Any]:
-    named: dict[str, Any] = {"message": body["message"].replace("{name}", name)}
-    if "detail" in body:
-        named["detail"] = [
-            {**d, "loc": [name if part == "{name}" else part for part in d["loc"]]}
-            for d in body["detail"]
+    detail = body["detail"].replace("{name}", name)
+    named: dict[str, Any] = {**body, "detail": detail, "message": detail}
+    if "errors" in body:
+        named["errors"] = [
+            {**e, "loc": [name if part == "{name}" else part for part in e["loc"]]}
+            for e in body["errors"]
         ]
     return named
 
@@ -177,6 +196,7 @@ _CHALLENGE = {
 
 
 TOO_LARGE = "The request body is larger than the limit (`MAX_BODY_BYTES`, 64 KiB by default)."
+NOT_JSON = "The request body is not declared JSON: send it with `Content-Type: application/json`."
 
 
 def too_large(max_bytes: int) -> str:
@@ -185,11 +205,21 @@ def too_large(max_bytes: int) -> str:
 
 
 def write_errors(described: dict[int, tuple[str, Bodies]]) -> Responses:
-    """``errors`` of a write route: with 401, for when API_TOKEN is set, and 413."""
+    """``errors`` of a write route: with 401, for when API_TOKEN is set, 413 and 415."""
     responses = error_responses(
         {
-            401: (UNAUTHORIZED, said(no_token=security.MISSING, another_token=security.INVALID)),
-            413: (TOO_LARGE, said(too_large=too_large(DEFAULT_MAX_BODY_BYTES))),
+            401: (
+                UNAUTHORIZED,
+                {
+                    **said(problems.TOKEN_MISSING, no_token=security.MISSING),
+                    **said(problems.TOKEN_INVALID, another_token=security.INVALID),
+                },
+            ),
+            413: (
+                TOO_LARGE,
+                said(problems.BODY_TOO_LARGE, too_large=too_large(DEFAULT_MAX_BODY_BYTES)),
+            ),
+            415: (NOT_JSON, said(problems.NOT_JSON_CONTENT, not_json=json_bodies.NOT_JSON)),
             **described,
         },
         invalid=INVALID_BODY,
@@ -223,9 +253,13 @@ def idempotent(responses: Responses) -> Responses:
             response["headers"] = {**response.get("headers", {}), **_REPLAYED}
     result[409]["description"] += KEY_IN_PROGRESS
     result[409]["headers"] = {**result[409].get("headers", {}), **_RETRY_AFTER}
-    _add_examples(result[409], said(key_in_progress=idempotency.IN_PROGRESS))
+    _add_examples(
+        result[409], said(problems.REQUEST_IN_PROGRESS, key_in_progress=idempotency.IN_PROGRESS)
+    )
     result[422]["description"] += KEY_REUSED
-    _add_examples(result[422], said(key_used_with_another_body=idempotency.OTHER_BODY))
+    _add_examples(
+        result[422], said(problems.KEY_REUSED, key_used_with_another_body=idempotency.OTHER_BODY)
+    )
     return result
 
 
@@ -244,37 +278,73 @@ def install(app: FastAPI, *, token: bool, max_body_bytes: int) -> None:
 
     def document() -> dict[str, Any]:
         if app.openapi_schema is None:
-            _fit(generate(), token=token, max_bytes=max_body_bytes)
-        schema: dict[str, Any] = app.openapi_schema or generate()
-        return schema
+            schema = generate()
+            _with_nulls(schema, app.routes)
+            _fit(schema, token=token, max_bytes=max_body_bytes)
+        return app.openapi_schema or generate()
 
     app.openapi = document  # type: ignore[method-assign]
+
+
+def _with_nulls(schema: dict[str, Any], routes: Sequence[BaseRoute]) -> None:
+    """Each answer's examples as declared: FastAPI leaves their nulls out (``"eta": null``)."""
+    for route in routes:
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        for method in route.methods or ():
+            documented = schema["paths"][route.path_format][method.lower()]["responses"]
+            for status, response in route.responses.items():
+                for media_type, content in response.get("content", {}).items():
+                    if "examples" in content:
+                        target = documented[str(status)]["content"][media_type]
+                        target["examples"] = content["examples"]
+
+
+PROBLEM = (
+    "An error, as RFC 9457 problem details (`application/problem+json`): `type` names its "
+    "cause, and the *errors* section lists every one."
+)
 
 
 def _fit(schema: dict[str, Any], token: bool, max_bytes: int) -> None:
     if not token:
         schema.get("components", {}).pop("securitySchemes", None)
+    schema["components"]["schemas"]["Problem"]["description"] = PROBLEM
     for item in schema["paths"].values():
         for operation in item.values():
             responses = operation.get("responses", {})
             if not token:
                 operation.pop("security", None)
                 responses.pop("401", None)
+            for status, response in responses.items():
+                if status[0] in "45":
+                    content = response["content"]
+                    content[problems.MEDIA_TYPE] = content.pop("application/json")
             if "413" in responses:
-                content = responses["413"]["content"]["application/json"]
-                content["examples"] = _examples(said(too_large=too_large(max_bytes)))
+                content = responses["413"]["content"][problems.MEDIA_TYPE]
+                content["examples"] = _examples(
+                    said(problems.BODY_TOO_LARGE, too_large=too_large(max_bytes))
+                )
 
 
-def located(status: int, where: str, links: dict[str, Any] | None = None) -> Responses:
+def located(
+    status: int, where: str, answers: Answers, links: dict[str, Any] | None = None
+) -> Responses:
     """The ``Location`` header of a write's answer, naming where to read the result.
 
-    ``links`` are the calls that can follow, with the values they take from this one.
+    ``answers`` are the answer's example bodies; ``links`` the calls that can
+    follow, with the values they take from this one.
     """
     header = {"description": f"Where to read the result: {where}.", "schema": {"type": "string"}}
     response: dict[str, Any] = {"headers": {"Location": header}}
     if links:
         response["links"] = links
-    return {status: response}
+    return {status: {**response, **answered(status, answers)[status]}}
+
+
+def answered(status: int, answers: Answers, media_type: str = "application/json") -> Responses:
+    """Example bodies of a success, each what the Try-it-out examples, run in order, get."""
+    return {status: {"content": {media_type: {"examples": _examples(answers)}}}}
 
 
 def _link(
@@ -340,6 +410,46 @@ AFTER_ALLOCATION = {
 }
 
 
+# What the examples of the requests get, tried in order: the batches added, the line
+# allocated, a line too large for either batch, then the quantity changed.
+BATCH_CREATED: Answers = {"the batch's reference": {"ref": "batch-001"}}
+LINE_ACCEPTED: Answers = {"the line's order": {"orderid": "order-001"}}
+BATCH_READ: Answers = {
+    "after the example line": {
+        "reference": "batch-001",
+        "sku": "SMALL-TABLE",
+        "eta": None,
+        "purchased": 20,
+        "allocated": 2,
+        "available": 18,
+    }
+}
+ALLOCATIONS: Answers = {"one line": [{"sku": "SMALL-TABLE", "batchref": "batch-001"}]}
+ONE_ALLOCATION: Answers = {"the line": {"sku": "SMALL-TABLE", "batchref": "batch-001"}}
+ORDERS: Answers = {
+    "a line allocated": {
+        "orderid": "order-001",
+        "lines": [{"sku": "SMALL-TABLE", "state": "allocated", "batchref": "batch-001"}],
+    },
+    "a line out of stock": {
+        "orderid": "order-002",
+        "lines": [{"sku": "SMALL-TABLE", "state": "out_of_stock", "batchref": None}],
+    },
+}
+PRODUCT: Answers = {
+    "in the warehouse and arriving": {
+        "sku": "SMALL-TABLE",
+        "available_now": 18,
+        "incoming": 50,
+        "batches": [
+            {"reference": "batch-001", "eta": None, "available": 18},
+            {"reference": "batch-002", "eta": "2031-06-30", "available": 50},
+        ],
+    }
+}
+BATCH_ACCEPTED: Answers = {"the batch's reference": {"ref": "batch-001"}}
+
+
 _ADD_BATCH_TEXT = (
     "Adds `qty` units of `sku`: stock in the warehouse when `eta` is null, a shipment "
     "arriving on `eta` otherwise. Answers 201 with `Location: /batches/{ref}`, where "
@@ -352,21 +462,23 @@ _BATCH_ERRORS = write_errors(
         409: (
             "The reference is already used with other details; or the write kept "
             "colliding with concurrent writes to the same sku (try again).",
-            said(
-                reference_used_with_other_details="Batch batch-001 already exists with "
-                "different details",
-                write_kept_colliding=COLLIDED,
-            ),
+            {
+                **said(
+                    problems.BATCH_EXISTS,
+                    reference_used_with_other_details="Batch batch-001 already exists with "
+                    "different details",
+                ),
+                **said(problems.WRITE_COLLIDED, write_kept_colliding=COLLIDED),
+            },
         )
     }
 )
-_BATCH_CREATED = located(201, "the batch, `/batches/{ref}`", AFTER_BATCH_ADDED)
+_BATCH_CREATED = located(201, "the batch, `/batches/{ref}`", BATCH_CREATED, AFTER_BATCH_ADDED)
 
 
-# POST /batches, and the book's POST /add_batch: one operation under two paths.
+# POST /batches, and the book's POST /add_batch: one operation under two paths
+# (app.entrypoints.api.routes declares each route's status and response model).
 _ADD_BATCH_ROUTE: dict[str, Any] = {
-    "status_code": http.HTTP_201_CREATED,
-    "response_model": schemas.BatchCreated,
     "response_description": "Created: read the batch at `Location`.",
     "responses": idempotent({**_BATCH_CREATED, **_BATCH_ERRORS}),
     "tags": ["batches"],
@@ -382,12 +494,19 @@ ADD_BATCH: dict[str, Any] = {
 }
 
 GET_BATCH: dict[str, Any] = {
-    "response_model": schemas.BatchOut,
     "response_description": "The batch.",
-    "responses": error_responses(
-        {404: ("No batch has this reference.", said(unknown_batch="Unknown batch batch-001"))},
-        name="ref",
-    ),
+    "responses": {
+        **answered(200, BATCH_READ),
+        **error_responses(
+            {
+                404: (
+                    "No batch has this reference.",
+                    said(problems.UNKNOWN_BATCH, unknown_batch="Unknown batch batch-001"),
+                )
+            },
+            name="ref",
+        ),
+    },
     "tags": ["batches"],
     "summary": "Read a batch's quantities",
     "description": "How many units were `purchased`, how many are `allocated` to order "
@@ -395,20 +514,18 @@ GET_BATCH: dict[str, Any] = {
 }
 
 CHANGE_BATCH_QUANTITY: dict[str, Any] = {
-    "status_code": http.HTTP_202_ACCEPTED,
-    "response_model": schemas.BatchAccepted,
     "response_description": "Accepted: read the batch at `Location`.",
     "responses": {
-        **located(202, "the batch, `/batches/{ref}`", AFTER_BATCH_CHANGED),
+        **located(202, "the batch, `/batches/{ref}`", BATCH_ACCEPTED, AFTER_BATCH_CHANGED),
         **write_errors(
             {
                 404: (
                     "No batch has this reference.",
-                    said(unknown_batch="Unknown batch batch-001"),
+                    said(problems.UNKNOWN_BATCH, unknown_batch="Unknown batch batch-001"),
                 ),
                 409: (
                     "The write kept colliding with concurrent writes to the same sku (try again).",
-                    said(write_kept_colliding=COLLIDED),
+                    said(problems.WRITE_COLLIDED, write_kept_colliding=COLLIDED),
                 ),
             }
         ),
@@ -422,26 +539,32 @@ CHANGE_BATCH_QUANTITY: dict[str, Any] = {
 }
 
 ALLOCATE: dict[str, Any] = {
-    "status_code": http.HTTP_202_ACCEPTED,
-    "response_model": schemas.AllocationAccepted,
-    "response_description": "Accepted: read the order's allocations at `Location`.",
+    "response_description": "Accepted: read what became of the line at `Location`, the order.",
     "responses": idempotent(
         {
-            **located(202, "the order's allocations, `/allocations/{orderid}`", AFTER_ALLOCATION),
+            **located(
+                202,
+                "the order, `/orders/{orderid}`: each of its lines, allocated or out of stock",
+                LINE_ACCEPTED,
+                AFTER_ALLOCATION,
+            ),
             **write_errors(
                 {
                     400: (
                         "No batch of this sku was ever added: `Invalid sku ...`.",
-                        said(unknown_sku="Invalid sku SMALL-TABLE"),
+                        said(problems.INVALID_SKU, unknown_sku="Invalid sku SMALL-TABLE"),
                     ),
                     409: (
                         "The order already holds a different quantity of this sku; or the "
                         "write kept colliding with concurrent writes to the same sku (try again).",
-                        said(
-                            order_holds_another_quantity="Order order-001 already has 2 of "
-                            "SMALL-TABLE allocated to batch batch-001",
-                            write_kept_colliding=COLLIDED,
-                        ),
+                        {
+                            **said(
+                                problems.LINE_EXISTS,
+                                order_holds_another_quantity="Order order-001 already has 2 "
+                                "of SMALL-TABLE allocated to batch batch-001",
+                            ),
+                            **said(problems.WRITE_COLLIDED, write_kept_colliding=COLLIDED),
+                        },
                     ),
                 }
             ),
@@ -450,64 +573,76 @@ ALLOCATE: dict[str, Any] = {
     "tags": ["allocations"],
     "summary": "Allocate an order line",
     "description": "Allocates the line to a batch of its sku: warehouse stock first, then "
-    "the shipment arriving soonest. Answers 202 with `Location: /allocations/{orderid}`; "
-    "read the allocation there. A line no batch has stock for is accepted but is not "
-    "allocated: it is missing there, and `GET /orders/{orderid}` (the `Link` header, "
-    '`rel="order"`) says it is out of stock.\n\n'
+    "the shipment arriving soonest. Answers 202 with `Location: /orders/{orderid}`, where "
+    "the line is `allocated` to its batch, or `out_of_stock` if no batch has stock for "
+    'it: accepted, but not allocated. (`Link`, `rel="order"`, names the same.)\n\n'
     "Sending the same line again changes nothing; the same order asking for a different "
     "quantity of the sku is a 409.",
 }
 
 GET_ALLOCATIONS: dict[str, Any] = {
-    "response_model": list[schemas.Allocation],
     "response_description": "One entry per allocated line: its sku and the batch it is in.",
-    "responses": error_responses(
-        {
-            404: (
-                "The order has no allocated lines: unknown, or every line out of stock.",
-                said(no_allocations="No allocations for order order-001"),
-            )
-        },
-        name="orderid",
-    ),
+    "responses": {
+        **answered(200, ALLOCATIONS),
+        **error_responses(
+            {
+                404: (
+                    "The order has no allocated lines: unknown, or every line out of stock.",
+                    said(
+                        problems.NO_ALLOCATIONS, no_allocations="No allocations for order order-001"
+                    ),
+                )
+            },
+            name="orderid",
+        ),
+    },
     "tags": ["allocations"],
     "summary": "Read where an order's lines are allocated",
     "description": "The batch each line of the order is allocated to, from the allocations "
-    "read model. This is where `POST /allocate` points its `Location`.",
+    "read model: the book's read. An order with no line allocated is a 404 here; "
+    "`GET /orders/{orderid}` tells an order out of stock from one never seen.",
 }
 
 GET_ORDER: dict[str, Any] = {
-    "response_model": schemas.Order,
     "response_description": "Every line of the order the service accepted, and its state.",
-    "responses": error_responses(
-        {
-            404: (
-                "The service never accepted a line of this order.",
-                said(unknown_order="No order order-001"),
-            )
-        },
-        name="orderid",
-    ),
+    "responses": {
+        **answered(200, ORDERS),
+        **error_responses(
+            {
+                404: (
+                    "The service never accepted a line of this order.",
+                    said(problems.UNKNOWN_ORDER, unknown_order="No order order-001"),
+                )
+            },
+            name="orderid",
+        ),
+    },
     "tags": ["allocations"],
     "summary": "Read an order: each line allocated, or out of stock",
     "description": "Each line `POST /allocate` accepted for the order: `allocated` (with its "
     "batch), or `out_of_stock` when no batch could take it. Unlike "
     "`GET /allocations/{orderid}`, an order whose every line is out of stock is a 200 "
-    "here, and only an order never seen is a 404. `POST /allocate` links here.",
+    "here, and only an order never seen is a 404. `POST /allocate` points its `Location` "
+    "here.",
 }
 
 GET_ALLOCATION: dict[str, Any] = {
-    "response_model": schemas.Allocation,
     "response_description": "The sku and the batch the line is in.",
-    "responses": error_responses(
-        {
-            404: (
-                "The order has no allocated line of this sku.",
-                said(no_allocation="Order order-001 has no allocation of SMALL-TABLE"),
-            )
-        },
-        name="orderid",
-    ),
+    "responses": {
+        **answered(200, ONE_ALLOCATION),
+        **error_responses(
+            {
+                404: (
+                    "The order has no allocated line of this sku.",
+                    said(
+                        problems.NO_ALLOCATION,
+                        no_allocation="Order order-001 has no allocation of SMALL-TABLE",
+                    ),
+                )
+            },
+            name="orderid",
+        ),
+    },
     "tags": ["allocations"],
     "summary": "Read where one line of an order is allocated",
     "description": "The batch the order's line of `sku` is allocated to, from the "
@@ -515,17 +650,19 @@ GET_ALLOCATION: dict[str, Any] = {
 }
 
 GET_PRODUCT: dict[str, Any] = {
-    "response_model": schemas.ProductOut,
     "response_description": "The sku's stock, and each batch in the order allocation uses them.",
-    "responses": error_responses(
-        {
-            404: (
-                "No batch of this sku was ever added.",
-                said(unknown_sku="Unknown sku SMALL-TABLE"),
-            )
-        },
-        name="sku",
-    ),
+    "responses": {
+        **answered(200, PRODUCT),
+        **error_responses(
+            {
+                404: (
+                    "No batch of this sku was ever added.",
+                    said(problems.UNKNOWN_SKU, unknown_sku="Unknown sku SMALL-TABLE"),
+                )
+            },
+            name="sku",
+        ),
+    },
     "tags": ["products"],
     "summary": "Read the stock of a sku, now and per batch",
     "description": "Units available in the warehouse now, units arriving in shipments, and "

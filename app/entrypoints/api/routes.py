@@ -12,15 +12,18 @@ from app import views
 from app.adapters.read_source import CONSISTENCY_TOKEN, POSITION
 from app.domain import commands
 from app.entrypoints import fields
-from app.entrypoints.api import openapi, schemas
+from app.entrypoints.api import openapi, problems, schemas
 from app.entrypoints.api.dependencies import Bus, Once, reads_of
-from app.entrypoints.api.errors import error
 from app.entrypoints.api.idempotency import IdempotencyKey
-from app.entrypoints.api.security import require_writer
+from app.entrypoints.api.json_bodies import JsonBodyRoute
+from app.entrypoints.api.problems import problem
+from app.entrypoints.api.security import bearer
 
-router = APIRouter(generate_unique_id_function=openapi.operation_id)
+router = APIRouter(generate_unique_id_function=openapi.operation_id, route_class=JsonBodyRoute)
 
-WRITER = [Depends(require_writer)]  # with API_TOKEN set, writes need it
+# With API_TOKEN set, writes need it: checked before the body is read
+# (app.entrypoints.api.security); declared here for /openapi.json.
+WRITER = [Depends(bearer)]
 
 
 def _body(examples: dict[str, JsonDict]) -> Any:
@@ -59,7 +62,7 @@ After = Annotated[
         description="A write's position, from its `Location` or its "
         f"`{CONSISTENCY_TOKEN}` header: the answer includes that write. Without it, "
         "a read is as fresh as the database it is served from (docs/scaling.md).",
-        openapi_examples={"a write's position": {"value": "0/16B3748"}},
+        # No example: "Try it out" would fill it in, and send it, for every read.
     ),
     # Optional as a parameter, a string when given: not "string or null".
     WithJsonSchema({"type": "string", "pattern": f"^{POSITION.pattern}$"}),
@@ -67,13 +70,15 @@ After = Annotated[
 Sku = Annotated[str, _identifier("The product's sku.", "SMALL-TABLE"), Printable]
 
 
-def _answer(body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """Every answer but an error's: JSON, from a model or from plain data.
+def _answer(request: Request, body: Any, headers: dict[str, str] | None = None) -> Response:
+    """Every answer but an error's: JSON, with the status its route declares.
 
-    Reads skip the response model: views return plain, already-valid data,
-    and orjson writes it several times faster than validating it again.
+    A write's body is its route's response model; a read's is the plain,
+    already-valid data of its view, which the model describes: orjson writes
+    it several times faster than validating it again would.
     """
     content = body.model_dump_json() if isinstance(body, BaseModel) else orjson.dumps(body)
+    status_code: int = request.scope["route"].status_code or 200
     return Response(content, status_code, headers, media_type="application/json")
 
 
@@ -90,7 +95,15 @@ def _location(request: Request, name: str, **params: str) -> str:
     return root_path + str(request.app.url_path_for(name, **quoted))
 
 
-@router.post("/batches", dependencies=WRITER, **openapi.ADD_BATCH)
+# POST /batches, and the book's POST /add_batch: one operation under two paths.
+_ADD_BATCH: dict[str, Any] = {
+    "status_code": 201,
+    "response_model": schemas.BatchCreated,
+    "dependencies": WRITER,
+}
+
+
+@router.post("/batches", **_ADD_BATCH, **openapi.ADD_BATCH)
 async def add_batch(
     body: NewBatch,
     request: Request,
@@ -102,7 +115,7 @@ async def add_batch(
         await bus.handle(commands.CreateBatch(body.ref, body.sku, body.qty, body.eta))
         location = _location(request, "get_batch", ref=body.ref)
         position = await reads_of(request).position()
-        return _answer(schemas.BatchCreated(ref=body.ref), 201, _located(location, position))
+        return _answer(request, schemas.BatchCreated(ref=body.ref), _located(location, position))
 
     return await once(key, request, body, create)
 
@@ -112,31 +125,43 @@ router.add_api_route(
     "/add_batch",
     add_batch,
     methods=["POST"],
-    dependencies=WRITER,
     name="add_batch_book",
+    **_ADD_BATCH,
     **openapi.ADD_BATCH_BOOK,
 )
 
 
-@router.get("/batches/{ref}", **openapi.GET_BATCH)
+@router.get("/batches/{ref}", response_model=schemas.BatchOut, **openapi.GET_BATCH)
 async def get_batch(ref: BatchRef, request: Request, after: After = None) -> Response:
     batch = await views.batch(reads_of(request), ref, after)
     if batch is None:
-        return error(404, f"Unknown batch {ref}")
-    return _answer(batch)
+        return problem(problems.UNKNOWN_BATCH, f"Unknown batch {ref}")
+    return _answer(request, batch)
 
 
-@router.patch("/batches/{ref}", dependencies=WRITER, **openapi.CHANGE_BATCH_QUANTITY)
+@router.patch(
+    "/batches/{ref}",
+    status_code=202,
+    response_model=schemas.BatchAccepted,
+    dependencies=WRITER,
+    **openapi.CHANGE_BATCH_QUANTITY,
+)
 async def change_batch_quantity(
     ref: BatchRef, body: NewQuantity, request: Request, bus: Bus
 ) -> Response:
     await bus.handle(commands.ChangeBatchQuantity(ref, body.qty))
     location = _location(request, "get_batch", ref=ref)
     position = await reads_of(request).position()
-    return _answer(schemas.BatchAccepted(ref=ref), 202, _located(location, position))
+    return _answer(request, schemas.BatchAccepted(ref=ref), _located(location, position))
 
 
-@router.post("/allocate", dependencies=WRITER, **openapi.ALLOCATE)
+@router.post(
+    "/allocate",
+    status_code=202,
+    response_model=schemas.AllocationAccepted,
+    dependencies=WRITER,
+    **openapi.ALLOCATE,
+)
 async def allocate(
     body: NewLine,
     request: Request,
@@ -146,46 +171,54 @@ async def allocate(
 ) -> Response:
     async def allocate_line() -> Response:
         await bus.handle(commands.Allocate(body.orderid, body.sku, body.qty))
-        location = _location(request, "get_allocations", orderid=body.orderid)
+        # The order, not its allocations: it answers 200 for a line out of stock too.
+        location = _location(request, "get_order", orderid=body.orderid)
         position = await reads_of(request).position()
-        # Link: where to tell an out-of-stock line from an unknown order.
-        order = _location(request, "get_order", orderid=body.orderid)
-        order += f"?after={position}" if position else ""
-        headers = {**_located(location, position), "Link": f'<{order}>; rel="order"'}
-        return _answer(schemas.AllocationAccepted(orderid=body.orderid), 202, headers)
+        located = _located(location, position)
+        # The Link of before the Location named the order, kept for those who follow it.
+        headers = {**located, "Link": f'<{located["Location"]}>; rel="order"'}
+        return _answer(request, schemas.AllocationAccepted(orderid=body.orderid), headers)
 
     return await once(key, request, body, allocate_line)
 
 
-@router.get("/allocations/{orderid}", **openapi.GET_ALLOCATIONS)
+@router.get(
+    "/allocations/{orderid}",
+    response_model=list[schemas.Allocation],
+    **openapi.GET_ALLOCATIONS,
+)
 async def get_allocations(orderid: OrderId, request: Request, after: After = None) -> Response:
     result = await views.allocations(reads_of(request), orderid, after)
     if not result:
-        return error(404, f"No allocations for order {orderid}")
-    return _answer(result)
+        return problem(problems.NO_ALLOCATIONS, f"No allocations for order {orderid}")
+    return _answer(request, result)
 
 
-@router.get("/orders/{orderid}", **openapi.GET_ORDER)
+@router.get("/orders/{orderid}", response_model=schemas.Order, **openapi.GET_ORDER)
 async def get_order(orderid: OrderId, request: Request, after: After = None) -> Response:
     result = await views.order(reads_of(request), orderid, after)
     if result is None:
-        return error(404, f"No order {orderid}")
-    return _answer(result)
+        return problem(problems.UNKNOWN_ORDER, f"No order {orderid}")
+    return _answer(request, result)
 
 
-@router.get("/allocations/{orderid}/{sku}", **openapi.GET_ALLOCATION)
+@router.get(
+    "/allocations/{orderid}/{sku}",
+    response_model=schemas.Allocation,
+    **openapi.GET_ALLOCATION,
+)
 async def get_allocation(
     orderid: OrderId, sku: Sku, request: Request, after: After = None
 ) -> Response:
     result = await views.allocation(reads_of(request), orderid, sku, after)
     if result is None:
-        return error(404, f"Order {orderid} has no allocation of {sku}")
-    return _answer(result)
+        return problem(problems.NO_ALLOCATION, f"Order {orderid} has no allocation of {sku}")
+    return _answer(request, result)
 
 
-@router.get("/products/{sku}", **openapi.GET_PRODUCT)
+@router.get("/products/{sku}", response_model=schemas.ProductOut, **openapi.GET_PRODUCT)
 async def get_product(sku: Sku, request: Request, after: After = None) -> Response:
     result = await views.product(reads_of(request), sku, after)
     if result is None:
-        return error(404, f"Unknown sku {sku}")
-    return _answer(result)
+        return problem(problems.UNKNOWN_SKU, f"Unknown sku {sku}")
+    return _answer(request, result)

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
 
 from app.entrypoints.fields import ID_RULES, Eta, Identifier, NewQuantity, Quantity
 
@@ -19,6 +20,11 @@ SHIPMENT_EXAMPLE: JsonDict = {
 }
 LINE_EXAMPLE: JsonDict = {"orderid": "order-001", "sku": "SMALL-TABLE", "qty": 2}
 QUANTITY_EXAMPLE: JsonDict = {"qty": 10}
+
+
+def _no_default(schema: JsonDict) -> None:
+    # Absent, not null: a default of null beside a type without it contradicts it.
+    schema.pop("default", None)
 
 
 class Request(BaseModel):
@@ -118,25 +124,33 @@ class Readiness(BaseModel):
     )
 
 
-class Error(BaseModel):
-    """The body of every error answer but a 422's."""
-
-    message: str = Field(description="What went wrong, for a person to read.")
-
-
-class ErrorDetail(BaseModel):
-    loc: list[str | int] = Field(description="Where: `body`, `path` or `header`, then the field.")
-    msg: str
-    type: str
-
-
-class InvalidInput(Error):
-    """The body of a 422: the first invalid field in ``message``, each in ``detail``."""
-
-    detail: list[ErrorDetail] | None = Field(
-        None, description="Each invalid field; absent when the body is not JSON at all."
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(
+        description="Where: `body`, `path`, `query` or `header`, then the field's name."
     )
+    message: str = Field(description="What is wrong with it, for a person to read.")
 
 
-class NotReady(Error):
-    checks: dict[str, str] = Field(description="Each dependency's state, as when ready.")
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details (``application/problem+json``)."""
+
+    type: str = Field(
+        description="The cause: a URI that names it, the same wherever the service runs. "
+        "Compare it, do not fetch it.",
+        json_schema_extra={"format": "uri"},
+    )
+    title: str = Field(description="The cause in a few words: the same for every answer of it.")
+    status: int = Field(description="The HTTP status of the answer.")
+    detail: str = Field(description="What went wrong this time, for a person to read.")
+    message: str = Field(description="The same as `detail`: the book's name for it.")
+    # Members of one type each: not "null" when absent, as a generated client would have it.
+    errors: list[FieldError] | SkipJsonSchema[None] = Field(
+        None,
+        description="`invalid-input` only: each invalid field, with its own message.",
+        json_schema_extra=_no_default,
+    )
+    checks: dict[str, str] | SkipJsonSchema[None] = Field(
+        None,
+        description="`not-ready` only: each dependency's state, as when ready.",
+        json_schema_extra=_no_default,
+    )

@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 REF = 255  # longest reference, sku or order id, in characters
 
@@ -73,16 +74,17 @@ allocations = Table(
     Index("ix_allocations_batch_id", "batch_id"),
 )
 
-# Per batch, the id of the change_batch_quantity stream entry that set its
-# quantity last (a Redis stream id: milliseconds, then a sequence number),
-# written in the same transaction: an older entry, redelivered or replayed
-# after a newer one was applied, finds it here and changes nothing.
-batch_stream_positions = Table(
-    "batch_stream_positions",
+# Per batch, when the change that set its quantity last came (milliseconds,
+# then a sequence: a stream entry's id, when a pub/sub message was received,
+# or when a change over HTTP was applied), written in the same transaction:
+# an older change, redelivered, claimed or replayed after a newer one was
+# applied, finds it here and changes nothing.
+batch_change_positions = Table(
+    "batch_change_positions",
     metadata,
     Column("reference", ForeignKey("batches.reference"), primary_key=True),
-    Column("entry_ms", BigInteger, nullable=False),
-    Column("entry_seq", BigInteger, nullable=False),
+    Column("position_ms", BigInteger, nullable=False),
+    Column("position_seq", BigInteger, nullable=False),
 )
 
 # Projections: the read side. Their rows carry the product version they
@@ -107,6 +109,9 @@ refused_lines_view = Table(
     Column("orderid", String(REF), primary_key=True),
     Column("sku", String(REF), primary_key=True),
     Column("qty", Integer, nullable=False),
+    # The product's version when the line was refused: where the refusal
+    # stands among the product's changes.
+    Column("version", Integer, nullable=False, server_default="0"),
 )
 
 batches_view = Table(
@@ -144,6 +149,14 @@ Index(
     sqlite_where=outbox.c.completed_at.is_(None),
 )
 Index("ix_outbox_completed_at", outbox.c.completed_at)
+# A product's undelivered events, by version: what comes before one (app.adapters.outbox).
+Index(
+    "ix_outbox_undelivered_by_product",
+    outbox.c.sku,
+    outbox.c.version,
+    postgresql_where=outbox.c.completed_at.is_(None),
+    sqlite_where=outbox.c.completed_at.is_(None),
+)
 
 # Which handler has processed which event, written in the handler's own
 # transaction: a redelivered event finds its finished handlers here.
@@ -167,6 +180,15 @@ idempotency_keys = Table(
     Column("status", Integer, nullable=True),
     Column("body", Text, nullable=True),
     Column("location", Text, nullable=True),
+    # Who reserved it (app.adapters.liveness): a dead owner's reservation is taken over.
+    Column("owner", String(100), nullable=True),
     Column("created_at", DateTime, nullable=False),
     Column("expires_at", DateTime, nullable=False, index=True),
 )
+
+
+def insert_on_conflict(table: Table, dialect_name: str) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into ``table`` that takes ON CONFLICT clauses, in the dialect's construct."""
+    if dialect_name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
