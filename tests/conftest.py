@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,11 +26,14 @@ from redis.asyncio import Redis
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.adapters import orm
+from app import outages
+from app.adapters import tables
 from app.config import Settings
+from app.entrypoints.channels import CHANGE_BATCH_QUANTITY, LINE_ALLOCATED
 from app.main import create_app
 from tests.support.apps import serving
 from tests.support.databases import ROOT, alembic_upgrade, postgres_database
+from tests.support.processes import ALLOCATION
 from tests.support.servers import (
     PostgresCluster,
     RedisServer,
@@ -46,13 +48,34 @@ from tests.support.servers import (
 pytest_plugins = ["tests.support.fixtures"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The order and grouping the tests run in, in parallel (``make test``: pytest-xdist).
+
+    Tests on the shared Redis (TEST_REDIS_URL) share its fixed channel,
+    stream and consumer group names, the book's: they go in one group, which
+    xdist's ``--dist loadgroup`` runs in one process, one after another.
+    The rest are spread over the processes, the slow ones first, so that the
+    last to finish is a short one.
+    """
+    for item in items:
+        if "redis_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("shared-redis"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(autouse=True)
+def _no_outage_yet() -> None:
+    """Each test starts, as a process does, with no outage known (app.outages)."""
+    outages.forget()
+
+
 @pytest.fixture(scope="session")
 def postgres_server_url() -> str:
     return required("TEST_DATABASE_URL")
 
 
 @pytest.fixture(scope="session")
-async def redis_url() -> str:
+async def redis_server_url() -> str:
     """TEST_REDIS_URL, checked to answer: an unreachable server fails the run."""
     url = required("TEST_REDIS_URL")
     client = Redis.from_url(url, socket_connect_timeout=5)
@@ -61,6 +84,16 @@ async def redis_url() -> str:
     finally:
         await client.aclose()
     return url
+
+
+@pytest.fixture
+async def redis_url(redis_server_url: str) -> str:
+    """The shared Redis, with the book's streams gone: what an earlier test left
+    in them (an entry its worker never acknowledged, say) is not this test's to read.
+    """
+    async with Redis.from_url(redis_server_url) as client:
+        await client.delete(CHANGE_BATCH_QUANTITY, LINE_ALLOCATED)
+    return redis_server_url
 
 
 @pytest.fixture
@@ -92,7 +125,7 @@ async def sqlite_url(tmp_path: Path) -> str:
     url = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        await conn.run_sync(orm.metadata.create_all)
+        await conn.run_sync(tables.metadata.create_all)
         await conn.run_sync(_stamp)
     await engine.dispose()
     return url
@@ -130,7 +163,7 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def uvicorn_url(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``uvicorn app.main:app`` process on the session's PostgreSQL database."""
+    """The production command, ``allocation serve``, two processes, on the session's PostgreSQL."""
     port = free_port()
     log = tmp_path_factory.mktemp("uvicorn") / "server.log"
     env = {**os.environ, "DATABASE_URL": postgres_url}
@@ -138,10 +171,8 @@ def uvicorn_url(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "app.main:app",
+                ALLOCATION,
+                "serve",
                 "--host",
                 "127.0.0.1",
                 "--port",
