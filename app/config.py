@@ -304,7 +304,10 @@ class Settings(BaseSettings):
 
     @property
     def nats_servers(self) -> list[str]:
-        return self.nats_url.split(",") if self.nats_url else []
+        """The NATS servers events go through: NATS_URL's, unless EVENT_BROKERS leaves NATS out."""
+        if not self.nats_url or "nats" not in self.brokers:
+            return []
+        return self.nats_url.split(",")
 
     @field_validator("root_path")
     @classmethod

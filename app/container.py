@@ -59,11 +59,6 @@ def dead_letters(
     return None if js is None else JetStreamDeadLetters(js, key)
 
 
-def nats_servers(settings: Settings) -> list[str]:
-    """The NATS servers, if events go there (EVENT_BROKERS)."""
-    return settings.nats_servers if "nats" in settings.brokers else []
-
-
 def stream_specs(settings: Settings) -> dict[str, StreamSpec]:
     """How the streams the service creates are made: the one it reads is a work queue."""
     return {
@@ -139,7 +134,7 @@ class Container(containers.DeclarativeContainer):
     redis = providers.Resource(redis_client.resource, url=settings.provided.redis_url)
     jetstream = providers.Resource(
         jetstream.resource,
-        servers=providers.Callable(nats_servers, settings),
+        servers=settings.provided.nats_servers,
         replicas=settings.provided.nats_stream_replicas,
         duplicate_window=settings.provided.nats_duplicate_window,
         specs=providers.Callable(stream_specs, settings),

@@ -6,6 +6,12 @@ On a fresh migrated SQLite file and the Redis of BENCH_REDIS_URL, it times
 from the exec of ``allocation worker`` until it logs that it is subscribed
 to the change_batch_quantity channel (the moment from which no pub/sub
 message is lost), and ``allocation outbox`` from its exec to its exit.
+
+Beside them, in the same run, the floor: a Python process that imports the
+libraries those commands cannot do without (typer, pydantic-settings,
+SQLAlchemy's asyncio engine, aiosqlite, redis) and exits. How long Python
+takes to import them swings twofold with the machine's load; the ratios to
+the floor do not.
 """
 
 from __future__ import annotations
@@ -49,6 +55,15 @@ def outbox_answered(env: dict[str, str]) -> float:
     return time.monotonic() - started
 
 
+FLOOR = "import typer, pydantic_settings, sqlalchemy.ext.asyncio, aiosqlite, redis.asyncio"
+
+
+def floor() -> float:
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", FLOOR], check=True, timeout=60)
+    return time.monotonic() - started
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         database = f"sqlite+aiosqlite:///{Path(tmp) / 'allocation.db'}"
@@ -59,16 +74,22 @@ def main() -> None:
             "LOG_FORMAT": "json",
         }
         subprocess.run([BIN / "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
-        listening = [until_listening(env) for _ in range(STARTS)]
-        answered = [outbox_answered(env) for _ in range(STARTS)]
-    print(
-        f"worker subscribed: median {statistics.median(listening):.2f} s "
-        f"({', '.join(f'{t:.2f}' for t in listening)})"
-    )
-    print(
-        f"allocation outbox answered: median {statistics.median(answered):.2f} s "
-        f"({', '.join(f'{t:.2f}' for t in answered)})"
-    )
+        listening, answered, floors = [], [], []
+        for _ in range(STARTS):  # interleaved: the three see the same machine
+            listening.append(until_listening(env))
+            answered.append(outbox_answered(env))
+            floors.append(floor())
+    base = statistics.median(floors)
+    for name, times in (
+        ("worker subscribed", listening),
+        ("allocation outbox answered", answered),
+        ("floor (imports alone)", floors),
+    ):
+        print(
+            f"{name}: median {statistics.median(times):.2f} s, "
+            f"{statistics.median(times) / base:.2f} of the floor "
+            f"({', '.join(f'{t:.2f}' for t in times)})"
+        )
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from tests.support.servers import (
 pytest_plugins = ["tests.support.fixtures"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The order and grouping the tests run in, in parallel (``make test``: pytest-xdist).
 
@@ -61,6 +62,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "redis_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("shared-redis"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop at once if xdist did not take the groups: the shared-Redis tests
+    would run side by side and read each other's messages, failing at random.
+    """
+    if not getattr(session.config.option, "loadgroup", False):  # set in xdist's workers
+        return
+    for item in session.items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            raise pytest.UsageError(
+                f"pytest-xdist did not group {item.nodeid}: this pytest and pytest-xdist "
+                "do not work together (see the pytest pin in pyproject.toml)"
+            )
 
 
 @pytest.fixture(autouse=True)

@@ -89,9 +89,9 @@ def outbox() -> None:
     stream's consumer group, with NATS JetStream the durable consumer.
     """
     settings = _settings()
-    from app.entrypoints import commands
+    from app.entrypoints.outbox_report import outbox as report
 
-    _exit(commands.outbox(settings))
+    _exit(report(settings))
 
 
 dead_letters_cli = typer.Typer(

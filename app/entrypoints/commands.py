@@ -1,5 +1,7 @@
-"""The operator's commands: what ``allocation outbox``, ``rebuild-views`` and
-``dead-letters`` do, each on the service's container, each returning its exit code.
+"""The operator's commands that change something: what ``allocation
+rebuild-views`` and ``dead-letters`` do, each on the service's container, each
+returning its exit code. (``allocation outbox``, a report, is
+app.entrypoints.outbox_report: it needs no container.)
 
 Imported by the CLI only when one of them runs: ``allocation worker`` and
 ``allocation serve`` need none of this.
@@ -7,8 +9,6 @@ Imported by the CLI only when one of them runs: ``allocation worker`` and
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -17,24 +17,16 @@ from dependency_injector import providers
 from redis.exceptions import RedisError
 
 from app import container as composition
-from app import logs, tracing
 from app.adapters.dead_letters import AbstractDeadLetters
-from app.adapters.jetstream import NatsUnavailable, consumer_stats
-from app.adapters.outbox import FAILING_AFTER
 from app.adapters.rebuild import rebuild_views
-from app.adapters.schema_version import StartupError, check_database
-from app.adapters.streams import group_stats
+from app.adapters.schema_version import check_database
 from app.adapters.unavailable import Unavailable
 from app.config import Settings
 from app.container import Container
-from app.entrypoints import dead_letter_commands
-from app.entrypoints.channels import CHANGE_BATCH_QUANTITY as STREAM
+from app.entrypoints import dead_letter_commands, tool
 from app.entrypoints.worker import policy
 
-logger = logging.getLogger("app.cli")
 T = TypeVar("T")
-
-PRUNE_SLACK = 300.0  # seconds past the retention before pruning counts as behind
 
 
 def run(settings: Settings, work: Callable[[Container], Awaitable[T]], database: bool = True) -> T:
@@ -46,8 +38,6 @@ def run(settings: Settings, work: Callable[[Container], Awaitable[T]], database:
     async def main() -> T:
         container = Container()
         container.settings.override(providers.Object(settings))
-        logs.configure(settings.log_level, settings.log_format)
-        tracing.start()
         await composition.start(container)
         try:
             if database:
@@ -55,13 +45,8 @@ def run(settings: Settings, work: Callable[[Container], Awaitable[T]], database:
             return await work(container)
         finally:
             await composition.stop(container)
-            tracing.stop()
 
-    try:
-        return asyncio.run(main())
-    except StartupError as e:
-        logger.critical("cannot start: %s", e)
-        raise SystemExit(1) from None
+    return tool.run(settings, main)
 
 
 def rebuild(settings: Settings, chunk: int) -> int:
@@ -102,77 +87,6 @@ async def _rebuild(
 ) -> None:
     async with container.engine().begin() as conn:
         await rebuild_views(conn, progress, chunk)
-
-
-def outbox(settings: Settings) -> int:
-    """How many events wait, how many keep failing, whether pruning keeps up; the stream's lag."""
-
-    async def work(container: Container) -> int:
-        async with container.uow() as uow:
-            stats = await uow.outbox.stats(failing_after=FAILING_AFTER)
-            failing = await uow.outbox.failing(failing_after=FAILING_AFTER, limit=10)
-        retention = container.settings().outbox_retention
-        print(f"pending: {stats.pending}")
-        print(f"failing: {stats.failing}  (undelivered, and a delivery failed)")
-        print(f"oldest pending: {_seconds(stats.oldest_pending_age)}")
-        print(f"oldest delivered: {_seconds(stats.oldest_delivered_age)}  (kept {retention:g}s)")
-        for event in failing:
-            print(f"  {event.type} {event.id}: {event.attempts} attempts; {event.last_error}")
-        behind = stats.oldest_delivered_age or 0.0
-        if behind > retention + PRUNE_SLACK:
-            print(
-                f"pruning is behind: events delivered {behind - retention:.0f}s past the "
-                "retention are still kept; see the relay's log "
-                "(allocation_outbox_prune_failures_total in /metrics)"
-            )
-        await _show_stream(container)
-        await _show_jetstream(container)
-        return 0
-
-    return run(settings, work)
-
-
-async def _show_stream(container: Container) -> None:
-    client, group = container.redis(), container.settings().stream_group
-    if client is None:
-        return
-    where = f"stream {STREAM}, group {group}"
-    try:
-        stats = await group_stats(client, STREAM, group)
-    except (RedisError, OSError) as e:
-        print(f"{where}: cannot read it ({type(e).__name__}: {e})")
-        return
-    if stats is None:
-        print(f"{where}: no such group yet (no worker has read the stream)")
-        return
-    lag = "-" if stats.lag is None else str(stats.lag)
-    print(
-        f"{where}: pending {stats.pending} (read, not acknowledged), lag {lag} "
-        f"(not read yet), {stats.consumers} consumers"
-    )
-
-
-async def _show_jetstream(container: Container) -> None:
-    jetstream, durable = container.jetstream(), container.settings().nats_durable
-    if jetstream is None:
-        return
-    where = f"JetStream subject {STREAM}, consumer {durable}"
-    try:
-        stats = await consumer_stats(jetstream, STREAM, durable)
-    except NatsUnavailable as e:
-        print(f"{where}: cannot read it ({e})")
-        return
-    if stats is None:
-        print(f"{where}: no such consumer yet (no worker has read the subject)")
-        return
-    print(
-        f"{where}: pending {stats.pending} (not delivered yet), ack pending "
-        f"{stats.ack_pending} (delivered, not acknowledged), redelivered {stats.redelivered}"
-    )
-
-
-def _seconds(age: float | None) -> str:
-    return "-" if age is None else f"{age:.1f}s"
 
 
 def on_dead_letters(
