@@ -131,6 +131,31 @@ async def test_a_connection_that_sends_nothing_is_closed_within_30_s(image: Api)
     writer.close()
 
 
+def answer_to_one_write(port: int, head_bytes: int) -> bytes:
+    """What the server answers to a request whose head of about ``head_bytes`` is sent at once."""
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    padding = head_bytes - len(head) - len(b"X-Big: \r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head + b"X-Big: " + b"a" * padding + b"\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("head_bytes", [40_000, 100_000])
+async def test_a_head_past_the_limit_sent_in_one_write_is_refused(
+    image: Api, head_bytes: int
+) -> None:
+    answer = await asyncio.to_thread(answer_to_one_write, image.port, head_bytes)
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert problems.HEADERS_TOO_LARGE.uri.encode() in body
+
+    under_the_limit = await asyncio.to_thread(answer_to_one_write, image.port, 30_000)
+    assert under_the_limit.startswith(b"HTTP/1.1 200 "), under_the_limit[:200]
+
+
 async def test_headers_past_the_limit_are_refused_before_they_are_buffered(image: Api) -> None:
     two_mb = "a" * (2 * 1024 * 1024)
     async with httpx.AsyncClient(timeout=10) as http:

@@ -9,7 +9,9 @@ than the process has file descriptors, nobody else could connect at all.
 Policy, per process:
 - A request's head (request line and headers) is at most ``max_header_bytes``;
   past that the answer is a 431 and the connection is closed. The bytes are
-  counted as they arrive, so at most one read more than the limit is held.
+  counted as they arrive, so at most one read more than the limit is held;
+  a head that arrived whole in one read is measured once parsed, before the
+  app sees it.
 - A connection has ``header_timeout`` seconds to send each request's head,
   from when it opened or its last answer went out; then it is closed. (Idle
   keep-alive connections go sooner: uvicorn's ``timeout_keep_alive``.)
@@ -161,6 +163,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._connections = _registry(limits)
         self._head_bytes = 0
         self._in_head = True  # no request's head completed since the last answer
+        self._head_refused = False  # a head found too large once parsed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -177,12 +180,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if counting:
             self._head_bytes += len(data)
         super().data_received(data)
-        if (
-            counting
-            and self._in_head
-            and self._head_bytes > self._limits.max_header_bytes
-            and not self.transport.is_closing()
-        ):
+        too_large = self._head_refused or (
+            counting and self._in_head and self._head_bytes > self._limits.max_header_bytes
+        )
+        if too_large and not self.transport.is_closing():
             self._connections.closed(self)
             self.transport.write(
                 _refusal(
@@ -195,7 +196,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._connections.busy(self)
+        if self._head_refused:  # a request pipelined behind the refused one
+            return
+        # The head came in fewer reads than the counting above could catch.
+        head = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if head > self._limits.max_header_bytes:
+            self._head_refused = True  # no request starts: data_received answers 431
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._head_refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._head_refused:
+            super().on_message_complete()
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)  # a request that already sent its head starts now
