@@ -45,6 +45,20 @@ async def test_a_repeat_gets_the_first_answer(client: httpx.AsyncClient) -> None
     assert (REPLAYED in first.headers, again.headers[REPLAYED]) == (False, "true")
 
 
+async def test_a_repeated_allocation_gets_the_first_ones_location_and_link(
+    client: httpx.AsyncClient,
+) -> None:
+    orderid, sku, headers = random_ref("order"), random_ref("sku"), key()
+    assert (await client.post("/batches", json=batch(random_ref("b"), sku))).status_code == 201
+
+    first = await client.post("/allocate", json=line(orderid, sku), headers=headers)
+    again = await client.post("/allocate", json=line(orderid, sku), headers=headers)
+
+    assert (first.status_code, again.status_code, again.headers[REPLAYED]) == (202, 202, "true")
+    assert again.headers["location"] == first.headers["location"] == f"/orders/{orderid}"
+    assert again.headers["link"] == first.headers["link"] == f'</orders/{orderid}>; rel="order"'
+
+
 async def test_a_repeat_does_not_run_the_command_again(client: httpx.AsyncClient) -> None:
     # Unknown sku: a 400. Once the sku exists, the same line would be
     # allocated if it ran again; the repeat answers 400 and allocates nothing.

@@ -112,6 +112,19 @@ async def test_a_write_gives_its_position_in_location_and_a_header(
     assert r.headers["location"] == f"/batches/{ref}?after={position}"
 
 
+async def test_a_replayed_write_gives_the_position_of_the_first(http: httpx.AsyncClient) -> None:
+    orderid = random_ref("order")
+    _, sku, _ = await add_batch(http)
+    body, key = {"orderid": orderid, "sku": sku, "qty": 1}, {"Idempotency-Key": random_ref("k")}
+    first = await http.post("/allocate", json=body, headers=key)
+    await add_batch(http)  # the primary's log moves on
+    again = await http.post("/allocate", json=body, headers=key)
+
+    assert again.headers["idempotent-replayed"] == "true"
+    for header in ("location", "link", TOKEN):
+        assert again.headers[header] == first.headers[header], header
+
+
 async def test_plain_reads_go_to_the_replica_and_are_as_fresh_as_it_is(
     http: httpx.AsyncClient,
 ) -> None:

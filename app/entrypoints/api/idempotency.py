@@ -4,7 +4,9 @@ Policy:
 - The key is reserved in the database before the command runs. The table's
   primary key makes one request its owner, across every API process.
 - A repeat with the same method, path and validated body gets the recorded
-  status, body and ``Location``, with ``Idempotent-Replayed: true``. The same
+  status, body and ``Location``, the headers the route reads from its
+  ``Location`` (``Link``, ``X-Consistency-Token``), and
+  ``Idempotent-Replayed: true``. The same
   key with another body, or on another route, is a 422.
 - A repeat that arrives while the first is still running waits for its
   answer, up to ``WAIT`` seconds, and replays it; after that it is a 409 with
@@ -72,8 +74,8 @@ def other_route(request: str) -> str:
 
 DESCRIPTION = (
     "Makes the write safe to send again: a repeat with the same key and body gets the "
-    "first answer (status, body, `Location`, and `Idempotent-Replayed: true`) and does "
-    "nothing twice. Another body or route with the key is a 422; a repeat while the first "
+    "first answer (status, body, `Location` and its `Link`, and `Idempotent-Replayed: true`) "
+    "and does nothing twice. Another body or route with the key is a 422; a repeat while the first "
     "is still running waits for its answer, or after a few seconds is a 409 with "
     "`Retry-After`. 1 to 255 printable ASCII characters, e.g. a UUID; kept for "
     "`IDEMPOTENCY_TTL` (a day by default)."
@@ -105,6 +107,7 @@ IdempotencyKey = Annotated[
 ]
 
 Work = Callable[[], Awaitable[Response]]
+HeadersOf = Callable[[str], dict[str, str]]  # a Location's headers
 T = TypeVar("T")
 
 
@@ -121,13 +124,22 @@ class Idempotency:
         self._wait = wait
 
     async def __call__(
-        self, key: str | None, request: Request, body: BaseModel, work: Work
+        self,
+        key: str | None,
+        request: Request,
+        body: BaseModel,
+        work: Work,
+        *,
+        headers_of: HeadersOf,
     ) -> Response:
-        """``work()``'s answer, or, for a key seen before, the answer it got then."""
+        """``work()``'s answer, or, for a key seen before, the answer it got then.
+
+        ``headers_of`` gives a recorded ``Location``'s headers, as ``work`` sent them.
+        """
         if key is None:
             return await work()
         route = f"{request.method} {request.scope['route'].path}"
-        claimed = await self._claim(key, route, fingerprint(route, body))
+        claimed = await self._claim(key, route, fingerprint(route, body), headers_of)
         if isinstance(claimed, Response):
             return claimed
         try:
@@ -147,7 +159,9 @@ class Idempotency:
             await self._record(key, claimed, response)
         return response
 
-    async def _claim(self, key: str, route: str, digest: str) -> Reserved | Response:
+    async def _claim(
+        self, key: str, route: str, digest: str, headers_of: HeadersOf
+    ) -> Reserved | Response:
         deadline = time.monotonic() + self._wait
         tries = 0
         while True:
@@ -160,7 +174,7 @@ class Idempotency:
             if refused is not None:
                 return refused
             if found.answer is not None:
-                return _replay(found.answer)
+                return _replay(found.answer, headers_of)
             tries += 1
             pause = _POLL.after(tries)
             if time.monotonic() + pause > deadline:
@@ -196,10 +210,10 @@ def _mismatch(found: Existing, route: str, digest: str) -> Response | None:
     return None
 
 
-def _replay(answer: Answer) -> Response:
+def _replay(answer: Answer, headers_of: HeadersOf) -> Response:
     headers = {REPLAYED: "true"}
     if answer.location is not None:
-        headers["Location"] = answer.location
+        headers.update(headers_of(answer.location))
     # Only answers and the domain's refusals are recorded: every error among them a problem.
     media_type = problems.MEDIA_TYPE if answer.status >= 400 else "application/json"
     return Response(answer.body, status_code=answer.status, media_type=media_type, headers=headers)

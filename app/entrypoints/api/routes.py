@@ -83,9 +83,21 @@ def _answer(request: Request, body: Any, headers: dict[str, str] | None = None) 
 
 
 def _located(location: str, position: str | None) -> dict[str, str]:
-    if position is None:  # one database: every read sees every write
-        return {"Location": location}
-    return {"Location": f"{location}?after={position}", CONSISTENCY_TOKEN: position}
+    # With one database every read sees every write: no position to give.
+    return _headers_of(location if position is None else f"{location}?after={position}")
+
+
+def _headers_of(location: str) -> dict[str, str]:
+    """A write's headers, all read from its ``Location``, as a replayed answer gets them too."""
+    _, _, position = location.partition("?after=")  # ids in the path are quoted: no "?" there
+    return (
+        {"Location": location, CONSISTENCY_TOKEN: position} if position else {"Location": location}
+    )
+
+
+def _order_headers_of(location: str) -> dict[str, str]:
+    # The Link of before the Location named the order, kept for those who follow it.
+    return {**_headers_of(location), "Link": f'<{location}>; rel="order"'}
 
 
 def _location(request: Request, name: str, **params: str) -> str:
@@ -117,7 +129,7 @@ async def add_batch(
         position = await reads_of(request).position()
         return _answer(request, schemas.BatchCreated(ref=body.ref), _located(location, position))
 
-    return await once(key, request, body, create)
+    return await once(key, request, body, create, headers_of=_headers_of)
 
 
 # The book's path for the same operation.
@@ -174,12 +186,10 @@ async def allocate(
         # The order, not its allocations: it answers 200 for a line out of stock too.
         location = _location(request, "get_order", orderid=body.orderid)
         position = await reads_of(request).position()
-        located = _located(location, position)
-        # The Link of before the Location named the order, kept for those who follow it.
-        headers = {**located, "Link": f'<{located["Location"]}>; rel="order"'}
+        headers = _order_headers_of(_located(location, position)["Location"])
         return _answer(request, schemas.AllocationAccepted(orderid=body.orderid), headers)
 
-    return await once(key, request, body, allocate_line)
+    return await once(key, request, body, allocate_line, headers_of=_order_headers_of)
 
 
 @router.get(
