@@ -168,11 +168,13 @@ async def test_metrics_name_the_route_not_the_path(client: httpx.AsyncClient) ->
     for _ in range(3):
         await client.get(f"/allocations/{random_ref('order')}")
     await client.get("/no/such/route")
+    await client.head("/health")
 
     text = (await client.get("/metrics")).text
 
     assert 'route="/allocations/{orderid}",status="404"' in text
     assert 'route="unmatched",status="404"' in text
+    assert 'method="HEAD",route="/health",status="200"' in text
     assert "order-" not in text
 
 
