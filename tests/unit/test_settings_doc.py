@@ -1,4 +1,7 @@
-"""docs/settings.md, .env.example and the code name the same settings, with the same defaults."""
+"""docs/settings.md, .env.example and the code name the same settings, with the same defaults.
+
+But for compose.yaml's own variables, `.env.example` gives each setting its default.
+"""
 
 import re
 from pathlib import Path
@@ -28,9 +31,13 @@ def documented() -> dict[str, str]:
     return {name: default for name, default, _ in rows}
 
 
-def in_env_example() -> set[str]:
+def env_example() -> dict[str, str]:
     text = (ROOT / ".env.example").read_text()
-    return set(re.findall(r"^([A-Z_]+)=", text, re.M))
+    return dict(re.findall(r"^([A-Z_]+)=(.*)$", text, re.M))
+
+
+def in_env_example() -> set[str]:
+    return set(env_example())
 
 
 def fields() -> set[str]:
@@ -59,10 +66,24 @@ def test_the_documented_default_is_the_codes(name: str) -> None:
     elif default == "":
         assert written == "empty"
     else:
-        value = written.strip("`")
-        if isinstance(default, bool):
-            assert value == str(default).lower()
-        elif isinstance(default, int | float):
-            assert float(value) == float(default)
-        else:
-            assert value == str(default)
+        assert_same(written.strip("`"), default)
+
+
+@pytest.mark.parametrize("name", sorted(fields()))
+def test_env_example_gives_the_codes_default(name: str) -> None:
+    default = Settings.model_fields[name.lower()].default
+    given = env_example()[name]
+    if default is None or default == "":
+        assert given == ""
+    else:
+        assert_same(given, default)
+
+
+def assert_same(value: str, default: object) -> None:
+    """``value`` as a setting's text is ``default``."""
+    if isinstance(default, bool):
+        assert value == str(default).lower()
+    elif isinstance(default, int | float):
+        assert float(value) == float(default)
+    else:
+        assert value == str(default)
