@@ -97,16 +97,29 @@ REQUESTS = "app.requests"  # the logger of the line per request
 _TRACEBACK = "Traceback (most recent call last):"
 
 
-def _traceback_as_field(record: logging.LogRecord) -> None:
+# The last lines of tracebacks not to print: of exceptions the service has said in a line.
+_said: set[str] = set()
+
+
+def said(error: BaseException) -> None:
+    """``error`` has been logged, in one line: a traceback of it logged as a message is left out.
+
+    uvicorn logs the traceback of a refused start after the line that says why.
+    """
+    _said.add(f"{type(error).__module__}.{type(error).__qualname__}: {error}")
+
+
+def _traceback_as_field(record: logging.LogRecord) -> bool:
     """A traceback logged as a message (uvicorn's, when startup fails) becomes a field.
 
     The line's message is then the exception's own last line; the traceback
-    goes where any other is, ``exc_info``.
+    goes where any other is, ``exc_info``. True if the record was one.
     """
     if record.exc_info or not isinstance(record.msg, str) or not record.msg.startswith(_TRACEBACK):
-        return
+        return False
     record.exc_text = record.msg.rstrip()
     record.msg, record.args = record.exc_text.splitlines()[-1], None
+    return True
 
 
 class ServiceHandler(logging.Handler):
@@ -125,7 +138,8 @@ class ServiceHandler(logging.Handler):
         self.setFormatter(formatter(fmt, self.stream))
 
     def emit(self, record: logging.LogRecord) -> None:  # called holding self.lock
-        _traceback_as_field(record)
+        if _traceback_as_field(record) and record.msg in _said:
+            return
         try:
             line = self.format(record)
         except Exception:

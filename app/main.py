@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await container.liveness().start()
         except StartupError as e:
             logger.critical("cannot start: %s", e)
+            logs.said(e)  # and uvicorn does not print its traceback after that line
             await composition.stop(container)
             raise
         reads = container.read_source()
