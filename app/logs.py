@@ -17,6 +17,7 @@ import asyncio
 import logging
 import re
 import sys
+import traceback
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
@@ -106,7 +107,7 @@ def said(error: BaseException) -> None:
 
     uvicorn logs the traceback of a refused start after the line that says why.
     """
-    _said.add(f"{type(error).__module__}.{type(error).__qualname__}: {error}")
+    _said.add(traceback.format_exception_only(error)[-1].rstrip())
 
 
 def _traceback_as_field(record: logging.LogRecord) -> bool:

@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -66,6 +67,29 @@ def test_an_exception_is_written_with_its_traceback(stderr: io.StringIO) -> None
     (line,) = lines(stderr)
     assert line["level"] == "ERROR"
     assert "ValueError: no such batch" in str(line["exc_info"])
+
+
+def test_a_traceback_logged_as_a_message_is_a_field_unless_its_error_was_said(
+    stderr: io.StringIO,
+) -> None:
+    # As uvicorn logs a lifespan's failure: the whole traceback as the message.
+    def failure(error: Exception) -> str:
+        try:
+            raise error
+        except Exception:
+            return traceback.format_exc()
+
+    uvicorn = logging.getLogger("uvicorn.error")
+    uvicorn.error(failure(ValueError("unforeseen")))
+    said = RuntimeError("the database is not migrated")
+    logs.said(said)
+    uvicorn.error(failure(said))
+    uvicorn.error("Application startup failed. Exiting.")
+
+    unforeseen, failed = lines(stderr)
+    assert unforeseen["message"] == "ValueError: unforeseen"
+    assert str(unforeseen["exc_info"]).startswith("Traceback (most recent call last):")
+    assert failed["message"] == "Application startup failed. Exiting."
 
 
 class _Records(logging.Handler):
