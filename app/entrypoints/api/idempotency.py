@@ -6,8 +6,8 @@ Policy:
 - A repeat with the same method, path and validated body gets the recorded
   status, body and ``Location``, the headers the route reads from its
   ``Location`` (``Link``, ``X-Consistency-Token``), and
-  ``Idempotent-Replayed: true``. The same
-  key with another body, or on another route, is a 422.
+  ``Idempotent-Replayed: true``. The same key with another body, or on
+  another route, is a 422.
 - A repeat that arrives while the first is still running waits for its
   answer, up to ``WAIT`` seconds, and replays it; after that it is a 409 with
   ``Retry-After``.

@@ -83,8 +83,12 @@ def _answer(request: Request, body: Any, headers: dict[str, str] | None = None) 
 
 
 def _located(location: str, position: str | None) -> dict[str, str]:
+    return _headers_of(_positioned(location, position))
+
+
+def _positioned(location: str, position: str | None) -> str:
     # With one database every read sees every write: no position to give.
-    return _headers_of(location if position is None else f"{location}?after={position}")
+    return location if position is None else f"{location}?after={position}"
 
 
 def _headers_of(location: str) -> dict[str, str]:
@@ -186,7 +190,7 @@ async def allocate(
         # The order, not its allocations: it answers 200 for a line out of stock too.
         location = _location(request, "get_order", orderid=body.orderid)
         position = await reads_of(request).position()
-        headers = _order_headers_of(_located(location, position)["Location"])
+        headers = _order_headers_of(_positioned(location, position))
         return _answer(request, schemas.AllocationAccepted(orderid=body.orderid), headers)
 
     return await once(key, request, body, allocate_line, headers_of=_order_headers_of)
