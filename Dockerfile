@@ -2,7 +2,7 @@
 #   docker build -t allocation .
 #   docker run allocation                                  (the API, port 8000: allocation serve)
 #   docker run allocation allocation worker                (the worker)
-#   docker run allocation alembic upgrade head             (migrations)
+#   docker run allocation allocation migrate               (migrations)
 
 FROM python:3.11.14-slim-bookworm AS build
 WORKDIR /src
@@ -22,8 +22,6 @@ FROM python:3.11.14-slim-bookworm
 RUN useradd --create-home --uid 10001 allocation
 COPY --from=build /venv /venv
 WORKDIR /srv
-COPY alembic.ini ./
-COPY alembic ./alembic
 ENV PATH=/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 USER 10001

@@ -7,31 +7,32 @@ PORT   ?= 8000
 
 .PHONY: run test lint migrate install install-dev node-deps bench bench-startup system-deps soak fuzz lock
 
-# Running the service needs its runtime dependencies alone (make install);
-# the tests, linters and bench add the dev tools on top (make install-dev:
-# Playwright, schemathesis, mypy...). Each stamp redoes its install when
-# pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# Every install comes from a lock, the same versions on every machine on any
+# day: running the service, its runtime lock (requirements.lock, the image's);
+# the tests, linters and bench, the dev lock (requirements-dev.lock: the same
+# runtime pins, and the tools). Each is checked against its hashes; the service
+# itself then goes in editable, resolving nothing. A stamp is redone when its
+# lock or pyproject.toml changes; `make lock` writes both locks.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 # The official AsyncAPI parser, which tests/e2e/test_asyncapi.py runs on
-# /asyncapi.json: the exact version tests/asyncapi/package.json names, from
-# the npm registry, with no lock file. Without npm that test skips (fails
-# under REQUIRE_SERVICES), saying so.
+# /asyncapi.json: exactly what tests/asyncapi/package-lock.json pins (npm ci).
+# Without npm that test skips (fails under REQUIRE_SERVICES), saying so.
 NODE_DEPS := tests/asyncapi/node_modules/.installed
-$(NODE_DEPS): tests/asyncapi/package.json
+$(NODE_DEPS): tests/asyncapi/package.json tests/asyncapi/package-lock.json
 	@command -v npm >/dev/null || { echo "npm not found: not installing the AsyncAPI parser"; exit 0; }; \
-	cd tests/asyncapi && npm install --no-package-lock --no-audit --no-fund --loglevel=error \
+	cd tests/asyncapi && npm ci --no-audit --no-fund --loglevel=error \
 	&& touch node_modules/.installed
 node-deps: $(NODE_DEPS)
 
@@ -48,7 +49,7 @@ system-deps:
 	fi
 
 migrate: install
-	$(BIN)/alembic upgrade head
+	$(BIN)/allocation migrate
 
 run: migrate
 	$(BIN)/allocation serve --host $(HOST) --port $(PORT)
@@ -87,17 +88,21 @@ soak: install-dev
 	TEST_DATABASE_URL=$${TEST_DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres} \
 	$(BIN)/pytest -m soak -s tests/soak $(PYTEST_ARGS)
 
-# requirements.lock, the image's dependencies with their hashes, compiled
-# from pyproject.toml (its build backend included). Pins that still satisfy
-# pyproject.toml are kept; LOCK_ARGS=--upgrade moves every one to the newest
-# allowed. pip-tools runs from a throwaway venv: no dependency of the project.
-# Run it with the image's Python (3.11): markers are resolved for this one.
+# Both locks, with their hashes, compiled from pyproject.toml: requirements.lock
+# (the image's, its build backend included) and requirements-dev.lock (the same
+# runtime pins, with the dev tools). Pins that still satisfy pyproject.toml are
+# kept; LOCK_ARGS=--upgrade moves every one to the newest allowed. pip-tools
+# runs from a throwaway venv: no dependency of the project. Run it with the
+# image's Python (3.11): markers are resolved for this one. The npm lock of the
+# AsyncAPI parser: cd tests/asyncapi && npm install --package-lock-only.
 LOCK_ARGS ?=
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/bin/pip-compile" --quiet \
+	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	$(LOCK_ARGS)
 lock:
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
 	&& $(PYTHON) -m venv "$$tmp" \
-	&& "$$tmp/bin/python" -m pip install --quiet 'pip-tools>=7.4' \
-	&& CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/bin/pip-compile" --quiet \
-		--generate-hashes --allow-unsafe --strip-extras --build-deps-for wheel \
-		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) \
-		--output-file requirements.lock pyproject.toml
+	&& "$$tmp/bin/python" -m pip install --quiet 'pip-tools==7.7.0' \
+	&& $(PIP_COMPILE) --build-deps-for wheel --output-file requirements.lock pyproject.toml \
+	&& $(PIP_COMPILE) --extra dev --build-deps-for editable --constraint requirements.lock \
+		--output-file requirements-dev.lock pyproject.toml

@@ -194,7 +194,7 @@ _ASYNC_RESOURCES = ("engine", "read_engine", "replica_engine", "redis", "jetstre
 
 async def start(container: Container) -> None:
     """Open the container's resources (nothing connects before this)."""
-    await container.init_resources()  # type: ignore[misc]
+    await container.init_resources()  # type: ignore[misc, unused-ignore]
     # Once an async resource is open, dependency-injector would still answer
     # every provider that depends on it with a Future; switch that off so the
     # rest of the graph stays plain.
@@ -205,4 +205,4 @@ async def start(container: Container) -> None:
 async def stop(container: Container) -> None:
     for name in _ASYNC_RESOURCES:
         getattr(container, name).enable_async_mode()
-    await container.shutdown_resources()  # type: ignore[misc]
+    await container.shutdown_resources()  # type: ignore[misc, unused-ignore]

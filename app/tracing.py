@@ -71,7 +71,7 @@ def start() -> None:
     provider = TracerProvider(resource=resource)  # its sampler from OTEL_TRACES_SAMPLER
     provider.add_span_processor(BatchSpanProcessor(_exporter()))
     trace.set_tracer_provider(provider)
-    AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call, unused-ignore]
     RedisInstrumentor().instrument()
     _provider = provider
     logger.info("tracing on: exporting spans as %s", _described())
@@ -93,7 +93,7 @@ def instrument(engine: Any) -> None:
     # The instrumentation's tracer for one engine; its instrument(engine=...)
     # takes the first engine of a process only, and the reader is a second.
     usage = metrics.get_meter(__name__).create_up_down_counter("db.client.connections.usage")
-    EngineTracer(trace.get_tracer(__name__), engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+    EngineTracer(trace.get_tracer(__name__), engine.sync_engine, usage)  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def traceparent() -> str | None:

@@ -148,7 +148,9 @@ async def sqlite_url(tmp_path: Path) -> str:
 
 def _stamp(conn: Connection) -> None:
     """Mark a database made from the metadata as migrated, as alembic would."""
-    MigrationContext.configure(conn).stamp(ScriptDirectory(str(ROOT / "alembic")), "head")
+    MigrationContext.configure(conn).stamp(
+        ScriptDirectory(str(ROOT / "app" / "migrations")), "head"
+    )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

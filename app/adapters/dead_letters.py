@@ -180,7 +180,7 @@ class RedisDeadLetters(AbstractDeadLetters):
         for raw, letter in await self._stored():
             if letter.id == letter_id:
                 # The exact bytes stored (redis-py's annotation says str; it sends bytes as is).
-                removed = await self._client.lrem(self.key, 1, raw)  # type: ignore[arg-type]
+                removed = await self._client.lrem(self.key, 1, raw)  # type: ignore[arg-type, unused-ignore]
                 return letter if removed else None
         return None
 
@@ -195,7 +195,7 @@ class RedisDeadLetters(AbstractDeadLetters):
 
     async def settle(self, claim: Claim) -> None:
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.lrem(self.key, 1, claim.raw)  # type: ignore[arg-type]
+            pipe.lrem(self.key, 1, claim.raw)  # type: ignore[arg-type, unused-ignore]
             pipe.delete(claim.lock)
             await pipe.execute()
 

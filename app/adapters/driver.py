@@ -46,7 +46,7 @@ def discard(engine: AsyncEngine, raw: PoolProxiedConnection, exc: BaseException)
     If the server closed it, it closed the pool's others too: they are all
     replaced before their next use (``engines.replace_pool``).
     """
-    if raw.driver_connection.is_closed():  # type: ignore[union-attr]
+    if raw.driver_connection.is_closed():  # type: ignore[union-attr, unused-ignore]
         replace_pool(engine)
     raw.invalidate(exc)
 
@@ -61,7 +61,7 @@ class Compiled:
 @cache
 def compiled(statement: Executable, dialect: Dialect) -> Compiled:
     """``statement`` as asyncpg runs it: its SQL and its parameters' names, once per process."""
-    done = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+    done = statement.compile(dialect=dialect)  # type: ignore[attr-defined, unused-ignore]
     names = tuple(done.positiontup or ())
     defaults = {
         name: done.binds[name].value

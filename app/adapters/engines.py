@@ -92,7 +92,7 @@ def _abort_invalidated(engine: AsyncEngine) -> None:
     # answering. Drop it instead: the server rolls back when it notices.
     @event.listens_for(engine.sync_engine, "invalidate")
     def _invalidate(_: Any, record: ConnectionPoolEntry, __: BaseException | None) -> None:
-        record.driver_connection.terminate()  # type: ignore[union-attr]
+        record.driver_connection.terminate()  # type: ignore[union-attr, unused-ignore]
 
 
 # Engines whose server closed a connection, so closed its others too.

@@ -27,7 +27,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters import reads

@@ -218,7 +218,7 @@ class _Statements:
         self.prune_events: Delete = delete(tables.outbox).where(
             o.id.in_(prunable.scalar_subquery())
         )
-        self.stats: Select[Any] = select(  # type: ignore[assignment]
+        self.stats: Select[Any] = select(  # type: ignore[assignment, unused-ignore]
             func.count(),
             func.count().filter(o.attempts >= bindparam("failing_after")),
             func.min(o.created_at),

@@ -62,7 +62,7 @@ class RedisPublisher(AbstractPublisher):
         fields = {k: "" if v is None else str(v) for k, v in payload.items()}
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.publish(channel, json.dumps(payload))
-            pipe.xadd(channel, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.xadd(channel, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type, unused-ignore]
             await pipe.execute()
 
 

@@ -1,13 +1,31 @@
-"""Is the database there, and at the schema this code expects? Asked at startup."""
+"""The schema: brought up to this code's (``allocation migrate``), and checked at startup.
+
+The migrations ship inside the package (app/migrations), so an installed
+service migrates with no checkout: ``alembic upgrade head`` from a checkout
+runs the same ones, through alembic.ini.
+"""
 
 import asyncio
+import logging
+from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # The newest migration (alembic's head). A test keeps the two equal.
 SCHEMA_VERSION = "0010"
 STARTUP_TIMEOUT = 10.0  # seconds the database has to answer at startup
+MIGRATIONS = Path(__file__).parent.parent / "migrations"
+
+
+def migrate() -> None:
+    """Apply every migration the database lacks, to DATABASE_URL (alembic's env.py reads it)."""
+    logging.getLogger("alembic").setLevel(logging.INFO)  # each migration it applies
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    command.upgrade(config, "head")
 
 
 class StartupError(Exception):
@@ -37,5 +55,5 @@ async def check_database(engine: AsyncEngine, seconds: float = STARTUP_TIMEOUT) 
         found = "no migrations" if version is None else f"migration {version}"
         raise StartupError(
             f"the database at {where} is not migrated: it has {found}, this code needs "
-            f"{SCHEMA_VERSION}. Run `alembic upgrade head` (or `make migrate`) first."
+            f"{SCHEMA_VERSION}. Run `allocation migrate` first."
         )

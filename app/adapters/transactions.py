@@ -255,7 +255,7 @@ class _AsyncpgTransaction(Transaction):
         try:
             if self._open:
                 self._open = False
-                await raw.driver_connection.execute("ROLLBACK")  # type: ignore[union-attr]
+                await raw.driver_connection.execute("ROLLBACK")  # type: ignore[union-attr, unused-ignore]
         except BaseException as e:
             discard(self.engine, raw, e)
             raise

@@ -30,7 +30,7 @@ from sqlalchemy.sql.visitors import ExternallyTraversible, replacement_traverse
 @cache
 def tables_of(statement: Executable) -> frozenset[str]:
     """Every table ``statement`` reads or changes."""
-    found = find_tables(statement, include_crud=True, include_aliases=False)  # type: ignore[arg-type]
+    found = find_tables(statement, include_crud=True, include_aliases=False)  # type: ignore[arg-type, unused-ignore]
     return frozenset(t.name for t in found if hasattr(t, "name"))
 
 

@@ -57,6 +57,18 @@ def serve(
 
 
 @cli.command()
+def migrate() -> None:
+    """Bring the database's schema up to this code's: every migration it lacks, in order."""
+    settings = _settings()
+    from app import logs
+    from app.adapters.schema_version import migrate as upgrade
+
+    logs.configure(settings.log_level, settings.log_format)
+    upgrade()
+    print("migrated")
+
+
+@cli.command()
 def worker() -> None:
     """Consume change_batch_quantity (Redis, JetStream) and deliver the outbox, until SIGTERM.
 

@@ -157,7 +157,7 @@ async def subscribe(client: Redis) -> PubSub:
     # Redis confirms before it sends any message: wait for that, then say so.
     confirmation = await pubsub.get_message(timeout=UNSUBSCRIBED_WITHIN)
     if confirmation is None or confirmation["type"] != "subscribe":
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
         raise RedisConnectionError(f"no confirmation of SUBSCRIBE {CHANNEL} from Redis")
     logger.info("listening on %s", CHANNEL)
     return pubsub

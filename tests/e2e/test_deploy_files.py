@@ -4,6 +4,7 @@ No container engine runs here, so the image's own install and start
 commands are proven the next best way: in a clean virtual environment.
 """
 
+import json
 import os
 import re
 import shlex
@@ -13,28 +14,37 @@ import sys
 import time
 import tomllib
 import venv
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml  # type: ignore[import-untyped, unused-ignore]
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from app.adapters.schema_version import SCHEMA_VERSION
 from app.config import Settings
 from app.entrypoints.redis_consumer import HANDLING_GRACE
 from app.entrypoints.serve import GRACEFUL_SHUTDOWN
-from tests.support.databases import ROOT
+from tests.support.databases import ROOT, postgres_database
 from tests.support.deploy import image_command, image_command_here
 from tests.support.servers import free_port, wait_until_serving
 
 BIN = Path(sys.executable).parent
 LOCK = ROOT / "requirements.lock"
+DEV_LOCK = ROOT / "requirements-dev.lock"
 # Compose files the services read their settings from, when they exist.
 ENV_FILE = [{"path": "allocation.env", "required": False}]
+
+
+@pytest.fixture
+async def empty_database(postgres_server_url: str) -> AsyncIterator[str]:
+    """A new database with no tables, dropped after the test."""
+    async with postgres_database(postgres_server_url, migrated=False) as url:
+        yield url
 
 
 def build_stage() -> list[str]:
@@ -93,9 +103,13 @@ def test_compose_yaml_follows_the_compose_specification() -> None:
 
 
 @pytest.mark.slow
-def test_the_images_install_and_start_commands_work_in_a_clean_venv(tmp_path: Path) -> None:
+@pytest.mark.postgres
+def test_the_image_installs_migrates_a_new_database_and_serves_from_a_clean_venv(
+    tmp_path: Path, empty_database: str
+) -> None:
     # What the Dockerfile does: its pip installs (the lock, then the service)
-    # into a fresh venv, alembic copied beside it, migrate, serve with its CMD.
+    # into a fresh venv; then compose's migrate command, from a directory that
+    # holds no checkout, on a new PostgreSQL database; then its CMD.
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     bin_dir = env_dir / "bin"
@@ -107,15 +121,15 @@ def test_the_images_install_and_start_commands_work_in_a_clean_venv(tmp_path: Pa
         assert install.returncode == 0, f"{shlex.join(argv)}\n{install.stderr[-3000:]}"
     srv = tmp_path / "srv"
     srv.mkdir()
-    shutil.copy(ROOT / "alembic.ini", srv)
-    shutil.copytree(ROOT / "alembic", srv / "alembic")
-    database = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
-
-    migrate = run(bin_dir / "alembic", "upgrade", "head", cwd=srv, DATABASE_URL=database)
+    database = empty_database
+    migrate_command = compose_services()["migrate"]["command"]
+    migrate = run(
+        bin_dir / migrate_command[0], *migrate_command[1:], cwd=srv, DATABASE_URL=database
+    )
     assert migrate.returncode == 0, migrate.stderr[-3000:]
+    assert SCHEMA_VERSION in migrate.stderr, migrate.stderr
     worker_help = run(bin_dir / "allocation", "worker", "--help", cwd=srv)
     assert worker_help.returncode == 0, worker_help.stderr[-3000:]
-
     port = free_port()
     assert image_command()[:2] == ["allocation", "serve"], image_command()
     # The image listens on 0.0.0.0:8000; here, loopback and a free port.
@@ -128,16 +142,44 @@ def test_the_images_install_and_start_commands_work_in_a_clean_venv(tmp_path: Pa
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_serving(url, server, time.monotonic() + 30)
-        ready = httpx.get(f"{url}/ready", timeout=5)
-        assert ready.status_code == 200, ready.text
-        batch = {"ref": "b1", "sku": "LAMP", "qty": 5, "eta": None}
-        assert httpx.post(f"{url}/add_batch", json=batch).status_code == 201
-        line = {"orderid": "o1", "sku": "LAMP", "qty": 1}
-        assert httpx.post(f"{url}/allocate", json=line).status_code == 202
-        assert httpx.get(f"{url}/allocations/o1").json() == [{"sku": "LAMP", "batchref": "b1"}]
+        with httpx.Client(base_url=url, timeout=5) as client:
+            ready = client.get("/ready")
+            assert ready.status_code == 200, ready.text
+            batch = {"ref": "b1", "sku": "LAMP", "qty": 5, "eta": None}
+            assert client.post("/add_batch", json=batch).status_code == 201
+            line = {"orderid": "o1", "sku": "LAMP", "qty": 1}
+            assert client.post("/allocate", json=line).status_code == 202
+            allocations = client.get("/allocations/o1")
+        assert allocations.json() == [{"sku": "LAMP", "batchref": "b1"}]
     finally:
         server.terminate()
         server.wait(timeout=15)
+
+
+@pytest.mark.slow
+def test_the_dev_lock_installs_here(tmp_path: Path) -> None:
+    # make install-dev's install, resolved against the index into a throwaway
+    # venv with nothing installed: every pin exists for this platform, with
+    # its hash (pip downloads each file to check it, from its cache when it can).
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    report = tmp_path / "report.json"
+    result = run(
+        env_dir / "bin" / "pip",
+        "install",
+        "--dry-run",
+        "--quiet",
+        "--require-hashes",
+        "--report",
+        report,
+        "-r",
+        DEV_LOCK,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = {
+        canonicalize_name(i["metadata"]["name"]) for i in json.loads(report.read_text())["install"]
+    }
+    assert planned == set(locked_versions(DEV_LOCK)), planned
 
 
 def test_the_image_installs_exactly_the_locked_dependencies() -> None:
@@ -150,14 +192,8 @@ def test_the_image_installs_exactly_the_locked_dependencies() -> None:
     assert f"COPY {LOCK.name} ./" in build_stage()
 
 
-def test_the_lock_pins_every_dependency_of_pyproject_at_an_allowed_version() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    wanted = [Requirement(r) for r in project["project"]["dependencies"]]
-    # The image builds the service with the locked build backend, too.
-    wanted += [Requirement(r) for r in project["build-system"]["requires"]]
-    pins = locked_versions()
-
-    unmet = [
+def _unmet(wanted: list[Requirement], pins: dict[str, Version]) -> list[str]:
+    return [
         f"{req} (locked: {pins.get(canonicalize_name(req.name), 'nothing')})"
         for req in wanted
         if (req.marker is None or req.marker.evaluate())
@@ -165,11 +201,25 @@ def test_the_lock_pins_every_dependency_of_pyproject_at_an_allowed_version() -> 
             pins.get(canonicalize_name(req.name), Version("0.dev0")), prereleases=True
         )
     ]
-    assert unmet == [], "requirements.lock is out of date; run make lock"
 
 
-def test_the_lock_has_a_hash_for_every_pin_and_names_no_index() -> None:
-    text = LOCK.read_text()
+def test_the_locks_pin_every_dependency_of_pyproject_at_an_allowed_version() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    runtime = [Requirement(r) for r in project["project"]["dependencies"]]
+    # The service is built with the locked build backend, too.
+    runtime += [Requirement(r) for r in project["build-system"]["requires"]]
+    dev = [Requirement(r) for r in project["project"]["optional-dependencies"]["dev"]]
+    pins, dev_pins = locked_versions(LOCK), locked_versions(DEV_LOCK)
+
+    assert _unmet(runtime, pins) == [], "requirements.lock is out of date; run make lock"
+    assert _unmet(runtime + dev, dev_pins) == [], "requirements-dev.lock is out of date"
+    # The tests run what the image ships.
+    assert {name: dev_pins[name] for name in pins} == pins
+
+
+@pytest.mark.parametrize("lock", [LOCK, DEV_LOCK], ids=lambda path: path.name)
+def test_a_lock_has_a_hash_for_every_pin_and_names_no_index(lock: Path) -> None:
+    text = lock.read_text()
     pins = [line for line in text.splitlines() if line and line[0].isalnum()]
     entries = re.split(r"\n(?=[A-Za-z0-9])", text)
 
@@ -177,6 +227,18 @@ def test_the_lock_has_a_hash_for_every_pin_and_names_no_index() -> None:
     assert all(entry.count("--hash=sha256:") >= 1 for entry in entries if "==" in entry)
     # Where packages come from is the installer's business, not the lock's.
     assert not re.search(r"--(index-url|extra-index-url|find-links|trusted-host)|://", text)
+
+
+def test_the_npm_lock_pins_every_package_exactly_and_names_no_registry() -> None:
+    folder = ROOT / "tests" / "asyncapi"
+    wanted = json.loads((folder / "package.json").read_text())["dependencies"]
+    lock = json.loads((folder / "package-lock.json").read_text())
+    packages = {k: v for k, v in lock["packages"].items() if k}
+
+    assert all(re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", version) for version in wanted.values())
+    assert {name: packages[f"node_modules/{name}"]["version"] for name in wanted} == wanted
+    assert len(packages) > 50  # the transitive ones too, each at one version with its hash
+    assert all("integrity" in entry and "resolved" not in entry for entry in packages.values())
 
 
 def test_compose_requires_an_api_token_for_the_api_alone() -> None:
@@ -252,10 +314,10 @@ def pinned(image: str) -> bool:
     return re.fullmatch(rf"v?\d+(\.\d+){{{parts - 1}}}(-[a-z0-9.-]+)?", tag) is not None
 
 
-def locked_versions() -> dict[str, Version]:
-    """Each package requirements.lock pins, by canonical name, at its version."""
+def locked_versions(lock: Path = LOCK) -> dict[str, Version]:
+    """Each package ``lock`` pins, by canonical name, at its version."""
     pins: dict[str, Version] = {}
-    for line in LOCK.read_text().splitlines():
+    for line in lock.read_text().splitlines():
         if line and line[0].isalnum():
             req = Requirement(line.removesuffix("\\").strip())
             (specifier,) = req.specifier
@@ -321,7 +383,7 @@ def test_composes_worker_healthcheck_passes_once_the_worker_is_ready(
     assert f":{port}/ready" in check[-1]
     here = str(free_port())
     database = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
-    migrate = run(BIN / "alembic", "upgrade", "head", DATABASE_URL=database)
+    migrate = run(BIN / "allocation", "migrate", DATABASE_URL=database)
     assert migrate.returncode == 0, migrate.stderr
     env = {**os.environ, "DATABASE_URL": database, "REDIS_URL": redis_url, "WORKER_PORT": here}
     process = subprocess.Popen([BIN / "allocation", "worker"], cwd=ROOT, env=env)

@@ -181,7 +181,7 @@ def test_the_documents_links_lead_from_a_batch_to_its_allocations(own_database_u
     followed: Counter[tuple[str, int]] = Counter()
     machine: Any = api.as_state_machine()
 
-    class Following(machine):  # type: ignore[misc]
+    class Following(machine):  # type: ignore[misc, unused-ignore]
         def setup(self) -> None:
             # Each scenario starts from an empty service, so that Hypothesis,
             # replaying one, gets the answers it got the first time.

@@ -285,7 +285,7 @@ async def test_a_sale_across_processes_comes_out_as_one_order_at_a_time(
     # One mail per stock-out, naming its first refused order.
     mails = smtp.about(sale.sku)
     assert len(mails) == len(stock_outs) >= 1
-    bodies = [m.message.get_body().get_content() for m in mails]  # type: ignore[union-attr]
+    bodies = [m.message.get_body().get_content() for m in mails]  # type: ignore[union-attr, unused-ignore]
     for named in stock_outs:
         assert sum(f"Order {named} " in body for body in bodies) == 1, (named, bodies)
     assert len({m.message["Message-ID"] for m in mails}) == len(mails)

@@ -72,7 +72,7 @@ async def test_startup_fails_fast_on_an_unmigrated_database(tmp_path: Path) -> N
 
     assert code != 0
     assert "is not migrated" in api.output(), api.report()
-    assert "alembic upgrade head" in api.output(), api.report()
+    assert "allocation migrate" in api.output(), api.report()
     # Said once, in the line that says why; uvicorn's traceback of it is left out.
     assert api.output().count("is not migrated") == 1, api.report()
     assert "Traceback" not in api.output(), api.report()
@@ -129,7 +129,7 @@ async def test_production_refuses_a_placeholder_password(tmp_path: Path) -> None
 def test_the_schema_version_is_alembics_head() -> None:
     from alembic.script import ScriptDirectory
 
-    assert ScriptDirectory(str(ROOT / "alembic")).get_current_head() == SCHEMA_VERSION
+    assert ScriptDirectory(str(ROOT / "app" / "migrations")).get_current_head() == SCHEMA_VERSION
 
 
 @pytest.mark.postgres

@@ -61,14 +61,14 @@ async def test_one_log_line_per_request_with_its_id(
     lines = [rec for rec in caplog.records if rec.name == "app.requests"]
     assert len(lines) == 1
     line = lines[0]
-    assert (line.method, line.path, line.route, line.status) == (  # type: ignore[attr-defined]
+    assert (line.method, line.path, line.route, line.status) == (  # type: ignore[attr-defined, unused-ignore]
         "GET",
         f"/batches/{ref}",
         "/batches/{ref}",
         r.status_code,
     )
-    assert line.duration_ms > 0  # type: ignore[attr-defined]
-    assert line.request_id == "req-one-line"  # type: ignore[attr-defined]
+    assert line.duration_ms > 0  # type: ignore[attr-defined, unused-ignore]
+    assert line.request_id == "req-one-line"  # type: ignore[attr-defined, unused-ignore]
 
 
 async def test_the_request_id_follows_into_events_and_their_log_lines(
@@ -93,7 +93,7 @@ async def test_the_request_id_follows_into_events_and_their_log_lines(
 
     # Within a relay pass or two, on a loaded machine too.
     await eventually(lambda: bool(notices()), 15, "the out-of-stock notice to be logged")
-    assert [rec.request_id for rec in notices()] == ["req-out-of-stock"]  # type: ignore[attr-defined]
+    assert [rec.request_id for rec in notices()] == ["req-out-of-stock"]  # type: ignore[attr-defined, unused-ignore]
     # And the event itself, in the outbox, names the request.
     engine = create_async_engine(database_url)
     try:

@@ -137,7 +137,7 @@ async def test_a_message_with_a_traceparent_is_handled_in_its_trace(traced: Trac
 
     async def by_stream(qty: int, header: str) -> None:
         fields = {"batchref": ref, "qty": str(qty), "traceparent": header}
-        await traced.redis.xadd("change_batch_quantity", fields)  # type: ignore[arg-type]
+        await traced.redis.xadd("change_batch_quantity", fields)  # type: ignore[arg-type, unused-ignore]
 
     async def by_channel(qty: int, header: str) -> None:
         message = {"batchref": ref, "qty": qty, "traceparent": header}

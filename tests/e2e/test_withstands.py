@@ -72,7 +72,7 @@ async def health_answers_every_time(url: str, times: int = 10, within: float = 2
 
 def rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr, unused-ignore]
 
 
 def served_by(api: Api) -> int:

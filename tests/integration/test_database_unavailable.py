@@ -112,7 +112,7 @@ async def test_pools_replace_every_connection_the_restarted_server_dropped(
 
         await hold_all(read)
         await hold_all(write)
-        assert read.sync_engine.pool.checkedin() == pool_size  # type: ignore[attr-defined]
+        assert read.sync_engine.pool.checkedin() == pool_size  # type: ignore[attr-defined, unused-ignore]
 
         await asyncio.to_thread(postgres_cluster.stop)
         await asyncio.to_thread(postgres_cluster.start)

@@ -182,7 +182,7 @@ async def test_one_stock_out_sends_one_notice_naming_its_first_refused_order(
 
     [mail] = smtp.about(sku)
     assert_a_notice_of(mail, sku, row)
-    body = mail.message.get_body().get_content()  # type: ignore[union-attr]
+    body = mail.message.get_body().get_content()  # type: ignore[union-attr, unused-ignore]
     assert refused[0] in body
     assert all(orderid not in body for orderid in refused[1:])
 
@@ -202,7 +202,7 @@ async def test_stock_added_ends_the_stock_out_and_the_next_one_is_told_again(
 
     mails = smtp.about(sku)
     assert len(mails) == 2
-    bodies = [m.message.get_body().get_content() for m in mails]  # type: ignore[union-attr]
+    bodies = [m.message.get_body().get_content() for m in mails]  # type: ignore[union-attr, unused-ignore]
     assert first in bodies[0]
     assert second in bodies[1]
 
@@ -232,7 +232,7 @@ async def test_a_notice_stored_before_notices_named_the_order_is_still_delivered
     [mail] = smtp.about(sku)
     [row] = await outbox_rows(container.engine(), sku, "OutOfStock")
     assert_a_notice_of(mail, sku, row)
-    assert "An order for" in mail.message.get_body().get_content()  # type: ignore[union-attr]
+    assert "An order for" in mail.message.get_body().get_content()  # type: ignore[union-attr, unused-ignore]
 
 
 async def test_a_sale_of_more_orders_than_units_at_once_mails_the_stock_team_once(
@@ -256,5 +256,5 @@ async def test_a_sale_of_more_orders_than_units_at_once_mails_the_stock_team_onc
     [mail] = smtp.about(sku)
     assert_a_notice_of(mail, sku, row)
     first_refused = row.payload["orderid"]
-    assert f"Order {first_refused} " in mail.message.get_body().get_content()  # type: ignore[union-attr]
+    assert f"Order {first_refused} " in mail.message.get_body().get_content()  # type: ignore[union-attr, unused-ignore]
     assert (await views.order(reads, first_refused) or {})["lines"][0]["state"] == "out_of_stock"

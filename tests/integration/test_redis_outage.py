@@ -49,12 +49,12 @@ async def app_client(
     )
     app = create_app(settings)
     async with serving(app) as client:
-        client.app_container = app.state.services  # type: ignore[attr-defined]
+        client.app_container = app.state.services  # type: ignore[attr-defined, unused-ignore]
         yield client
 
 
 def container_of(client: httpx.AsyncClient) -> Container:
-    container: Container = client.app_container  # type: ignore[attr-defined]
+    container: Container = client.app_container  # type: ignore[attr-defined, unused-ignore]
     return container
 
 

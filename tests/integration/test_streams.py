@@ -107,7 +107,7 @@ async def test_poison_entries_are_dead_lettered_with_their_ids_and_acknowledged(
         {"batchref": b"caf\xe9", "qty": "1"},
         {"batchref": unknown, "qty": "3"},
     ]
-    ids: list[Any] = [await redis.xadd(STREAM, fields) for fields in poison]  # type: ignore[arg-type]
+    ids: list[Any] = [await redis.xadd(STREAM, fields) for fields in poison]  # type: ignore[arg-type, unused-ignore]
     await redis.xadd(STREAM, {"batchref": ref, "qty": "7"})
 
     async with consuming(service) as consumer:

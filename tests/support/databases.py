@@ -10,19 +10,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from alembic import command
 from alembic.config import Config
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
-
-from alembic import command
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def alembic_upgrade(url: str) -> None:
     config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "alembic"))
+    config.set_main_option("script_location", str(ROOT / "app" / "migrations"))
     config.attributes["configure_logger"] = False
     previous = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url

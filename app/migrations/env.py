@@ -7,9 +7,9 @@ A caller may hand in a connection as ``config.attributes["connection"]``
 import asyncio
 from logging.config import fileConfig
 
+from alembic import context
 from sqlalchemy.engine import Connection
 
-from alembic import context
 from app.adapters.engines import build_engine
 from app.adapters.tables import metadata
 from app.config import InvalidSettings, load_settings
