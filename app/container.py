@@ -1,9 +1,6 @@
 """The composition root: every collaborator, its lifetime, and what it is given."""
 
-import inspect
-from collections.abc import Mapping
 from datetime import timedelta
-from functools import partial
 
 from dependency_injector import containers, providers
 from nats.js.api import RetentionPolicy
@@ -29,20 +26,20 @@ from app.adapters.publisher import (
 )
 from app.adapters.read_source import ReadSource
 from app.config import Settings, load_settings
-from app.domain import events
 from app.service_layer import handlers
-from app.service_layer.delivery import AfterCommitHandlers, Delivery, EventHandler
+from app.service_layer.delivery import AfterCommitHandlers, Delivery
 from app.service_layer.group_commit import GroupCommit
 from app.service_layer.messagebus import Member, MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
 from app.service_layer.unit_of_work import SqlUnitOfWork
+from app.wire import CHANGE_BATCH_QUANTITY, LINE_ALLOCATED
 
 
 def publisher(client: Redis | None, js: JetStream | None, settings: Settings) -> AbstractPublisher:
     publishers: list[AbstractPublisher] = []
     if client is not None and "redis" in settings.brokers:
         maxlen = settings.line_allocated_stream_maxlen
-        publishers.append(RedisPublisher(client, streams={"line_allocated": maxlen}))
+        publishers.append(RedisPublisher(client, streams={LINE_ALLOCATED: maxlen}))
     if js is not None:
         publishers.append(JetStreamPublisher(js))
     if not publishers:
@@ -62,8 +59,8 @@ def dead_letters(
 def stream_specs(settings: Settings) -> dict[str, StreamSpec]:
     """How the streams the service creates are made: the one it reads is a work queue."""
     return {
-        "change_batch_quantity": StreamSpec(retention=RetentionPolicy.WORK_QUEUE),
-        "line_allocated": StreamSpec(max_msgs=settings.line_allocated_stream_maxlen),
+        CHANGE_BATCH_QUANTITY: StreamSpec(retention=RetentionPolicy.WORK_QUEUE),
+        LINE_ALLOCATED: StreamSpec(max_msgs=settings.line_allocated_stream_maxlen),
     }
 
 
@@ -73,22 +70,6 @@ def notifications(settings: Settings) -> AbstractNotifications:
     return EmailNotifications(
         settings.smtp_host, settings.smtp_port, settings.smtp_from, settings.notify_email
     )
-
-
-def with_dependencies(
-    table: Mapping[type[events.Event], Mapping[str, handlers.AfterCommitHandler]],
-    **dependencies: object,
-) -> AfterCommitHandlers:
-    """Each handler of ``table`` with the dependencies its parameters name bound to it."""
-
-    def bound(handler: handlers.AfterCommitHandler) -> EventHandler:
-        wanted = inspect.signature(handler).parameters
-        return partial(handler, **{k: v for k, v in dependencies.items() if k in wanted})
-
-    return {
-        event: {name: bound(handler) for name, handler in named.items()}
-        for event, named in table.items()
-    }
 
 
 def relay_settings(settings: Settings) -> RelaySettings:
@@ -159,10 +140,7 @@ class Container(containers.DeclarativeContainer):
     # The handlers of each message are listed in app.service_layer.handlers;
     # here the after-commit ones are given what they reach.
     after_commit_handlers: providers.Singleton[AfterCommitHandlers] = providers.Singleton(
-        with_dependencies,
-        handlers.AFTER_COMMIT_HANDLERS,
-        publisher=publisher,
-        notifications=notifications,
+        handlers.after_commit_handlers, publisher=publisher, notifications=notifications
     )
 
     uow = providers.Factory(

@@ -1,35 +1,42 @@
 """The ASGI application: ``uvicorn app.main:app``."""
 
-import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
-from dependency_injector import providers
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.cors import CORSMiddleware
 
-from app import container as composition
-from app import logs, tracing
+from app import bootstrap, logs, tracing
+from app.adapters.read_source import CONSISTENCY_TOKEN
 from app.adapters.schema_version import StartupError, check_database
-from app.config import InvalidSettings, Settings
-from app.container import Container
-from app.entrypoints import gauges
-from app.entrypoints.api import asyncapi, docs, errors, health, metrics, openapi, routes
-from app.entrypoints.api.cors import Cors
-from app.entrypoints.api.dependencies import Services
-from app.entrypoints.api.middleware import BodyLimit, Head, RequestContext
-from app.entrypoints.api.security import WriterToken
+from app.config import InvalidSettings, Settings, load_settings
+from app.entrypoints.http import (
+    asyncapi,
+    batches,
+    errors,
+    health,
+    metrics,
+    openapi,
+    orders,
+    products,
+    schemas,
+)
+from app.entrypoints.http.dependencies import Services
+from app.entrypoints.http.idempotency import HEADER as IDEMPOTENCY_KEY
+from app.entrypoints.http.idempotency import REPLAYED
+from app.entrypoints.http.middleware import HEADER as REQUEST_ID
+from app.entrypoints.http.middleware import BodyLimit, Head, RequestContext
+from app.entrypoints.http.security import WriterToken
 
 logger = logging.getLogger("app.main")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; nothing connects until its lifespan starts."""
-    container = Container()
-    if settings is not None:
-        container.settings.override(providers.Object(settings))
+    container = bootstrap.container_for(settings or load_settings())
     settings = container.settings()
     settings.check_api()
     tracing.start()  # when the OTEL_* variables say so
@@ -37,77 +44,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:
         logs.configure(settings.log_level, settings.log_format)
-        await composition.start(container)
-        try:
-            await check_database(container.engine())
-            await container.liveness().start()
-        except StartupError as e:
-            logger.critical("cannot start: %s", e)
-            logs.said(e)  # and uvicorn does not print its traceback after that line
-            await composition.stop(container)
-            raise
-        reads = container.read_source()
-        if reads.replica is not None:
+        async with AsyncExitStack() as stack:
             try:
-                await check_database(reads.replica)
+                await stack.enter_async_context(bootstrap.opened(container))
+                await container.liveness().start()
+                stack.push_async_callback(container.liveness().stop)
             except StartupError as e:
-                # Reads survive the replica, from the start too.
-                reads.replica_failed(e)
-        stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(reads.watch(stop), name="replica watch"),
-            asyncio.create_task(
-                gauges.keep(
-                    container.uow,
-                    gauges.Backlogs(
-                        container.redis(),
-                        settings.stream_group,
-                        container.jetstream(),
-                        settings.nats_durable,
-                    ),
-                    stop,
-                ),
-                name="gauges",
-            ),
-        ]
-        if settings.relay_enabled:
-            tasks.append(asyncio.create_task(container.relay().run(stop), name="outbox relay"))
-        # What start-up built lives as long as the process: once it is out of
-        # the collector's sight, a full collection scans only what requests
-        # left behind, a few milliseconds rather than 80 with every request
-        # waiting (p99 of reads under load: 70 ms -> 15 ms). Collected first,
-        # so that no garbage is kept for good.
-        gc.collect()
-        gc.freeze()
-        logger.info("serving (environment: %s)", settings.environment)
-        if settings.api_token is None:
-            # Outside development only with ALLOW_ANONYMOUS_WRITES (Settings.check_api).
-            logger.warning("API_TOKEN is not set: anyone who can reach the API can write")
-        try:
+                bootstrap.refused(e)
+                raise
+            reads = container.read_source()
+            if reads.replica is not None:
+                try:
+                    await check_database(reads.replica)
+                except StartupError as e:
+                    reads.replica_failed(e)  # reads survive the replica, from the start too
+            await stack.enter_async_context(bootstrap.background(container))
+            # What start-up built lives as long as the process: once it is out of
+            # the collector's sight, a full collection scans only what requests
+            # left behind, a few milliseconds rather than 80 with every request
+            # waiting (p99 of reads under load: 70 ms -> 15 ms). Collected first,
+            # so that no garbage is kept for good.
+            gc.collect()
+            gc.freeze()
+            logger.info("serving (environment: %s)", settings.environment)
+            if settings.api_token is None:
+                # Outside development only with ALLOW_ANONYMOUS_WRITES (Settings.check_api).
+                logger.warning("API_TOKEN is not set: anyone who can reach the API can write")
+            # uvicorn leaves on SIGTERM once in-flight requests have finished.
             yield
-        finally:
-            # uvicorn gets here on SIGTERM once in-flight requests have finished.
             logger.info("shutting down: stopping the relay")
-            stop.set()
-            await asyncio.gather(*tasks)
-            await container.liveness().stop()
-            await composition.stop(container)
-            tracing.stop()
-            logger.info("stopped")
+        tracing.stop()
+        logger.info("stopped")
 
-    # Swagger UI's and ReDoc's files served by the app itself, not from a CDN:
-    # /docs works where the browser cannot reach the internet. The pages are
-    # the service's own (app.entrypoints.api.docs).
+    # Swagger UI's and ReDoc's files served by the app itself (fastapi-offline), not
+    # from a CDN: /docs works where the browser cannot reach the internet.
     app = FastAPIOffline(
-        docs_url=None,
-        redoc_url=None,
-        static_url=docs.STATIC,
         title="Allocation service",
         version="1.0.0",
         description=openapi.DESCRIPTION,
         openapi_tags=openapi.TAGS,
         root_path=settings.root_path,
         lifespan=lifespan,
+        # Swagger UI: no pattern, length or bounds beside a parameter; the words of
+        # its description say the rule.
+        swagger_ui_parameters={"showCommonExtensions": False},
         # FastAPI's own OpenTelemetry hooks: a span per request when tracing is
         # on (app.tracing), and not even a look for an SDK when it is off.
         # Metrics and logs have their own ways out (/metrics, stderr).
@@ -119,26 +99,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
         # The routers' routes served as the app's own, ahead of /docs: an
         # include_router()'d router is matched through a wrapper per request,
-        # a tenth of a read's CPU. The routers set nothing an include would add.
+        # a tenth of a read's CPU (make bench: reads).
         routes=[
-            *routes.router.routes,
+            *batches.router.routes,
+            *orders.router.routes,
+            *products.router.routes,
             *health.router.routes,
             *metrics.router.routes,
-            *docs.router.routes,
             *asyncapi.router.routes,
         ],
     )
-    # /x/ for /x: a relative redirect, from the 404 handler (app.entrypoints.api.errors).
+    # /x/ for /x: a relative redirect, from the 404 handler (app.entrypoints.http.errors).
     app.router.redirect_slashes = False
-    # Where every route's dependencies come from (app.entrypoints.api.dependencies).
+    # Where every route's dependencies come from (app.entrypoints.http.dependencies).
     services: Services = container
     app.state.services = services
     errors.install(app)
-    # What /openapi.json says of the errors: no 401 (nor a security scheme)
-    # where no API_TOKEN is set, and the 413 of the app's own limit.
-    openapi.install(
-        app, token=settings.api_token is not None, max_body_bytes=settings.max_body_bytes
-    )
+    openapi.install(app, schemas.EXAMPLED, token=settings.api_token is not None)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Head)
     if settings.api_token is not None:
@@ -148,8 +125,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     if settings.cors_origins:
         # Only with origins to allow: without, no request pays for a CORS layer. Outside
-        # the token's check: a preflight needs none, and a page can read a 401.
-        app.add_middleware(Cors, origins=settings.cors_origins)
+        # the token's check: a preflight needs none, and a page can read a 401. The
+        # scripts of an allowed origin may read the headers a caller follows.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST", "PATCH"],
+            allow_headers=["Authorization", "Content-Type", IDEMPOTENCY_KEY, REQUEST_ID],
+            expose_headers=[
+                *("Location", "Link", CONSISTENCY_TOKEN, "Retry-After", REPLAYED),
+                *(REQUEST_ID, "WWW-Authenticate", "Allow"),
+            ],
+            max_age=600,  # seconds a browser may keep a preflight's answer
+        )
     app.add_middleware(RequestContext)  # outermost: a 401 or a 413 is logged and counted too
     return app
 

@@ -1,23 +1,22 @@
 """Traces, switched on by the standard OpenTelemetry variables alone, and free when off.
 
-On when ``OTEL_TRACES_EXPORTER`` names an exporter (``otlp``, or ``console``)
-or an OTLP endpoint is set (``OTEL_EXPORTER_OTLP_ENDPOINT``,
+On when ``OTEL_TRACES_EXPORTER`` names an exporter (``otlp``, ``console``) or
+an OTLP endpoint is set (``OTEL_EXPORTER_OTLP_ENDPOINT``,
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``); off with neither, with
-``OTEL_TRACES_EXPORTER=none`` or ``OTEL_SDK_DISABLED=true``. The SDK reads
-the rest itself: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``, the
-sampler (``OTEL_TRACES_SAMPLER``, ``OTEL_TRACES_SAMPLER_ARG``), the
-exporter's endpoint, headers, timeout, and ``OTEL_EXPORTER_OTLP_PROTOCOL``
-(``http/protobuf``, the default, or ``grpc``).
+``OTEL_TRACES_EXPORTER=none`` or ``OTEL_SDK_DISABLED=true``. On, the SDK
+configures itself from the rest, as ``opentelemetry-instrument`` would
+(opentelemetry-distro's ``initialize``): the service's name and resource, the
+sampler, the exporter, its endpoint, headers and protocol (``http/protobuf``
+unless ``OTEL_EXPORTER_OTLP_PROTOCOL`` says ``grpc``), and the installed
+instrumentations (every asyncpg statement and Redis command). FastAPI's own
+hooks trace each request. Metrics and logs have their own ways out (/metrics,
+stderr): the SDK exports neither.
 
 Off, nothing of OpenTelemetry's SDK is imported and every function here
-returns at its first line. On, each process exports its own spans in
-batches; the contrib instrumentations trace every statement where it runs
-(on the asyncpg connection for PostgreSQL, in SQLAlchemy for SQLite: once
-each) and every Redis command; FastAPI's own hooks trace each request. What
-only the service can carry across its hops is written here: the W3C
-``traceparent`` of the work that raised an event, kept with the event in
-the outbox and sent on with each message, and taken up again by whoever
-handles the message.
+returns at its first line. What only the service can carry across its hops
+is written here: the W3C ``traceparent`` of the work that raised an event,
+kept with the event in the outbox and sent on with each message, and taken
+up again by whoever handles the message.
 """
 
 from __future__ import annotations
@@ -26,16 +25,28 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from importlib.metadata import entry_points
 from typing import Any, Literal
 
 from app.config import InvalidSettings
 
 logger = logging.getLogger(__name__)
 
-SERVICE = "allocation"  # the service's name, unless OTEL_SERVICE_NAME says another
 Kind = Literal["internal", "producer", "consumer"]
+ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+# The service's defaults, where the variables say nothing. SQLAlchemy's
+# instrumentation is left out: PostgreSQL's statements are asyncpg's, traced
+# there, and SQLite's engines are instrumented one by one (``instrument``).
+DEFAULTS = {
+    "OTEL_SERVICE_NAME": "allocation",
+    "OTEL_TRACES_EXPORTER": "otlp",
+    "OTEL_METRICS_EXPORTER": "none",
+    "OTEL_LOGS_EXPORTER": "none",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "sqlalchemy",
+}
 
-_provider: Any = None  # the SDK's TracerProvider, while tracing is on
+_on = False
 
 
 def wanted(env: Mapping[str, str] = os.environ) -> bool:
@@ -48,44 +59,44 @@ def wanted(env: Mapping[str, str] = os.environ) -> bool:
     return any(env.get(name) for name in ENDPOINTS)
 
 
-ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-
-
 def on() -> bool:
-    return _provider is not None
+    return _on
 
 
 def start() -> None:
     """Switch tracing on for this process, if the environment says so; once per process."""
-    global _provider
-    if _provider is not None or not wanted():
+    global _on
+    if _on or not wanted():
         return
-    from opentelemetry import trace
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    for name, value in DEFAULTS.items():
+        if not os.environ.get(name):
+            os.environ[name] = value
+    exporters = {name.strip() for name in os.environ["OTEL_TRACES_EXPORTER"].split(",")}
+    known = {"otlp", *(e.name for e in entry_points(group="opentelemetry_traces_exporter"))}
+    if exporters - known:
+        raise InvalidSettings(
+            f"OTEL_TRACES_EXPORTER: {', '.join(sorted(exporters - known))} is none of "
+            f"{', '.join(sorted(known))}, none"
+        )
+    from opentelemetry.instrumentation.auto_instrumentation import initialize
 
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or SERVICE})
-    provider = TracerProvider(resource=resource)  # its sampler from OTEL_TRACES_SAMPLER
-    provider.add_span_processor(BatchSpanProcessor(_exporter()))
-    trace.set_tracer_provider(provider)
-    AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call, unused-ignore]
-    RedisInstrumentor().instrument()
-    _provider = provider
-    logger.info("tracing on: exporting spans as %s", _described())
+    initialize(swallow_exceptions=False)
+    _on = True
+    logger.info("tracing on: exporting spans as %s", os.environ["OTEL_TRACES_EXPORTER"])
 
 
 def stop() -> None:
     """Send what is still to be sent (a process about to exit)."""
-    if _provider is not None:
-        _provider.force_flush()
+    if _on:
+        from opentelemetry import trace
+
+        provider: Any = trace.get_tracer_provider()
+        provider.force_flush()
 
 
 def instrument(engine: Any) -> None:
     """Trace the statements of an SQLite engine (PostgreSQL's are traced on asyncpg)."""
-    if _provider is None or engine.dialect.name == "postgresql":
+    if not _on or engine.dialect.name == "postgresql":
         return
     from opentelemetry import metrics, trace
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
@@ -98,7 +109,7 @@ def instrument(engine: Any) -> None:
 
 def traceparent() -> str | None:
     """The current span's W3C ``traceparent``, to send on with work it causes."""
-    if _provider is None:
+    if not _on:
         return None
     from opentelemetry import propagate
 
@@ -110,7 +121,7 @@ def traceparent() -> str | None:
 @contextlib.contextmanager
 def continued(parent: str | None) -> Iterator[None]:
     """Work done within, in the trace of ``parent`` (a ``traceparent``), when there is one."""
-    if _provider is None or not parent:
+    if not _on or not parent:
         yield
         return
     from opentelemetry import context, propagate
@@ -130,7 +141,7 @@ def span(
     attributes: Mapping[str, str | int] | None = None,
 ) -> Iterator[None]:
     """A span around the block: a child of ``parent`` if given, else of the current one."""
-    if _provider is None:
+    if not _on:
         yield
         return
     from opentelemetry import trace
@@ -150,7 +161,7 @@ def span(
 
 def ids() -> tuple[str, str] | None:
     """The current span's trace id and span id, as hex, for a log line; None outside one."""
-    if _provider is None:
+    if not _on:
         return None
     from opentelemetry import trace
 
@@ -158,43 +169,3 @@ def ids() -> tuple[str, str] | None:
     if not context.is_valid:
         return None
     return f"{context.trace_id:032x}", f"{context.span_id:016x}"
-
-
-def _protocol() -> str:
-    env = os.environ
-    chosen = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
-    )
-    return chosen.strip().lower()
-
-
-def _exporter() -> Any:
-    name = (os.environ.get("OTEL_TRACES_EXPORTER") or "otlp").split(",")[0].strip().lower()
-    if name == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    if name != "otlp":
-        raise InvalidSettings(f"OTEL_TRACES_EXPORTER: {name!r} is none of otlp, console, none")
-    protocol = _protocol()
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter()
-    if protocol != "http/protobuf":
-        raise InvalidSettings(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is neither http/protobuf nor grpc"
-        )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
-
-    return Http()
-
-
-def _described() -> str:
-    name = (os.environ.get("OTEL_TRACES_EXPORTER") or "otlp").strip().lower()
-    if name == "console":
-        return "console"
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", "the default endpoint"
-    )
-    return f"OTLP ({_protocol()}) to {endpoint}"

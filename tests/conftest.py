@@ -29,8 +29,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app import outages
 from app.adapters import tables
 from app.config import Settings
-from app.entrypoints.channels import CHANGE_BATCH_QUANTITY, LINE_ALLOCATED
 from app.main import create_app
+from app.wire import CHANGE_BATCH_QUANTITY, LINE_ALLOCATED
 from tests.support.apps import serving
 from tests.support.databases import ROOT, alembic_upgrade, postgres_database
 from tests.support.processes import ALLOCATION

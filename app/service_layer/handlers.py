@@ -3,8 +3,8 @@
 A command handler takes its command and a fresh unit of work. An event's
 inline handlers take the event and the unit of work whose commit is running
 them; its after-commit handlers take the event, and what they reach outside
-the database (a publisher, notifications), which app.container binds by
-parameter name. After-commit handlers may see an event more than once
+the database (a publisher, notifications), bound to them in
+``after_commit_handlers``. After-commit handlers may see an event more than once
 (delivery is at least once).
 
 Which handler each message has, and how each runs, is in the tables at the
@@ -14,21 +14,19 @@ bottom of this module.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from operator import attrgetter
-from typing import TypeAlias
 
-from app.adapters.messages import LineAllocatedMessage
 from app.adapters.notifications import AbstractNotifications
 from app.adapters.publisher import AbstractPublisher
 from app.domain import commands, events, model
+from app.service_layer.delivery import AfterCommitHandlers
 from app.service_layer.messagebus import CommandHandler, Grouping
 from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandler
+from app.wire import LINE_ALLOCATED, LineAllocatedMessage
 
 logger = logging.getLogger(__name__)
-
-# Takes the event, and by keyword what it reaches outside the database.
-AfterCommitHandler: TypeAlias = Callable[..., Awaitable[None]]
 
 
 class InvalidSku(Exception):
@@ -139,7 +137,7 @@ async def publish_allocated_event(event: events.Allocated, publisher: AbstractPu
         request_id=event.request_id,
     )
     # The trace context is the publisher's to add.
-    await publisher.publish("line_allocated", message.model_dump(exclude={"traceparent"}))
+    await publisher.publish(LINE_ALLOCATED, message.model_dump(exclude={"traceparent"}))
 
 
 async def send_out_of_stock_notification(
@@ -176,11 +174,22 @@ INLINE_HANDLERS: Mapping[type[events.Event], Mapping[str, InlineHandler]] = {
     },
 }
 
-# After the commit: the event is stored in the outbox in the same
-# transaction, and delivery (app.service_layer.delivery) runs these from
-# there, at least once, retrying with backoff. The names are stored with the
-# event: keep a name when its function is renamed.
-AFTER_COMMIT_HANDLERS: Mapping[type[events.Event], Mapping[str, AfterCommitHandler]] = {
-    events.Allocated: {"publish_allocated_event": publish_allocated_event},
-    events.OutOfStock: {"send_out_of_stock_notification": send_out_of_stock_notification},
-}
+
+def after_commit_handlers(
+    publisher: AbstractPublisher, notifications: AbstractNotifications
+) -> AfterCommitHandlers:
+    """After the commit: the event is stored in the outbox in the same
+    transaction, and delivery (app.service_layer.delivery) runs these from
+    there, at least once, retrying with backoff, each given what it reaches
+    (app.container binds them). The names are stored with the event: keep a
+    name when its function is renamed."""
+    return {
+        events.Allocated: {
+            "publish_allocated_event": partial(publish_allocated_event, publisher=publisher)
+        },
+        events.OutOfStock: {
+            "send_out_of_stock_notification": partial(
+                send_out_of_stock_notification, notifications=notifications
+            )
+        },
+    }

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.entrypoints.api import problems
+from app.entrypoints.http import problems
 from app.main import create_app
 from tests.support.apps import serving
 from tests.support.refs import random_ref

@@ -20,10 +20,9 @@ import httpx
 import jsonschema_rs
 import pytest
 
-from app.adapters.messages import LineAllocatedMessage
 from app.config import Settings
-from app.entrypoints.message_policy import ChangeBatchQuantityMessage
 from app.main import create_app
+from app.wire import ChangeBatchQuantityMessage, LineAllocatedMessage
 from tests.support.apps import serving
 from tests.support.servers import unavailable
 

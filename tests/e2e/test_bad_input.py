@@ -5,8 +5,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.entrypoints.api import problems
-from app.entrypoints.fields import MAX_ID_LENGTH
+from app.entrypoints.http import problems
+from app.wire import MAX_ID_LENGTH
 from tests.support.refs import random_ref
 
 JSON = {"content-type": "application/json"}

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.entrypoints.api import problems
+from app.entrypoints.http import problems
 from tests.support.databases import alembic_upgrade, query
 from tests.support.outbox import outbox_pending
 from tests.support.polling import eventually

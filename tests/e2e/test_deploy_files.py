@@ -27,8 +27,8 @@ from packaging.version import Version
 
 from app.adapters.schema_version import SCHEMA_VERSION
 from app.config import Settings
-from app.entrypoints.redis_consumer import HANDLING_GRACE
-from app.entrypoints.serve import GRACEFUL_SHUTDOWN
+from app.entrypoints.http.server import GRACEFUL_SHUTDOWN
+from app.entrypoints.messaging.redis_transport import HANDLING_GRACE
 from tests.support.databases import ROOT, postgres_database
 from tests.support.deploy import image_command, image_command_here
 from tests.support.servers import free_port, wait_until_serving

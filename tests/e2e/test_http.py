@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.entrypoints.api import problems
+from app.entrypoints.http import problems
 from tests.support.refs import random_ref
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

@@ -10,7 +10,7 @@ import pytest
 from dependency_injector import providers
 
 from app.config import Settings
-from app.entrypoints.api import problems
+from app.entrypoints.http import problems
 from app.main import create_app
 from app.service_layer.handlers import INLINE_HANDLERS
 from app.service_layer.unit_of_work import SqlUnitOfWork

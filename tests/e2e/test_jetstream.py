@@ -23,7 +23,7 @@ import pytest
 from nats.errors import Error as NatsError
 
 from app.adapters.jetstream import JetStream, consumer_stats
-from app.entrypoints.channels import CHANGE_BATCH_QUANTITY, LINE_ALLOCATED
+from app.wire import CHANGE_BATCH_QUANTITY, LINE_ALLOCATED
 from tests.support.batches import INITIAL, new_batches, quantities
 from tests.support.nats import Nats, running_nats
 from tests.support.polling import eventually

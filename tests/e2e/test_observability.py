@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.adapters import tables
-from app.entrypoints.gauges import GAUGE_INTERVAL
+from app.service_layer.gauges import GAUGE_INTERVAL
 from tests.support.polling import eventually
 from tests.support.processes import Api, Processes, dead_redis_url, service_env
 from tests.support.refs import random_ref

@@ -18,10 +18,9 @@ from app.adapters.engines import build_engine
 from app.adapters.idempotency import SqlIdempotencyKeys
 from app.adapters.liveness import for_engine as liveness_of
 from app.config import Settings
-from app.entrypoints.api import problems, schemas
-from app.entrypoints.api.errors import FAILED
-from app.entrypoints.api.idempotency import IN_PROGRESS, WAIT, fingerprint
-from app.entrypoints.api.problems import ProblemType
+from app.entrypoints.http import problems, schemas
+from app.entrypoints.http.idempotency import WAIT, fingerprint
+from app.entrypoints.http.problems import ProblemType
 from app.main import create_app
 from tests.support.apps import serving
 from tests.support.faults import crash_after_commit
@@ -137,7 +136,7 @@ async def test_a_request_still_in_progress_is_a_409_of_its_own(
         await engine.dispose()
 
     body = assert_problem(r, problems.REQUEST_IN_PROGRESS)
-    assert body["detail"] == IN_PROGRESS
+    assert body["detail"] == problems.REQUEST_IN_PROGRESS.detail
     assert r.headers["retry-after"] == "1"
     assert body["type"] != problems.LINE_EXISTS.uri != problems.WRITE_COLLIDED.uri
 
@@ -155,4 +154,4 @@ async def test_a_fault_of_the_service_is_a_problem_too(sqlite_url: str) -> None:
 
     assert r.status_code == 500
     assert r.headers["content-type"] == "application/problem+json"
-    assert r.json() == problems.body(problems.INTERNAL_ERROR, FAILED)
+    assert r.json() == problems.example(problems.INTERNAL_ERROR)

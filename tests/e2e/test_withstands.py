@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.entrypoints.api import problems
+from app.entrypoints.http import problems
 from tests.support.databases import alembic_upgrade
 from tests.support.polling import eventually
 from tests.support.processes import Api, Processes, run_cli, service_env

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from app import views
 from app.domain import commands
-from app.entrypoints import dead_letter_commands as command
+from app.entrypoints.cli import dead_letters as command
 from tests.support.dead_letters import Service, running_service
 from tests.support.refs import random_ref
 

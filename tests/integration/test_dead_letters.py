@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from app import views
 from app.adapters.dead_letters import RedisDeadLetters
 from app.domain import commands
-from app.entrypoints.redis_consumer import CHANNEL
+from app.entrypoints.messaging.redis_transport import CHANNEL
 from tests.support.dead_letters import (
     ATTEMPTS,
     Service,
@@ -146,7 +146,7 @@ async def test_a_transient_failure_that_clears_within_the_retries_is_applied(
 ) -> None:
     ref = await new_batch(service)
     faults = crash_after_commit(service.container, times=ATTEMPTS - 1)
-    caplog.set_level(logging.WARNING, logger="app.entrypoints.message_policy")
+    caplog.set_level(logging.WARNING, logger="app.entrypoints.messaging.policy")
 
     outcome = await service.consumer.handle(json.dumps({"batchref": ref, "qty": 4}))
 
@@ -209,7 +209,7 @@ async def test_with_the_list_unreachable_the_message_is_logged_in_full(
     message = f"lost? {random_ref('never')}"
     unreachable = RedisDeadLetters(Redis.from_url(dead_redis_url()), "test:unreachable")
     consumer = consumer_of(service.container, unreachable)
-    caplog.set_level(logging.ERROR, logger="app.entrypoints.message_policy")
+    caplog.set_level(logging.ERROR, logger="app.entrypoints.messaging.policy")
 
     outcome = await consumer.handle(message.encode())
 

@@ -23,13 +23,14 @@ from sqlalchemy import select
 from app.adapters import tables
 from app.adapters.dead_letters import AbstractDeadLetters
 from app.adapters.jetstream import consumer_stats
+from app.bootstrap import backlogs
 from app.config import Settings
 from app.container import Container
 from app.domain import commands
-from app.entrypoints import dead_letter_commands, gauges
-from app.entrypoints.jetstream_consumer import SUBJECT, JetStreamConsumer, durable_config
-from app.entrypoints.worker import backlogs
+from app.entrypoints.cli import dead_letters as dead_letter_commands
+from app.entrypoints.messaging.jetstream_transport import SUBJECT, JetStreamConsumer, durable_config
 from app.metrics import JETSTREAM_ACK_PENDING, JETSTREAM_PENDING, JETSTREAM_REDELIVERED
+from app.service_layer import gauges
 from tests.support.containers import running_container
 from tests.support.dead_letters import policy_of
 from tests.support.faults import fail_to_commit

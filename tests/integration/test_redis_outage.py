@@ -22,7 +22,7 @@ from app.adapters.read_source import ReadSource
 from app.config import Settings
 from app.container import Container
 from app.domain import commands
-from app.entrypoints.redis_consumer import CHANNEL, PubSubConsumer
+from app.entrypoints.messaging.redis_transport import CHANNEL, PubSubConsumer
 from app.main import create_app
 from tests.support.apps import serving
 from tests.support.dead_letters import policy_of

@@ -11,8 +11,8 @@ from app.adapters.dead_letters import AbstractDeadLetters, DeadLetter
 from app.backoff import Backoff
 from app.config import Settings
 from app.container import Container
-from app.entrypoints.message_policy import MessagePolicy
-from app.entrypoints.redis_consumer import PubSubConsumer
+from app.entrypoints.messaging.policy import MessagePolicy
+from app.entrypoints.messaging.redis_transport import PubSubConsumer
 from tests.support.containers import running_container
 
 ATTEMPTS = 3

@@ -15,7 +15,7 @@ from typing import Any
 
 import schemathesis
 
-from app.entrypoints.api.idempotency import HEADER, MAX_KEY_LENGTH
+from app.entrypoints.http.idempotency import HEADER, MAX_KEY_LENGTH
 
 _VALID = re.compile(rf"^[!-~]([ -~]{{0,{MAX_KEY_LENGTH - 2}}}[!-~])?$")
 _SUFFIX = 33  # "-" and a uuid4's 32 hex digits

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWCHART = re.compile(r"```mermaid\nflowchart LR\n(.*?)```", re.S)
-MODULE = re.compile(r"\b((?:entrypoints/api|service_layer|adapters|domain)/\w+|views\.py)")
+MODULE = re.compile(r"\b((?:entrypoints/\w+|service_layer|adapters|domain)/\w+|views\.py)")
 NAMED = re.compile(r"\b(?:handlers|model):<br/>(\w+(?:\.\w+)?)")
 TABLE = re.compile(r"\b([A-Z_]{2,}HANDLERS)\b")
 CALL = re.compile(r'"(?:[\w.]+\.)?(\w+)\(')

@@ -32,3 +32,10 @@ def test_the_readme_gives_the_two_commands() -> None:
     assert "make test " in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_every_module_and_test_a_document_names_exists(document: Path) -> None:
+    named = re.findall(r"\b(?:app|tests|bench)/[\w/]+\.\w+", document.read_text())
+    assert named or document.name in {"settings.md", "api.md"}
+    assert [path for path in named if not (ROOT / path).exists()] == []

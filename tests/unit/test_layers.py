@@ -1,8 +1,8 @@
 """The import picture of app/: each layer imports only those below it.
 
-The container is the composition root: only the entrypoints that build the
-service (app.main for the API, the worker, the operator's commands) import
-it; the CLI alone imports the last two, and nothing imports app.main or the CLI.
+The container is the composition root: app.bootstrap builds and opens it for
+every process; the CLI alone starts the worker and the commands, and nothing
+imports app.main or the CLI.
 """
 
 import ast
@@ -49,7 +49,9 @@ def test_the_modules_are_found() -> None:
     assert {"app.main", "app.container", "app.domain.model", "app.views"} <= set(IMPORTS)
 
 
-BUILDERS = {"app.main", "app.entrypoints.worker", "app.entrypoints.commands"}
+# app.bootstrap builds and runs the container; the worker's and the commands'
+# builders take it, built, to get what they need of it.
+BUILDERS = {"app.bootstrap", "app.entrypoints.messaging.worker", "app.entrypoints.cli.maintenance"}
 
 
 def test_only_what_builds_the_service_imports_the_container() -> None:
@@ -62,11 +64,11 @@ def test_nothing_imports_what_builds_the_service(top: str) -> None:
 
 
 def test_only_the_cli_starts_the_worker_and_the_commands() -> None:
-    assert importers_of("app.entrypoints.worker") == {
+    assert importers_of("app.entrypoints.messaging.worker") == {
         "app.entrypoints.cli",
-        "app.entrypoints.commands",  # a replay applies a letter as the worker would
+        "app.entrypoints.cli.maintenance",  # a replay applies a letter as the worker would
     }
-    assert importers_of("app.entrypoints.commands") == {"app.entrypoints.cli"}
+    assert importers_of("app.entrypoints.cli.maintenance") == {"app.entrypoints.cli"}
 
 
 @pytest.mark.parametrize(

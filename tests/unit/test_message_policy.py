@@ -15,7 +15,7 @@ import pytest
 from app.adapters.database_errors import ConcurrencyError, DatabaseUnavailable
 from app.backoff import Backoff
 from app.domain import commands, events
-from app.entrypoints.message_policy import MessagePolicy, Received
+from app.entrypoints.messaging.policy import MessagePolicy, Received
 from app.service_layer.unit_of_work import InlineHandlers
 from tests.support.buses import FAST_RETRY, bootstrap_test_bus
 from tests.support.fakes import (

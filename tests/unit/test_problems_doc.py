@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from app.entrypoints.api import problems
+from app.entrypoints.http import problems
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^\| `([a-z-]+)` \| (\d{3}) \| ([^|]+) \| ([^|]+) \|$", re.M)

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from app.entrypoints.api.schemas import AllocateIn, BatchIn, QuantityIn
-from app.entrypoints.fields import ETA_PATTERN, ID_PATTERN, MAX_ID_LENGTH, MAX_QTY
+from app.entrypoints.http.schemas import AllocateIn, BatchIn, QuantityIn
+from app.wire import ETA_PATTERN, ID_PATTERN, MAX_ID_LENGTH, MAX_QTY
 
 BATCH: dict[str, Any] = {"ref": "batch-001", "sku": "SMALL-TABLE", "qty": 20, "eta": None}
 ALLOCATION: dict[str, Any] = {"orderid": "order-001", "sku": "SMALL-TABLE", "qty": 2}

@@ -1,0 +1,231 @@
+"""The wire format: request bodies as validated models, answers as plain models."""
+
+from datetime import date
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
+
+from app.wire import ID_RULES, Eta, Identifier, NewQuantity, Quantity
+
+# Examples that work as they stand, in this order: "Try it out" in /docs sends them.
+# FastAPI leaves nulls out of /openapi.json, so /docs shows the first without "eta".
+BATCH_EXAMPLE: JsonDict = {"ref": "batch-001", "sku": "SMALL-TABLE", "qty": 20, "eta": None}
+SHIPMENT_EXAMPLE: JsonDict = {
+    "ref": "batch-002",
+    "sku": "SMALL-TABLE",
+    "qty": 50,
+    "eta": "2031-06-30",
+}
+LINE_EXAMPLE: JsonDict = {"orderid": "order-001", "sku": "SMALL-TABLE", "qty": 2}
+QUANTITY_EXAMPLE: JsonDict = {"qty": 10}
+
+
+def _no_default(schema: JsonDict) -> None:
+    # Absent, not null: a default of null beside a type without it contradicts it.
+    schema.pop("default", None)
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchIn(Request):
+    ref: Identifier = Field(description="Batch reference, unique across skus. " + ID_RULES)
+    sku: Identifier = Field(description="The product the batch holds. " + ID_RULES)
+    qty: Quantity = Field(description="Units purchased.")
+    eta: Eta = Field(
+        None,
+        description="Expected arrival, 1970-01-01 to 2199-12-31; null or left out for "
+        "stock in the warehouse.",
+    )
+
+    model_config = ConfigDict(json_schema_extra={"examples": [BATCH_EXAMPLE, SHIPMENT_EXAMPLE]})
+
+
+class AllocateIn(Request):
+    orderid: Identifier = Field(description="The order the line belongs to. " + ID_RULES)
+    sku: Identifier = Field(description="The product ordered. " + ID_RULES)
+    qty: Quantity = Field(description="Units ordered.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [LINE_EXAMPLE]})
+
+
+class QuantityIn(Request):
+    qty: NewQuantity = Field(description="The batch's new purchased quantity.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [QUANTITY_EXAMPLE]})
+
+
+def _answers(*examples: JsonDict) -> ConfigDict:
+    """What the Try-it-out examples, run in order, get: the examples of an answer."""
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
+
+class BatchCreated(BaseModel):
+    ref: str
+
+    model_config = _answers({"ref": "batch-001"})
+
+
+class AllocationAccepted(BaseModel):
+    orderid: str
+
+    model_config = _answers({"orderid": "order-001"})
+
+
+class BatchAccepted(BaseModel):
+    ref: str
+
+    model_config = _answers({"ref": "batch-001"})
+
+
+class Allocation(BaseModel):
+    sku: str
+    batchref: str
+
+    model_config = _answers({"sku": "SMALL-TABLE", "batchref": "batch-001"})
+
+
+class LineState(StrEnum):
+    """`allocated` to `batchref`; or `out_of_stock`: accepted, but no batch could take it
+    (sending the same line again once stock is added allocates it)."""
+
+    allocated = "allocated"
+    out_of_stock = "out_of_stock"
+
+
+class OrderLine(BaseModel):
+    sku: str
+    state: LineState
+    batchref: str | None
+
+
+class Order(BaseModel):
+    orderid: str
+    lines: list[OrderLine]
+
+    model_config = _answers(
+        {
+            "orderid": "order-001",
+            "lines": [{"sku": "SMALL-TABLE", "state": "allocated", "batchref": "batch-001"}],
+        },
+        {
+            "orderid": "order-002",
+            "lines": [{"sku": "SMALL-TABLE", "state": "out_of_stock", "batchref": None}],
+        },
+    )
+
+
+class BatchOut(BaseModel):
+    reference: str
+    sku: str
+    eta: date | None
+    purchased: int
+    allocated: int
+    available: int
+
+    model_config = _answers(
+        {
+            "reference": "batch-001",
+            "sku": "SMALL-TABLE",
+            "eta": None,
+            "purchased": 20,
+            "allocated": 2,
+            "available": 18,
+        }
+    )
+
+
+class BatchStock(BaseModel):
+    reference: str
+    eta: date | None
+    available: int
+
+
+class ProductOut(BaseModel):
+    sku: str
+    available_now: int = Field(description="Units in the warehouse (batches with no eta).")
+    incoming: int = Field(description="Units still to arrive in shipments.")
+    batches: list[BatchStock] = Field(description="In the order allocation uses them.")
+
+    model_config = _answers(
+        {
+            "sku": "SMALL-TABLE",
+            "available_now": 18,
+            "incoming": 50,
+            "batches": [
+                {"reference": "batch-001", "eta": None, "available": 18},
+                {"reference": "batch-002", "eta": "2031-06-30", "available": 50},
+            ],
+        }
+    )
+
+
+class Health(BaseModel):
+    status: str = Field(description="`ok`: the process answers.")
+
+    model_config = _answers({"status": "ok"})
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="`ready`.", examples=["ready"])
+    checks: dict[str, str] = Field(
+        description="Each dependency's state: `ok`, `off` (not configured), `degraded: ...` "
+        "(the replica, which reads do without) or `error: ...`.",
+    )
+
+    model_config = _answers(
+        {"status": "ready", "checks": {"database": "ok", "replica": "off", "redis": "off"}}
+    )
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(
+        description="Where: `body`, `path`, `query` or `header`, then the field's name."
+    )
+    message: str = Field(description="What is wrong with it, for a person to read.")
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details (`application/problem+json`): `type` names its
+    cause, and the *errors* section lists every one."""
+
+    type: str = Field(
+        description="The cause: a URI that names it, the same wherever the service runs. "
+        "Compare it, do not fetch it.",
+        json_schema_extra={"format": "uri"},
+    )
+    title: str = Field(description="The cause in a few words: the same for every answer of it.")
+    status: int = Field(description="The HTTP status of the answer.")
+    detail: str = Field(description="What went wrong this time, for a person to read.")
+    message: str = Field(description="The same as `detail`: the book's name for it.")
+    # Members of one type each: not "null" when absent, as a generated client would have it.
+    errors: list[FieldError] | SkipJsonSchema[None] = Field(
+        None,
+        description="`invalid-input` only: each invalid field, with its own message.",
+        json_schema_extra=_no_default,
+    )
+    checks: dict[str, str] | SkipJsonSchema[None] = Field(
+        None,
+        description="`not-ready` only: each dependency's state, as when ready.",
+        json_schema_extra=_no_default,
+    )
+
+
+# The models whose examples /openapi.json shows (app.entrypoints.http.openapi.install).
+EXAMPLED = (
+    BatchIn,
+    AllocateIn,
+    QuantityIn,
+    BatchCreated,
+    AllocationAccepted,
+    BatchAccepted,
+    Allocation,
+    Order,
+    BatchOut,
+    ProductOut,
+    Health,
+    Readiness,
+)
