@@ -1,14 +1,19 @@
 """Prometheus metrics: what the service counts and times.
 
-One registry per process. Under ``uvicorn --workers N`` each worker counts
-on its own; set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory for
-prometheus-client's multiprocess mode, and /metrics answers for them all.
+One registry per process; several processes of one server share theirs
+through prometheus-client's multiprocess mode, each writing its samples to
+files in ``PROMETHEUS_MULTIPROC_DIR``, and a scrape of any of them reads all
+the files: ``allocation serve --workers N`` makes the directory itself
+(``shared_between_processes``), unless the variable names one already.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -210,17 +215,38 @@ def delivered(handler: str, event: events.Event) -> None:
 
 
 def exposition() -> tuple[bytes, str]:
-    """The metrics of this process, or of all workers in multiprocess mode."""
+    """The metrics of this process, or of every process of the server in multiprocess mode.
+
+    In multiprocess mode every scrape renders afresh: what the other processes
+    counted since does not show in this one's ``changed``.
+    """
     global _rendered
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call, unused-ignore]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     changes, rendered_at, body = _rendered
     now = time.monotonic()
     if changes != _changes or now - rendered_at >= RENDERED_FOR:
-        changes = _changes
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call, unused-ignore]
-            body = generate_latest(registry)
-        else:
-            body = generate_latest(REGISTRY)
-        _rendered = (changes, now, body)
+        body = generate_latest(REGISTRY)
+        _rendered = (_changes, now, body)
     return body, CONTENT_TYPE_LATEST
+
+
+@contextlib.contextmanager
+def shared_between_processes() -> Iterator[None]:
+    """The processes started within count into one set of metrics (multiprocess mode).
+
+    In a directory of their own, made here and removed after, unless
+    ``PROMETHEUS_MULTIPROC_DIR`` names one already. The processes must
+    import prometheus-client after this: uvicorn's spawn them afresh.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="allocation-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]

@@ -153,9 +153,11 @@ def _stamp(conn: Connection) -> None:
     )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest) -> str:
-    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    """PostgreSQL, where the service's data lives in production. SQLite, the embedded
+    default, runs what its users take: the book's flow over HTTP (tests/e2e/test_book_api.py),
+    the migrations, the CLI, and the HTTP edge's own tests."""
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
 

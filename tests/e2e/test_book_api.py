@@ -11,6 +11,14 @@ from tests.support.refs import random_ref
 from tests.support.scenarios import add_batch, allocate, allocations, batch
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The book's flow on the embedded default, SQLite, as a newcomer meets it, and on
+    PostgreSQL."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
 async def test_happy_path_returns_202_and_batch_is_allocated(client: httpx.AsyncClient) -> None:
     await scenarios.earliest_batch_is_allocated(client)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,12 +14,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 # What differs between two answers to the same request, whatever it is.
 PER_ANSWER = {"date", "x-request-id"}
-
-
-@pytest.fixture
-async def http(uvicorn_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=uvicorn_url, timeout=10) as client:
-        yield client
 
 
 @pytest.fixture

@@ -6,20 +6,12 @@ follows it: for every write, and for a line no batch has stock for.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
 from tests.support.refs import random_ref
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-
-
-@pytest.fixture
-async def http(uvicorn_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=uvicorn_url, timeout=10) as client:
-        yield client
 
 
 async def follow(http: httpx.AsyncClient, r: httpx.Response) -> httpx.Response:

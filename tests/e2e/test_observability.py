@@ -19,13 +19,11 @@ from tests.support.scenarios import add_batch, allocate
 from tests.support.servers import free_port
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """SQLite, or a PostgreSQL database of the test's own: on the session's shared
-    one, another relay (the uvicorn fixture's) could deliver this test's events."""
-    name = "sqlite_url" if request.param == "sqlite" else "private_database"
-    url: str = request.getfixturevalue(name)
-    return url
+@pytest.fixture
+def database_url(private_database: str) -> str:
+    """A database of the test's own: on the session's shared one, another relay
+    (the uvicorn fixture's) could deliver this test's events."""
+    return private_database
 
 
 async def test_a_request_id_is_made_up_and_echoed(client: httpx.AsyncClient) -> None:
@@ -261,3 +259,28 @@ async def test_the_worker_says_it_cannot_work_without_its_broker_and_its_gauges_
 
 def http_to(api: Api) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=api.url, timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_a_scrape_of_either_process_counts_what_every_process_did(
+    uvicorn_url: str,
+) -> None:
+    # The session's allocation serve runs two processes, as compose does.
+    def scrape() -> str:
+        return httpx.get(f"{uvicorn_url}/metrics", timeout=10).text
+
+    health = {"method": "GET", "route": "/health", "status": "200"}
+    before = sample(scrape(), "http_requests_total", **health)
+    allocated_before = sample(scrape(), "allocation_lines_allocated_total")
+    for _ in range(20):  # a connection each: the two processes take them in turn
+        assert httpx.get(f"{uvicorn_url}/health", timeout=10).status_code == 200
+    async with httpx.AsyncClient(base_url=uvicorn_url, timeout=10) as client:
+        sku, ref = random_ref("sku"), random_ref("batch")
+        await add_batch(client, ref, sku, 10)
+        await allocate(client, random_ref("order"), sku, 1)
+
+    scrapes = [scrape() for _ in range(6)]
+    assert [sample(s, "http_requests_total", **health) - before for s in scrapes] == [20] * 6
+    allocated = [sample(s, "allocation_lines_allocated_total") for s in scrapes]
+    assert allocated == [allocated_before + 1] * 6

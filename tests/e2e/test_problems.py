@@ -7,7 +7,6 @@ documented title and status, ``detail`` and the book's ``message``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +18,7 @@ from app.adapters.idempotency import SqlIdempotencyKeys
 from app.adapters.liveness import for_engine as liveness_of
 from app.config import Settings
 from app.entrypoints.http import problems, schemas
-from app.entrypoints.http.idempotency import WAIT, fingerprint
+from app.entrypoints.http.idempotency import fingerprint
 from app.entrypoints.http.problems import ProblemType
 from app.main import create_app
 from tests.support.apps import serving
@@ -27,12 +26,6 @@ from tests.support.faults import crash_after_commit
 from tests.support.refs import random_ref
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def http(uvicorn_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=uvicorn_url, timeout=WAIT + 10) as client:
-        yield client
 
 
 def assert_problem(r: httpx.Response, kind: ProblemType) -> dict[str, Any]:

@@ -86,7 +86,7 @@ async def api(
 
 
 @pytest.fixture
-async def http(api: Api) -> AsyncIterator[httpx.AsyncClient]:
+async def replica_http(api: Api) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
         yield client
 
@@ -104,21 +104,23 @@ def reads_from(metrics: str, source: str) -> float:
 
 
 async def test_a_write_gives_its_position_in_location_and_a_header(
-    http: httpx.AsyncClient,
+    replica_http: httpx.AsyncClient,
 ) -> None:
-    ref, _, r = await add_batch(http)
+    ref, _, r = await add_batch(replica_http)
     position = r.headers[TOKEN]
     assert POSITION.fullmatch(position)
     assert r.headers["location"] == f"/batches/{ref}?after={position}"
 
 
-async def test_a_replayed_write_gives_the_position_of_the_first(http: httpx.AsyncClient) -> None:
+async def test_a_replayed_write_gives_the_position_of_the_first(
+    replica_http: httpx.AsyncClient,
+) -> None:
     orderid = random_ref("order")
-    _, sku, _ = await add_batch(http)
+    _, sku, _ = await add_batch(replica_http)
     body, key = {"orderid": orderid, "sku": sku, "qty": 1}, {"Idempotency-Key": random_ref("k")}
-    first = await http.post("/allocate", json=body, headers=key)
-    await add_batch(http)  # the primary's log moves on
-    again = await http.post("/allocate", json=body, headers=key)
+    first = await replica_http.post("/allocate", json=body, headers=key)
+    await add_batch(replica_http)  # the primary's log moves on
+    again = await replica_http.post("/allocate", json=body, headers=key)
 
     assert again.headers["idempotent-replayed"] == "true"
     for header in ("location", "link", TOKEN):
@@ -126,14 +128,16 @@ async def test_a_replayed_write_gives_the_position_of_the_first(http: httpx.Asyn
 
 
 async def test_plain_reads_go_to_the_replica_and_are_as_fresh_as_it_is(
-    http: httpx.AsyncClient,
+    replica_http: httpx.AsyncClient,
 ) -> None:
-    ref, _, _ = await add_batch(http)
-    assert (await http.get(f"/batches/{ref}")).status_code == 404  # not applied yet
+    ref, _, _ = await add_batch(replica_http)
+    assert (await replica_http.get(f"/batches/{ref}")).status_code == 404  # not applied yet
     await eventually(
-        lambda: _answers(http, f"/batches/{ref}", 200), APPLY_DELAY * 10, "replica never applied"
+        lambda: _answers(replica_http, f"/batches/{ref}", 200),
+        APPLY_DELAY * 10,
+        "replica never applied",
     )
-    assert reads_from((await http.get("/metrics")).text, "replica") > 0
+    assert reads_from((await replica_http.get("/metrics")).text, "replica") > 0
 
 
 async def _answers(http: httpx.AsyncClient, path: str, status: int) -> bool:
@@ -141,46 +145,48 @@ async def _answers(http: httpx.AsyncClient, path: str, status: int) -> bool:
 
 
 async def test_following_location_reads_your_own_writes_despite_the_lag(
-    http: httpx.AsyncClient,
+    replica_http: httpx.AsyncClient,
 ) -> None:
     waits = []
 
     async def follow(r: httpx.Response) -> httpx.Response:
         started = time.monotonic()
-        answer = await http.get(r.headers["location"])
+        answer = await replica_http.get(r.headers["location"])
         waits.append(time.monotonic() - started)
         return answer
 
-    replica_reads = reads_from((await http.get("/metrics")).text, "replica")
-    ref, sku, created = await add_batch(http, qty=20)
+    replica_reads = reads_from((await replica_http.get("/metrics")).text, "replica")
+    ref, sku, created = await add_batch(replica_http, qty=20)
     batch = await follow(created)
     assert batch.status_code == 200
     assert batch.json()["purchased"] == 20
 
     orderid = random_ref("order")
-    accepted = await http.post("/allocate", json={"orderid": orderid, "sku": sku, "qty": 3})
+    accepted = await replica_http.post("/allocate", json={"orderid": orderid, "sku": sku, "qty": 3})
     assert accepted.status_code == 202
     order = await follow(accepted)
     assert order.json()["lines"] == [{"sku": sku, "state": "allocated", "batchref": ref}]
-    short = await http.post("/allocate", json={"orderid": random_ref("o"), "sku": sku, "qty": 50})
+    short = await replica_http.post(
+        "/allocate", json={"orderid": random_ref("o"), "sku": sku, "qty": 50}
+    )
     assert (await follow(short)).json()["lines"] == [
         {"sku": sku, "state": "out_of_stock", "batchref": None}
     ]
 
-    changed = await http.patch(f"/batches/{ref}", json={"qty": 12})
+    changed = await replica_http.patch(f"/batches/{ref}", json={"qty": 12})
     assert changed.status_code == 202
     assert (await follow(changed)).json()["purchased"] == 12
 
     # A client building its own URL uses the header.
     position = accepted.headers[TOKEN]
-    one = await http.get(f"/allocations/{orderid}/{sku}", params={"after": position})
+    one = await replica_http.get(f"/allocations/{orderid}/{sku}", params={"after": position})
     assert one.json() == {"sku": sku, "batchref": ref}
-    stock = await http.get(f"/products/{sku}", params={"after": changed.headers[TOKEN]})
+    stock = await replica_http.get(f"/products/{sku}", params={"after": changed.headers[TOKEN]})
     assert stock.json()["available_now"] == 9
 
     print(f"replica applies {APPLY_DELAY}s late; longest Location read {max(waits):.3f}s")
     # The replica answered each, once it had caught up: it was waited for.
-    assert reads_from((await http.get("/metrics")).text, "replica") == replica_reads + 6
+    assert reads_from((await replica_http.get("/metrics")).text, "replica") == replica_reads + 6
     assert APPLY_DELAY / 2 < max(waits) < REPLICA_WAIT + 0.5
 
 
@@ -199,31 +205,31 @@ async def test_the_readme_httpx_example_reads_back_through_the_lagging_replica(
     assert result.stdout.splitlines() == HTTPX_EXAMPLE_PRINTS
 
 
-async def test_a_position_that_is_not_one_is_refused(http: httpx.AsyncClient) -> None:
-    r = await http.get(f"/batches/{random_ref('batch')}", params={"after": "yesterday"})
+async def test_a_position_that_is_not_one_is_refused(replica_http: httpx.AsyncClient) -> None:
+    r = await replica_http.get(f"/batches/{random_ref('batch')}", params={"after": "yesterday"})
     assert r.status_code == 422
 
 
 async def test_reads_survive_a_stopped_replica_and_return_to_it(
-    http: httpx.AsyncClient, replica: PostgresCluster
+    replica_http: httpx.AsyncClient, replica: PostgresCluster
 ) -> None:
-    ref, _, _ = await add_batch(http)
+    ref, _, _ = await add_batch(replica_http)
     replica.stop()
-    answers = [(await http.get(f"/batches/{ref}")).status_code for _ in range(20)]
+    answers = [(await replica_http.get(f"/batches/{ref}")).status_code for _ in range(20)]
     assert answers == [200] * 20  # from the primary
 
-    ready = await http.get("/ready")
+    ready = await replica_http.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["checks"]["replica"].startswith("degraded")
     # Writes never touch the replica.
-    _, _, created = await add_batch(http)
-    assert (await http.get(created.headers["location"])).status_code == 200
+    _, _, created = await add_batch(replica_http)
+    assert (await replica_http.get(created.headers["location"])).status_code == 200
 
     replica.start()
-    await eventually(lambda: _replica_ok(http), 15, "reads never went back to the replica")
-    before = reads_from((await http.get("/metrics")).text, "replica")
-    await http.get(f"/batches/{ref}")
-    assert reads_from((await http.get("/metrics")).text, "replica") > before
+    await eventually(lambda: _replica_ok(replica_http), 15, "reads never went back to the replica")
+    before = reads_from((await replica_http.get("/metrics")).text, "replica")
+    await replica_http.get(f"/batches/{ref}")
+    assert reads_from((await replica_http.get("/metrics")).text, "replica") > before
 
 
 async def _replica_ok(http: httpx.AsyncClient) -> bool:
@@ -232,39 +238,39 @@ async def _replica_ok(http: httpx.AsyncClient) -> bool:
 
 
 async def test_reads_survive_a_hanging_replica_within_db_timeout(
-    http: httpx.AsyncClient, replica: PostgresCluster
+    replica_http: httpx.AsyncClient, replica: PostgresCluster
 ) -> None:
-    ref, _, _ = await add_batch(http)
+    ref, _, _ = await add_batch(replica_http)
     await asyncio.sleep(APPLY_DELAY * 3)  # on the replica too: a read could come from either
     replica.freeze()
     timings = []
     for _ in range(10):
         started = time.monotonic()
-        r = await http.get(f"/batches/{ref}")
+        r = await replica_http.get(f"/batches/{ref}")
         timings.append(time.monotonic() - started)
         assert r.status_code == 200
     assert max(timings) <= DB_TIMEOUT + 0.5, timings
     # Only the first waits on the replica; the rest go to the primary at once.
     assert sorted(timings)[-2] < 0.5, timings
-    ready = await http.get("/ready")
+    ready = await replica_http.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["checks"]["replica"].startswith("degraded")
 
     # The checks that timed out meanwhile left the replica's pool whole.
     await asyncio.sleep(DB_TIMEOUT * 2)
     replica.thaw()
-    await eventually(lambda: _replica_ok(http), 15, "reads never went back to the replica")
+    await eventually(lambda: _replica_ok(replica_http), 15, "reads never went back to the replica")
 
 
-async def test_metrics_show_the_replicas_lag(http: httpx.AsyncClient) -> None:
-    await add_batch(http)
+async def test_metrics_show_the_replicas_lag(replica_http: httpx.AsyncClient) -> None:
+    await add_batch(replica_http)
 
     async def lag_seen() -> bool:
-        text = (await http.get("/metrics")).text
+        text = (await replica_http.get("/metrics")).text
         return re.search(r"^allocation_replica_lag_seconds \S+$", text, re.M) is not None
 
     await eventually(lag_seen, 10, "no replica lag in /metrics")
-    assert "allocation_replica_up 1.0" in (await http.get("/metrics")).text
+    assert "allocation_replica_up 1.0" in (await replica_http.get("/metrics")).text
 
 
 async def test_a_traced_read_shows_its_statements_on_the_replica_and_a_write_on_the_primary(

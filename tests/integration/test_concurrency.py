@@ -13,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date
 from typing import Any
 
 import pytest
-from dependency_injector import providers
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters import tables
 from app.config import Settings
-from app.container import Container, start, stop
+from app.container import Container
 from app.domain import commands, model
 from app.service_layer.messagebus import MessageBus
 from tests.support.fakes import FakeNotifications, FakePublisher
@@ -35,20 +34,15 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-async def container(
-    module_database: str, notifications: FakeNotifications, publisher: FakePublisher
-) -> AsyncIterator[Container]:
-    container = Container()
-    container.settings.override(
-        providers.Object(Settings(database_url=module_database, read_database_url=None))
-    )
-    container.notifications.override(providers.Object(notifications))
-    container.publisher.override(providers.Object(publisher))
-    await start(container)
-    try:
-        yield container
-    finally:
-        await stop(container)
+def settings(module_database: str) -> Settings:
+    return Settings(database_url=module_database, read_database_url=None)
+
+
+@pytest.fixture
+def container_overrides(
+    notifications: FakeNotifications, publisher: FakePublisher
+) -> dict[str, object]:
+    return {"notifications": notifications, "publisher": publisher}
 
 
 @pytest.fixture

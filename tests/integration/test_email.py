@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
@@ -25,7 +24,6 @@ from app.clock import utcnow
 from app.config import Settings
 from app.container import Container
 from app.domain import commands, events
-from tests.support.containers import running_container
 from tests.support.faults import failing_after_it_ran
 from tests.support.outbox import OutboxRow, deliver_until_delivered, outbox_rows
 from tests.support.refs import random_ref
@@ -54,18 +52,16 @@ def assert_a_notice_of(mail: ReceivedMail, sku: str, row: OutboxRow) -> None:
     assert abs(datetime.now(UTC) - sent) < timedelta(minutes=5)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def email_database_url(request: pytest.FixtureRequest) -> str:
-    # PostgreSQL in a database of the module's own: another relay on the
-    # shared one could deliver these notices elsewhere first.
-    name = "sqlite_url" if request.param == "sqlite" else "module_database"
-    url: str = request.getfixturevalue(name)
-    return url
+@pytest.fixture
+def email_database_url(module_database: str) -> str:
+    # A database of the module's own: another relay on the shared one could
+    # deliver these notices elsewhere first.
+    return module_database
 
 
 @pytest.fixture
-async def container(email_database_url: str, smtp: SmtpSink) -> AsyncIterator[Container]:
-    settings = Settings(
+def settings(email_database_url: str, smtp: SmtpSink) -> Settings:
+    return Settings(
         database_url=email_database_url,
         redis_url=None,
         smtp_host="127.0.0.1",
@@ -74,8 +70,6 @@ async def container(email_database_url: str, smtp: SmtpSink) -> AsyncIterator[Co
         notify_email=STOCK_TEAM,
         relay_enabled=False,
     )
-    async with running_container(settings) as container:
-        yield container
 
 
 async def out_of_stock(container: Container, sku: str, orderid: str) -> OutboxRow:

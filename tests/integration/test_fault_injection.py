@@ -23,7 +23,6 @@ from app.container import Container
 from app.domain import commands, events
 from app.main import create_app
 from tests.support.apps import serving
-from tests.support.containers import running_container
 from tests.support.faults import (
     Faults,
     InjectedFault,
@@ -52,12 +51,6 @@ PUBLISH = "publish_allocated_event"
 def settings(module_database: str, redis_url: str) -> Settings:
     # No relay runs on its own: the tests run delivery passes by hand.
     return Settings(database_url=module_database, redis_url=redis_url, relay_enabled=False)
-
-
-@pytest.fixture
-async def container(settings: Settings) -> AsyncIterator[Container]:
-    async with running_container(settings) as container:
-        yield container
 
 
 @pytest.fixture

@@ -27,15 +27,15 @@ from typing import Any
 
 import httpx
 import pytest
-from dependency_injector import providers
 from fastapi import FastAPI
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.container import Container, start, stop
+from app.container import Container
 from app.domain import commands, events
 from app.main import create_app
 from app.service_layer.messagebus import MessageBus
@@ -50,21 +50,14 @@ from tests.support.refs import random_ref
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture(scope="module")
-async def container(module_database: str) -> AsyncIterator[Container]:
-    container = Container()
-    container.settings.override(
-        providers.Object(
-            Settings(database_url=module_database, read_database_url=None, relay_enabled=False)
-        )
-    )
-    container.notifications.override(providers.Object(FakeNotifications()))
-    container.publisher.override(providers.Object(FakePublisher()))
-    await start(container)
-    try:
-        yield container
-    finally:
-        await stop(container)
+@pytest.fixture
+def settings(module_database: str) -> Settings:
+    return Settings(database_url=module_database, read_database_url=None, relay_enabled=False)
+
+
+@pytest.fixture
+def container_overrides() -> dict[str, object]:
+    return {"notifications": FakeNotifications(), "publisher": FakePublisher()}
 
 
 @dataclass(frozen=True)
@@ -221,7 +214,7 @@ async def one_at_a_time(
     )
 
 
-@settings(property_settings, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(property_settings, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(main=stock, other=stock, calls=calls)
 async def test_lines_sent_at_once_come_out_as_one_at_a_time_in_the_order_applied(
     container: Container,

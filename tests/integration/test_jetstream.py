@@ -43,13 +43,11 @@ from tests.support.servers import RedisServer
 MAX_DELIVER = 3
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """SQLite, or a PostgreSQL database of the test's own: on the session's shared
-    one, another relay (the uvicorn fixture's) could deliver this test's events."""
-    name = "sqlite_url" if request.param == "sqlite" else "private_database"
-    url: str = request.getfixturevalue(name)
-    return url
+@pytest.fixture
+def database_url(private_database: str) -> str:
+    """A database of the test's own: on the session's shared one, another relay
+    (the uvicorn fixture's) could deliver this test's events."""
+    return private_database
 
 
 @pytest.fixture
@@ -59,8 +57,8 @@ async def nats_server() -> AsyncIterator[Nats]:
 
 
 @pytest.fixture
-async def container(database_url: str, nats_server: Nats) -> AsyncIterator[Container]:
-    settings = Settings(
+def settings(database_url: str, nats_server: Nats) -> Settings:
+    return Settings(
         database_url=database_url,
         redis_url=None,
         nats_url=nats_server.url,
@@ -68,8 +66,6 @@ async def container(database_url: str, nats_server: Nats) -> AsyncIterator[Conta
         nats_ack_wait=1.0,
         nats_max_deliver=MAX_DELIVER,
     )
-    async with running_container(settings) as built:
-        yield built
 
 
 def dead_letters_of(container: Container) -> AbstractDeadLetters:

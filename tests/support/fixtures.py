@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import httpx
 import pytest
+from dependency_injector import providers
 
+from app.config import Settings
+from app.container import Container
+from tests.support.containers import running_container
 from tests.support.databases import postgres_database
 from tests.support.fakes import FakeNotifications, FakePublisher
 from tests.support.servers import SmtpSink, free_port
@@ -50,3 +56,28 @@ async def smtp() -> AsyncIterator[SmtpSink]:
         yield sink
     finally:
         await sink.stop()
+
+
+@pytest.fixture
+def container_overrides() -> dict[str, Any]:
+    """What a module's ``container`` has in place of the real thing, by provider name."""
+    return {}
+
+
+@pytest.fixture
+async def container(
+    settings: Settings, container_overrides: dict[str, Any]
+) -> AsyncIterator[Container]:
+    """The service's container on the module's ``settings``, its resources open; no relay
+    runs by itself unless ``settings`` say so."""
+    async with running_container(settings) as built:
+        for name, value in container_overrides.items():
+            getattr(built, name).override(providers.Object(value))
+        yield built
+
+
+@pytest.fixture
+async def http(uvicorn_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the session's real ``allocation serve``, on PostgreSQL."""
+    async with httpx.AsyncClient(base_url=uvicorn_url, timeout=15) as client:
+        yield client

@@ -16,7 +16,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
-from app import logs
+from app import logs, metrics
 from app.config import Settings
 from app.entrypoints.http.connections import GuardedHttpToolsProtocol, Limits
 
@@ -59,9 +59,10 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
         if not server.started:
             raise SystemExit(STARTUP_FAILURE)
         return
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    with contextlib.suppress(KeyboardInterrupt):
-        supervisor.run()
+    with metrics.shared_between_processes():
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        with contextlib.suppress(KeyboardInterrupt):
+            supervisor.run()
     # uvicorn's parent stops when a process fails to start, but exits 0.
     if any(p.process.exitcode == STARTUP_FAILURE for p in supervisor.processes):
         raise SystemExit(STARTUP_FAILURE)
