@@ -32,6 +32,7 @@ from app.entrypoints.http.middleware import BodyLimit, Head, RequestContext
 from app.entrypoints.http.security import WriterToken
 
 logger = logging.getLogger("app.main")
+PROBES = ("/health", "/ready", "/metrics")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -96,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "metrics": False,
             "logs": False,
             "operation_spans": False,
+            # Probes and scrapes are not work: an orchestrator's every 10 s would be a trace.
+            "exclude": lambda scope: scope["path"].endswith(PROBES),
         },
         # The routers' routes served as the app's own, ahead of /docs: an
         # include_router()'d router is matched through a wrapper per request,

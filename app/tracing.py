@@ -120,13 +120,15 @@ def traceparent() -> str | None:
 
 @contextlib.contextmanager
 def continued(parent: str | None) -> Iterator[None]:
-    """Work done within, in the trace of ``parent`` (a ``traceparent``), when there is one."""
-    if not _on or not parent:
+    """Work done within, in the trace of ``parent`` (a ``traceparent``), or of its own
+    without one; traced even inside ``quiet``: a poll that found work traces the work."""
+    if not _on:
         yield
         return
     from opentelemetry import context, propagate
 
-    token = context.attach(propagate.extract({"traceparent": parent}))
+    carrier = {"traceparent": parent} if parent else {}
+    token = context.attach(propagate.extract(carrier, context=context.Context()))
     try:
         yield
     finally:
@@ -134,13 +136,24 @@ def continued(parent: str | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Nothing within is traced but what ``continued`` takes up: for background polls
+    (the relay's, the gauges', a consumer's reads) and probes, which would otherwise
+    make a one-span trace of each statement or command, many a minute, while idle."""
+    if not _on:
+        yield
+        return
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        yield
+
+
+@contextlib.contextmanager
 def span(
-    name: str,
-    kind: Kind = "internal",
-    parent: str | None = None,
-    attributes: Mapping[str, str | int] | None = None,
+    name: str, kind: Kind = "internal", attributes: Mapping[str, str | int] | None = None
 ) -> Iterator[None]:
-    """A span around the block: a child of ``parent`` if given, else of the current one."""
+    """A span around the block, a child of the current one (``continued`` sets another)."""
     if not _on:
         yield
         return
@@ -152,10 +165,7 @@ def span(
         "consumer": trace.SpanKind.CONSUMER,
     }
     tracer = trace.get_tracer(__name__)
-    with (
-        continued(parent),
-        tracer.start_as_current_span(name, kind=kinds[kind], attributes=dict(attributes or {})),
-    ):
+    with tracer.start_as_current_span(name, kind=kinds[kind], attributes=dict(attributes or {})):
         yield
 
 

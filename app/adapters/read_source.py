@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.base import Executable
 
-from app import metrics
+from app import metrics, tracing
 from app.adapters import database_errors, reads
 from app.adapters.driver import Params
 
@@ -158,7 +158,8 @@ class ReadSource:
         while not stop.is_set():
             try:
                 async with asyncio.timeout(self._timeout):
-                    rows = await reads.fetch(replica, _LAG)
+                    with tracing.quiet():
+                        rows = await reads.fetch(replica, _LAG)
                 lag = float(rows[0][0])
             except Exception as e:
                 if database_errors.is_unavailable(e) or isinstance(e, TimeoutError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app import metrics, outages
+from app import metrics, outages, tracing
 from app.adapters.database_errors import DatabaseUnavailable
 from app.adapters.jetstream import JetStream, NatsUnavailable, consumer_stats
 from app.adapters.outbox import FAILING_AFTER
@@ -48,9 +48,10 @@ async def keep(
 ) -> None:
     """Refresh the gauges every ``every`` seconds until ``stop``."""
     while not stop.is_set():
-        await outbox(uow_factory)
-        await stream(backlogs.redis, backlogs.group)
-        await jetstream(backlogs.jetstream, backlogs.durable)
+        with tracing.quiet():
+            await outbox(uow_factory)
+            await stream(backlogs.redis, backlogs.group)
+            await jetstream(backlogs.jetstream, backlogs.durable)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
 

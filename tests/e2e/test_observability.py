@@ -266,21 +266,25 @@ def http_to(api: Api) -> httpx.AsyncClient:
 async def test_a_scrape_of_either_process_counts_what_every_process_did(
     uvicorn_url: str,
 ) -> None:
-    # The session's allocation serve runs two processes, as compose does.
-    def scrape() -> str:
-        return httpx.get(f"{uvicorn_url}/metrics", timeout=10).text
+    # The session's allocation serve runs two processes, as compose does. Each
+    # request on a connection of its own: the two processes take them in turn.
+    async with httpx.AsyncClient(
+        base_url=uvicorn_url, timeout=10, headers={"Connection": "close"}
+    ) as client:
 
-    health = {"method": "GET", "route": "/health", "status": "200"}
-    before = sample(scrape(), "http_requests_total", **health)
-    allocated_before = sample(scrape(), "allocation_lines_allocated_total")
-    for _ in range(20):  # a connection each: the two processes take them in turn
-        assert httpx.get(f"{uvicorn_url}/health", timeout=10).status_code == 200
-    async with httpx.AsyncClient(base_url=uvicorn_url, timeout=10) as client:
-        sku, ref = random_ref("sku"), random_ref("batch")
-        await add_batch(client, ref, sku, 10)
+        async def scrape() -> str:
+            return (await client.get("/metrics")).text
+
+        health = {"method": "GET", "route": "/health", "status": "200"}
+        before = sample(await scrape(), "http_requests_total", **health)
+        allocated_before = sample(await scrape(), "allocation_lines_allocated_total")
+        for _ in range(20):
+            assert (await client.get("/health")).status_code == 200
+        sku = random_ref("sku")
+        await add_batch(client, random_ref("batch"), sku, 10)
         await allocate(client, random_ref("order"), sku, 1)
+        scrapes = [await scrape() for _ in range(6)]
 
-    scrapes = [scrape() for _ in range(6)]
     assert [sample(s, "http_requests_total", **health) - before for s in scrapes] == [20] * 6
     allocated = [sample(s, "allocation_lines_allocated_total") for s in scrapes]
     assert allocated == [allocated_before + 1] * 6

@@ -9,6 +9,7 @@ a message with one, the worker's spans in that trace.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -183,3 +184,28 @@ async def test_a_message_with_a_traceparent_is_handled_in_its_trace(traced: Trac
 
     await eventually(lambda: bool(logged()), 10, traced.worker.report)
     assert any("dead-lettering" in str(r["message"]) for r in logged()), logged()
+
+
+async def test_an_idle_api_and_worker_export_no_span_and_work_is_traced_again(
+    traced: Traced,
+) -> None:
+    # Start-up's own statements are exported within the first batches: let them go.
+    await asyncio.sleep(1)
+    seen = len(traced.receiver.spans)
+    # Idle: the relays poll every 0.2 s, the gauges every 5 s, the worker reads
+    # the stream and claims from it every second; a probe asks each.
+    async with httpx.AsyncClient(base_url=traced.api.url, timeout=5) as client:
+        for _ in range(3):
+            assert (await client.get("/ready")).status_code == 200
+            assert (await client.get("/health")).status_code == 200
+            await asyncio.sleep(2.5)
+        assert traced.receiver.spans[seen:] == []
+
+        sku = random_ref("sku")
+        batch = {"ref": random_ref("batch"), "sku": sku, "qty": 5, "eta": None}
+        assert (await client.post("/add_batch", json=batch)).status_code == 201
+
+    async def traced_again() -> bool:
+        return any(s.kind == "server" for s in traced.receiver.spans[seen:])
+
+    await eventually(traced_again, 15, "the write was not traced")

@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 
-from app import outages
+from app import outages, tracing
 from app.adapters import reads
 from app.adapters.read_source import ReadSource
 from app.entrypoints.http import problems
@@ -49,7 +49,10 @@ async def ready(request: Request, engine: Engine, redis: RedisClient) -> Respons
     check `degraded`, not the process unready: writes go on (their events wait in the
     outbox), and reads go to the primary."""
     # At once, so that the answer comes within CHECK_TIMEOUT however many hang.
-    results = await asyncio.gather(_database(engine), _replica(reads_of(request)), _redis(redis))
+    with tracing.quiet():  # a probe: no trace of its pings
+        results = await asyncio.gather(
+            _database(engine), _replica(reads_of(request)), _redis(redis)
+        )
     checks = dict(zip(("database", "replica", "redis"), results, strict=True))
     # Writes and reads survive Redis and the replica: only the database is needed.
     down = [name for name, result in checks.items() if result.startswith("error")]

@@ -23,7 +23,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from app import outages
+from app import outages, tracing
 from app.adapters.jetstream import FAILURES, JetStream, NatsUnavailable
 from app.clock import Position
 from app.entrypoints.messaging.policy import MessagePolicy, Received, log_counts
@@ -85,7 +85,8 @@ class JetStreamConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await self._consume(stop)
+                with tracing.quiet():  # each message handled goes on in a trace of its own
+                    await self._consume(stop)
             except NatsUnavailable:
                 self.ready.clear()  # reported by the adapter, once an outage
             except FAILURES as e:

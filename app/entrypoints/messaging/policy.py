@@ -162,9 +162,10 @@ class MessagePolicy:
             logger.warning("dead-lettering malformed %s message %.200r: %s", CHANNEL, data, e)
             return await self._dead_letter(data, received, earlier, "malformed", e, attempt)
         command = commands.ChangeBatchQuantity(message.batchref, message.qty, received.position)
-        # In the trace of the message's sending, when it says which.
-        with tracing.span(
-            f"process {CHANNEL}", "consumer", message.traceparent, _attributes(received)
+        # In the trace of the message's sending, when it says which; else in one of its own.
+        with (
+            tracing.continued(message.traceparent),
+            tracing.span(f"process {CHANNEL}", "consumer", _attributes(received)),
         ):
             try:
                 await self._bus_factory().handle(command)

@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app import outages
+from app import outages, tracing
 from app.adapters import streams
 from app.adapters.dead_letters import DeadLetter
 from app.clock import Position, parse_position, position_now, position_text
@@ -101,7 +101,8 @@ class Consumer(abc.ABC):
         self._stop = stop
         while not stop.is_set():
             try:
-                await self._consume(stop)
+                with tracing.quiet():  # each message handled goes on in a trace of its own
+                    await self._consume(stop)
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
                 # Logged once an outage, whoever in the process meets it (app.outages).
                 self._lost()
