@@ -106,9 +106,9 @@ def backlogs(container: Container) -> Backlogs:
     )
 
 
-def refused(error: StartupError) -> None:
+def refused(error: StartupError, settings: Settings | None = None) -> None:
     """Say, in one line, why the process cannot start."""
-    logger.critical("cannot start: %s", error)
+    logs.cannot_start(str(error), settings)
     logs.said(error)  # a server's traceback of the same error is left out
 
 
@@ -119,7 +119,7 @@ def run(settings: Settings, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(main())
     except StartupError as e:
-        refused(e)
+        refused(e, settings)
         raise SystemExit(1) from None
     finally:
         tracing.stop()

@@ -15,6 +15,7 @@ measures each way).
 
 import asyncio
 import logging
+import os
 import re
 import sys
 import traceback
@@ -256,6 +257,20 @@ def _record_with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
 def formatter(fmt: LogFormat, stream: TextIO) -> logging.Formatter:
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     return JsonFormatter() if use_json else TextFormatter()
+
+
+def cannot_start(reason: str, settings: Any = None) -> None:
+    """The one line a start that cannot go on writes: CRITICAL, in the log's format.
+
+    ``settings``, when they could be read, say the format; otherwise the
+    LOG_FORMAT and LOG_LEVEL variables as they stand, or the defaults.
+    """
+    if settings is not None:
+        configure(settings.log_level, settings.log_format)
+    else:
+        fmt = os.environ.get("LOG_FORMAT", "auto").strip().lower()
+        configure("INFO", fmt if fmt in ("auto", "json", "text") else "auto")  # type: ignore[arg-type]
+    logging.getLogger("app").critical("cannot start: %s", " ".join(reason.split()))
 
 
 def configure(level: str, fmt: LogFormat = "auto") -> None:

@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await container.liveness().start()
                 stack.push_async_callback(container.liveness().stop)
             except StartupError as e:
-                bootstrap.refused(e)
+                bootstrap.refused(e, settings)
                 raise
             reads = container.read_source()
             if reads.replica is not None:
@@ -149,4 +149,5 @@ try:
     app = create_app()
 except InvalidSettings as e:
     # One line, and nothing for uvicorn to print a traceback of.
-    raise SystemExit(f"cannot start: {e}") from None
+    logs.cannot_start(str(e))
+    raise SystemExit(1) from None

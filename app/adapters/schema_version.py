@@ -9,10 +9,10 @@ import asyncio
 import logging
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.adapters.database_errors import unavailable_reason
 
 # The newest migration (alembic's head). A test keeps the two equal.
 SCHEMA_VERSION = "0010"
@@ -22,6 +22,9 @@ MIGRATIONS = Path(__file__).parent.parent / "migrations"
 
 def migrate() -> None:
     """Apply every migration the database lacks, to DATABASE_URL (alembic's env.py reads it)."""
+    from alembic import command
+    from alembic.config import Config
+
     logging.getLogger("alembic").setLevel(logging.INFO)  # each migration it applies
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -49,7 +52,7 @@ async def check_database(engine: AsyncEngine, seconds: float = STARTUP_TIMEOUT) 
         ) from None
     except Exception as e:
         raise StartupError(
-            f"cannot reach the database at {where}: {type(e).__name__}: {e}"
+            f"cannot reach the database at {where}: {unavailable_reason(e)}"
         ) from None
     if version != SCHEMA_VERSION:
         found = "no migrations" if version is None else f"migration {version}"

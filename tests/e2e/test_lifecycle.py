@@ -213,3 +213,31 @@ async def test_the_production_command_prints_nothing_but_json_lines(
     why = [r for r in failed if str(r["message"]).startswith("cannot start: ")]
     assert [r["level"] for r in why] == ["CRITICAL", "CRITICAL"], refused.report()
     assert not any("exc_info" in r for r in failed), refused.report()
+
+
+@pytest.mark.parametrize(
+    ("settings", "why"),
+    [
+        ({"ENVIRONMENT": "production"}, "cannot start: API_TOKEN is not set"),
+        ({"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/no_such_database"}, "not exist"),
+        (
+            {"DATABASE_URL": "postgresql://me:change-me@host/db", "ENVIRONMENT": "production"},
+            "placeholder password",
+        ),
+    ],
+    ids=["no-token", "no-database", "placeholder-password"],
+)
+async def test_a_refused_start_is_one_json_line_when_the_log_is_json(
+    tmp_path: Path, settings: dict[str, str], why: str
+) -> None:
+    env = {**service_env("sqlite+aiosqlite:///unused.db", log_format="json"), **settings}
+    async with Processes(tmp_path) as processes:
+        refused = processes.image(env, name="refused")
+        refused.start()
+        assert await refused.wait(within=30) != 0
+    records = every_line_is_one_json_object(refused.output())
+    critical = [r for r in records if r["level"] == "CRITICAL"]
+    assert len(critical) == 1, refused.report()
+    assert why in str(critical[0]["message"]), refused.report()
+    assert "\n" not in str(critical[0]["message"])
+    assert not any("exc_info" in r or "Background on this error" in str(r) for r in records)

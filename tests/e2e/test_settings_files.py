@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.databases import ROOT
-from tests.support.processes import ALLOCATION, service_env
+from tests.support.processes import ALLOCATION, message_of, service_env
 from tests.support.servers import free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow
@@ -139,7 +139,7 @@ def test_a_refused_setting_is_one_line_naming_it_and_no_secret(
         assert result.returncode != 0
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
-        assert lines[0].startswith("cannot start: ")
+        assert message_of(lines[0]).startswith("cannot start: ")
         assert rule in lines[0]
 
 

@@ -22,7 +22,7 @@ import pytest
 from app.entrypoints.http import problems
 from tests.support.databases import alembic_upgrade
 from tests.support.polling import eventually
-from tests.support.processes import Api, Processes, run_cli, service_env
+from tests.support.processes import Api, Processes, message_of, run_cli, service_env
 from tests.support.refs import random_ref
 from tests.support.servers import RedisServer
 
@@ -275,7 +275,7 @@ async def test_production_without_a_token_refuses_to_start_unless_told(
         assert await refused.wait(within=30) != 0
         lines = refused.output().strip().splitlines()[1:]  # after the runner's banner
         assert len(lines) == 1, refused.report()
-        assert lines[0].startswith("cannot start: API_TOKEN is not set")
+        assert message_of(lines[0]).startswith("cannot start: API_TOKEN is not set")
         assert "ALLOW_ANONYMOUS_WRITES" in lines[0]
 
         # The worker and the operator's tools need no token.

@@ -325,6 +325,13 @@ def json_lines(output: str) -> list[dict[str, Any]]:
     return records
 
 
+def message_of(line: str) -> str:
+    """What a log line says: its ``message`` when it is a JSON record, else the line."""
+    if line.startswith("{"):
+        return str(json.loads(line)["message"])
+    return line
+
+
 class SlowProxy:
     """A TCP proxy to Redis that holds each request ``delay`` seconds: a slow broker.
 

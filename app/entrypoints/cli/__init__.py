@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from app import logs
 from app.config import InvalidSettings, Settings, load_settings
 
 cli = typer.Typer(help="The allocation service's worker and tools.", no_args_is_help=True)
@@ -17,8 +18,8 @@ cli = typer.Typer(help="The allocation service's worker and tools.", no_args_is_
 def _settings() -> Settings:
     try:
         return load_settings()
-    except InvalidSettings as e:  # before logging is set up: straight to stderr
-        typer.echo(f"cannot start: {e}", err=True)
+    except InvalidSettings as e:
+        logs.cannot_start(str(e))
         raise typer.Exit(1) from None
 
 
@@ -44,7 +45,7 @@ def serve(
     try:
         settings.check_api()
     except InvalidSettings as e:
-        typer.echo(f"cannot start: {e}", err=True)
+        logs.cannot_start(str(e), settings)
         raise typer.Exit(1) from None
     from app.entrypoints.http.server import serve as serve_api
 
@@ -60,7 +61,6 @@ def serve(
 def migrate() -> None:
     """Bring the database's schema up to this code's: every migration it lacks, in order."""
     settings = _settings()
-    from app import logs
     from app.adapters.schema_version import migrate as upgrade
 
     logs.configure(settings.log_level, settings.log_format)
