@@ -22,12 +22,17 @@ FROM python:3.11.14-slim-bookworm
 RUN useradd --create-home --uid 10001 allocation
 COPY --from=build /venv /venv
 WORKDIR /srv
+# The worker's /health, /ready and /metrics on port 9100, reachable from other
+# containers; the API's on 8000 (allocation serve).
 ENV PATH=/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    WORKER_HOST=0.0.0.0 \
+    WORKER_PORT=9100
 USER 10001
 EXPOSE 8000
+# Healthy while the process the container runs answers: the API, or the worker.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
+    CMD ["allocation", "health"]
 # The production command: uvicorn with the service's connection limits, in
 # WEB_CONCURRENCY processes. Behind a reverse proxy, set FORWARDED_ALLOW_IPS
 # to its address so that X-Forwarded-For/-Proto are believed, and ROOT_PATH

@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis for external events; unset turns them off."
     )
+    worker_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the worker's /health, /ready and /metrics listen on: "
+        "0.0.0.0 to be scraped from elsewhere (the image sets it).",
+    )
     worker_port: int | None = Field(
         None,
         ge=1,

@@ -371,30 +371,60 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
     Settings.model_validate({name: value for name, value in given.items() if value})
 
 
+def image_env() -> dict[str, str]:
+    """The Dockerfile's ENV lines, as a dict."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            found.update(pair.split("=", 1) for pair in shlex.split(line[4:]))
+    return found
+
+
+def image_healthcheck() -> list[str]:
+    lines = (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    [check] = [line for line in lines if line.startswith("HEALTHCHECK ")]
+    command: list[str] = json.loads(check.split(" CMD ", 1)[1])
+    return command
+
+
+def until_healthy(
+    command: list[str], env: dict[str, str], process: subprocess.Popen[bytes]
+) -> None:
+    deadline = time.monotonic() + 30
+    while subprocess.run([str(BIN / command[0]), *command[1:]], env=env).returncode != 0:
+        assert process.poll() is None, "the process exited"
+        assert time.monotonic() < deadline, "the healthcheck never passed"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 @pytest.mark.redis
-def test_composes_worker_healthcheck_passes_once_the_worker_is_ready(
-    tmp_path: Path, redis_url: str
+@pytest.mark.parametrize("role", ["api", "worker"])
+def test_the_images_healthcheck_fits_each_process_it_runs(
+    tmp_path: Path, redis_url: str, role: str
 ) -> None:
-    worker = compose_services()["worker"]
-    port = worker["environment"]["WORKER_PORT"]
-    check = worker["healthcheck"]["test"]
-    assert check[0] == "CMD"
-    assert f":{port}/ready" in check[-1]
-    here = str(free_port())
+    """The image's one HEALTHCHECK, and compose's worker readiness check, as each process
+    runs with the image's environment: unhealthy until the process answers, then healthy."""
+    here, worker_here = free_port(), free_port()
     database = f"sqlite+aiosqlite:///{tmp_path / 'allocation.db'}"
-    migrate = run(BIN / "allocation", "migrate", DATABASE_URL=database)
-    assert migrate.returncode == 0, migrate.stderr
-    env = {**os.environ, "DATABASE_URL": database, "REDIS_URL": redis_url, "WORKER_PORT": here}
-    process = subprocess.Popen([BIN / "allocation", "worker"], cwd=ROOT, env=env)
+    assert run(BIN / "allocation", "migrate", DATABASE_URL=database).returncode == 0
+    env = {**os.environ, **image_env(), "DATABASE_URL": database, "REDIS_URL": redis_url}
+    # The image's ports, moved here to free ones; the worker's only where it is asked.
+    assert (env["WORKER_PORT"], env["WORKER_HOST"]) == ("9100", "0.0.0.0")
+    env.update(PORT=str(here), WORKER_PORT=str(worker_here))
+    check = image_healthcheck()
+    assert subprocess.run([str(BIN / check[0]), *check[1:]], env=env).returncode == 1
+    if role == "api":
+        argv = [BIN / "allocation", "serve"]
+        checks = [check]
+    else:
+        argv = [BIN / "allocation", "worker"]
+        checks = [check, compose_services()["worker"]["healthcheck"]["test"][1:]]
+    process = subprocess.Popen(argv, cwd=ROOT, env=env)
     try:
-        command = [arg.replace(f":{port}/", f":{here}/") for arg in check[1:]]
-        command[0] = str(BIN / command[0])
-        deadline = time.monotonic() + 30
-        while run(*command).returncode != 0:
-            assert process.poll() is None, "the worker exited"
-            assert time.monotonic() < deadline, "the healthcheck never passed"
-            time.sleep(0.2)
+        for command in checks:
+            until_healthy(command, env, process)
     finally:
         process.terminate()
         process.wait(timeout=15)

@@ -9,6 +9,7 @@ from app.adapters.schema_version import StartupError
 from app.config import Settings
 from app.main import create_app
 from tests.support.apps import serving
+from tests.support.nats import running_nats
 from tests.support.refs import random_ref
 from tests.support.servers import free_port
 
@@ -25,7 +26,7 @@ async def test_ready_when_the_database_answers(client: httpx.AsyncClient) -> Non
     assert r.status_code == 200
     assert r.json() == {
         "status": "ready",
-        "checks": {"database": "ok", "replica": "off", "redis": "off"},
+        "checks": {"database": "ok", "replica": "off", "redis": "off", "nats": "off"},
     }
 
 
@@ -51,8 +52,28 @@ async def test_ready_and_saying_so_while_redis_is_unreachable(sqlite_url: str) -
             "database": "ok",
             "replica": "off",
             "redis": "degraded: events wait in the outbox",
+            "nats": "off",
         }
         batch = {"ref": random_ref("batch"), "sku": random_ref("sku"), "qty": 5, "eta": None}
         assert (await client.post("/add_batch", json=batch)).status_code == 201
         scrape = (await client.get("/metrics")).text
         assert 'allocation_dependency_up{dependency="redis"} 0.0' in scrape
+
+
+async def test_ready_names_nats_when_events_go_there_and_degrades_without_it(
+    sqlite_url: str,
+) -> None:
+    async with running_nats() as node:
+        settings = Settings(
+            database_url=sqlite_url, nats_url=node.url, event_brokers="nats", relay_enabled=False
+        )
+        async with serving(create_app(settings)) as client:
+            r = await client.get("/ready")
+            assert (r.status_code, r.json()["checks"]) == (
+                200,
+                {"database": "ok", "replica": "off", "redis": "off", "nats": "ok"},
+            )
+            await node.nodes[0].stop()
+            r = await client.get("/ready")
+    assert r.status_code == 200
+    assert r.json()["checks"]["nats"] == "degraded: events wait in the outbox"

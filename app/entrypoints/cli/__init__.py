@@ -58,6 +58,33 @@ def serve(
 
 
 @cli.command()
+def health(
+    ready: bool = typer.Option(False, "--ready", help="Ask /ready: can it work, not only live."),
+) -> None:
+    """Exit 0 if this machine's API (on PORT) or worker (on WORKER_PORT) answers /health.
+
+    The image's health check: it fits whichever of the two the container runs.
+    """
+    import urllib.request
+
+    settings = _settings()
+    path = "/ready" if ready else "/health"
+    local = {"0.0.0.0", "::", ""}
+    ports = [(settings.host, settings.port), (settings.worker_host, settings.worker_port)]
+    for host, port in ports:
+        if port is None:
+            continue
+        url = f"http://{'127.0.0.1' if host in local else host}:{port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            continue
+    typer.echo(f"no process answers {path} on port {settings.port} or WORKER_PORT", err=True)
+    raise typer.Exit(1)
+
+
+@cli.command()
 def migrate() -> None:
     """Bring the database's schema up to this code's: every migration it lacks, in order."""
     settings = _settings()

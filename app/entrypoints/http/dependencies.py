@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.idempotency import AbstractIdempotencyKeys
+from app.adapters.jetstream import JetStream
 from app.adapters.read_source import ReadSource
 from app.config import Settings
 from app.entrypoints.http.idempotency import Idempotency
@@ -47,6 +48,8 @@ class Services(Protocol):
     @property
     def redis(self) -> Callable[[], Redis | None]: ...  # None without REDIS_URL
     @property
+    def jetstream(self) -> Callable[[], JetStream | None]: ...  # None without NATS_URL
+    @property
     def read_source(self) -> Callable[[], ReadSource]: ...
 
 
@@ -69,24 +72,9 @@ async def _settings(request: Request) -> Settings:
     return services(request).settings()
 
 
-async def _uow(request: Request) -> AbstractUnitOfWork:
-    return services(request).uow()
-
-
-async def _engine(request: Request) -> AsyncEngine:
-    return services(request).engine()
-
-
-async def _redis(request: Request) -> Redis | None:
-    return services(request).redis()
-
-
 Bus = Annotated[MessageBus, Depends(_bus)]
 Once = Annotated[Idempotency, Depends(idempotency)]
 ServiceSettings = Annotated[Settings, Depends(_settings)]
-UnitOfWork = Annotated[AbstractUnitOfWork, Depends(_uow)]  # a new one per request
-Engine = Annotated[AsyncEngine, Depends(_engine)]  # the primary's
-RedisClient = Annotated[Redis | None, Depends(_redis)]  # None without REDIS_URL
 
 
 def reads_of(request: Request) -> ReadSource:

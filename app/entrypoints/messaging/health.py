@@ -27,17 +27,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import metrics, tracing
-from app.adapters import reads
+from app import metrics
+from app.adapters.health import check_all
 from app.adapters.jetstream import JetStream
 
 logger = logging.getLogger(__name__)
 
-CHECK_TIMEOUT = 1.0  # seconds: a dependency slower than this counts as down
-
-
 class Reader(Protocol):
-    source: str
+    name: str  # in the checks: redis_pubsub, redis_stream, jetstream
     ready: asyncio.Event
 
 
@@ -49,32 +46,12 @@ class Health:
     nats: JetStream | None = None
 
     async def checks(self) -> dict[str, str]:
-        database_check, redis_check = await asyncio.gather(self._database(), self._redis())
-        checks = {"database": database_check, "redis": redis_check}
-        if self.nats is not None:
-            # nats-py pings the server itself: its state is the answer.
-            checks["nats"] = "ok" if self.nats.connected else "error: not connected"
+        """The API's checks but the replica (the worker reads none), and each consumer's."""
+        checks = await check_all(self.engine, self.redis, self.nats)
+        del checks["replica"]
         for reader in self.readers:
-            checks[reader.source] = "ok" if reader.ready.is_set() else "error: not reading"
+            checks[reader.name] = "ok" if reader.ready.is_set() else "error: not reading"
         return checks
-
-    async def _database(self) -> str:
-        try:
-            async with asyncio.timeout(CHECK_TIMEOUT):
-                await reads.ping(self.engine)
-        except Exception as e:
-            return f"error: {type(e).__name__}"
-        return "ok"
-
-    async def _redis(self) -> str:
-        if self.redis is None:
-            return "off"
-        try:
-            async with asyncio.timeout(CHECK_TIMEOUT):
-                await self.redis.ping()
-        except Exception as e:
-            return f"error: {type(e).__name__}"
-        return "ok"
 
 
 def app(health: Health) -> Starlette:
@@ -82,8 +59,7 @@ def app(health: Health) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def ready(_: Request) -> Response:
-        with tracing.quiet():  # a probe: no trace of its pings
-            checks = await health.checks()
+        checks = await health.checks()
         down = [name for name, state in checks.items() if state.startswith("error")]
         if down:
             message = f"not ready: {', '.join(down)}"
@@ -107,14 +83,14 @@ class _Embedded(uvicorn.Server):
         yield
 
 
-async def serve(health: Health, port: int, stop: asyncio.Event) -> None:
-    """Serve the endpoints on ``port`` (every address) until ``stop``."""
+async def serve(health: Health, host: str, port: int, stop: asyncio.Event) -> None:
+    """Serve the endpoints on ``host``:``port`` until ``stop``."""
     config = uvicorn.Config(
-        app(health), host="0.0.0.0", port=port, log_config=None, access_log=False, lifespan="off"
+        app(health), host=host, port=port, log_config=None, access_log=False, lifespan="off"
     )
     server = _Embedded(config)
     serving = asyncio.create_task(server.serve())
-    logger.info("health, readiness and metrics on port %d", port)
+    logger.info("health, readiness and metrics on %s:%d", host, port)
     await stop.wait()
     server.should_exit = True
     await serving

@@ -76,6 +76,7 @@ class JetStreamConsumer:
         self._batch = batch
         self._reconnect_delay = reconnect_delay
         self.source = f"the JetStream subject {SUBJECT}"
+        self.name = "jetstream"  # in /ready's checks
         self.ready = asyncio.Event()  # set while it is pulling
 
     @property

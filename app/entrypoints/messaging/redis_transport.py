@@ -75,6 +75,7 @@ class Consumer(abc.ABC):
     """Hands each message it receives to the policy; reconnects when Redis is lost."""
 
     source = CHANNEL  # what it reads, for the log
+    name = "redis"  # in /ready's checks
 
     def __init__(self, client: Redis, policy: MessagePolicy, reconnect_delay: float = 1.0) -> None:
         self._client = client
@@ -171,6 +172,7 @@ class PubSubConsumer(Consumer):
     """
 
     source = f"the channel {CHANNEL}"
+    name = "redis_pubsub"
 
     def __init__(self, *args: Any, subscribed: PubSub | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -236,6 +238,7 @@ class StreamConsumer(Consumer):
     """The stream, through a consumer group: each entry acknowledged once it is dealt with."""
 
     source = f"the stream {STREAM}"
+    name = "redis_stream"
 
     def __init__(
         self,

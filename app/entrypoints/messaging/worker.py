@@ -84,7 +84,8 @@ async def _serve(
         work: dict[str, bootstrap.Work] = {c.source: c.run for c in consumers}
         if settings.worker_port is not None:
             checks = health.Health(container.engine(), client, consumers, container.jetstream())
-            work["health"] = lambda done: health.serve(checks, settings.worker_port or 0, done)
+            host, port = settings.worker_host, settings.worker_port
+            work["health"] = lambda done: health.serve(checks, host, port, done)
         # The worker's relay runs whatever RELAY_ENABLED says: it is the API's switch.
         async with bootstrap.background(container, work, relay=True):
             logger.info("worker started")
