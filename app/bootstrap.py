@@ -102,7 +102,11 @@ def backlogs(container: Container) -> Backlogs:
 
     settings = container.settings()
     return Backlogs(
-        container.redis(), settings.stream_group, container.jetstream(), settings.nats_durable
+        container.redis(),
+        settings.stream_group_name,
+        container.jetstream(),
+        settings.nats_durable_name,
+        settings.names.change_batch_quantity,
     )
 
 

@@ -8,6 +8,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from app.wire import PREFIX_PATTERN, Names
+
 # Plain URLs, as operators and hosting platforms write them, get the async driver.
 _ASYNC_DRIVERS = {
     "postgres": "postgresql+asyncpg",
@@ -152,6 +154,13 @@ class Settings(BaseSettings):
         le=65535,
         description="Port on which `allocation worker` serves /health, /ready and /metrics; "
         "unset serves none.",
+    )
+    channel_prefix: str = Field(
+        "",
+        pattern=PREFIX_PATTERN,
+        description="Put before every channel, stream, subject, consumer group and "
+        "dead-letter list the service uses on Redis and NATS, e.g. staging.: services "
+        "sharing a broker then never take each other's messages. Empty: the book's names.",
     )
     dead_letter_key: str = Field(
         "allocation:dead-letters:change_batch_quantity",
@@ -307,6 +316,23 @@ class Settings(BaseSettings):
         if not named:
             named = {b for b, url in (("redis", self.redis_url), ("nats", self.nats_url)) if url}
         return frozenset(named)
+
+    @property
+    def names(self) -> Names:
+        """This deployment's broker names (CHANNEL_PREFIX)."""
+        return Names(self.channel_prefix)
+
+    @property
+    def dead_letter_list(self) -> str:
+        return self.names(self.dead_letter_key)
+
+    @property
+    def stream_group_name(self) -> str:
+        return self.names(self.stream_group)
+
+    @property
+    def nats_durable_name(self) -> str:
+        return self.names.durable(self.nats_durable)
 
     @property
     def nats_servers(self) -> list[str]:

@@ -32,16 +32,17 @@ from app.service_layer.group_commit import GroupCommit
 from app.service_layer.messagebus import Member, MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
 from app.service_layer.unit_of_work import SqlUnitOfWork
-from app.wire import CHANGE_BATCH_QUANTITY, LINE_ALLOCATED
+from app.wire import LINE_ALLOCATED
 
 
 def publisher(client: Redis | None, js: JetStream | None, settings: Settings) -> AbstractPublisher:
     publishers: list[AbstractPublisher] = []
+    names = settings.names
     if client is not None and "redis" in settings.brokers:
         maxlen = settings.line_allocated_stream_maxlen
-        publishers.append(RedisPublisher(client, streams={LINE_ALLOCATED: maxlen}))
+        publishers.append(RedisPublisher(client, names, streams={LINE_ALLOCATED: maxlen}))
     if js is not None:
-        publishers.append(JetStreamPublisher(js))
+        publishers.append(JetStreamPublisher(js, names))
     if not publishers:
         return NoPublisher()
     return publishers[0] if len(publishers) == 1 else FanoutPublisher(publishers)
@@ -58,9 +59,10 @@ def dead_letters(
 
 def stream_specs(settings: Settings) -> dict[str, StreamSpec]:
     """How the streams the service creates are made: the one it reads is a work queue."""
+    names = settings.names
     return {
-        CHANGE_BATCH_QUANTITY: StreamSpec(retention=RetentionPolicy.WORK_QUEUE),
-        LINE_ALLOCATED: StreamSpec(max_msgs=settings.line_allocated_stream_maxlen),
+        names.change_batch_quantity: StreamSpec(retention=RetentionPolicy.WORK_QUEUE),
+        names.line_allocated: StreamSpec(max_msgs=settings.line_allocated_stream_maxlen),
     }
 
 
@@ -123,7 +125,7 @@ class Container(containers.DeclarativeContainer):
 
     publisher = providers.Singleton(publisher, client=redis, js=jetstream, settings=settings)
     dead_letters = providers.Singleton(
-        dead_letters, client=redis, js=jetstream, key=settings.provided.dead_letter_key
+        dead_letters, client=redis, js=jetstream, key=settings.provided.dead_letter_list
     )
     notifications = providers.Singleton(notifications, settings=settings)
     retry = providers.Singleton(RetryPolicy, attempts=settings.provided.write_retries)

@@ -8,6 +8,7 @@ them (app.entrypoints.http.asyncapi).
 """
 
 import re
+from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any
 
@@ -116,6 +117,32 @@ Eta = Annotated[
 # The book's channels, on every broker (Redis pub/sub and Streams, NATS JetStream).
 CHANGE_BATCH_QUANTITY = "change_batch_quantity"  # in
 LINE_ALLOCATED = "line_allocated"  # out
+PREFIX_PATTERN = r"^[A-Za-z0-9_.:-]{0,64}$"
+
+
+@dataclass(frozen=True)
+class Names:
+    """What one deployment calls each channel, stream, subject and consumer group on its
+    brokers: the book's names after its ``CHANNEL_PREFIX`` (``staging.``, say), so that
+    services sharing a Redis or a NATS account never take each other's messages."""
+
+    prefix: str = ""
+
+    def __call__(self, name: str) -> str:
+        """``name`` (a channel, a stream, a subject, a group, a list) in this deployment."""
+        return self.prefix + name
+
+    @property
+    def change_batch_quantity(self) -> str:
+        return self(CHANGE_BATCH_QUANTITY)
+
+    @property
+    def line_allocated(self) -> str:
+        return self(LINE_ALLOCATED)
+
+    def durable(self, name: str) -> str:
+        """A JetStream durable consumer's name: letters, digits, ``_`` and ``-`` only."""
+        return re.sub(r"[^A-Za-z0-9_-]", "_", self.prefix) + name
 
 
 class ChangeBatchQuantityMessage(BaseModel):

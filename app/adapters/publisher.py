@@ -14,6 +14,7 @@ from app import outages, tracing
 from app.adapters.jetstream import FAILURES as NATS_FAILURES
 from app.adapters.jetstream import JetStream
 from app.adapters.unavailable import BrokerUnavailable
+from app.wire import Names
 
 logger = logging.getLogger(__name__)
 
@@ -32,30 +33,34 @@ class RedisPublisher(AbstractPublisher):
     one MULTI: Redis applies both or neither.
     """
 
-    def __init__(self, client: Redis, streams: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self, client: Redis, names: Names | None = None, streams: Mapping[str, int] | None = None
+    ) -> None:
         self._client = client
+        self._names = names or Names()
         self._streams = dict(streams or {})
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        maxlen = self._streams.get(channel)
+        channel = self._names(channel)
         attributes = _sent("redis", channel, payload)
         with tracing.span(f"publish {channel}", "producer", attributes=attributes):
             # With tracing on, the message carries the context of its sending.
             traceparent = tracing.traceparent()
             if traceparent is not None:
                 payload = {**payload, "traceparent": traceparent}
-            await self._send(channel, payload)
+            await self._send(channel, payload, maxlen)
 
-    async def _send(self, channel: str, payload: dict[str, Any]) -> None:
+    async def _send(self, channel: str, payload: dict[str, Any], maxlen: int | None) -> None:
         try:
-            await self._publish(channel, payload)
+            await self._publish(channel, payload, maxlen)
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             reason = f"{type(e).__name__}: {e}"
             outages.failed("redis", reason)
             raise BrokerUnavailable(reason) from e
         outages.succeeded("redis")
 
-    async def _publish(self, channel: str, payload: dict[str, Any]) -> None:
-        maxlen = self._streams.get(channel)
+    async def _publish(self, channel: str, payload: dict[str, Any], maxlen: int | None) -> None:
         if maxlen is None:
             await self._client.publish(channel, json.dumps(payload))
             return
@@ -75,10 +80,12 @@ class JetStreamPublisher(AbstractPublisher):
     returns once the stream has stored it, on a majority of its replicas.
     """
 
-    def __init__(self, jetstream: JetStream) -> None:
+    def __init__(self, jetstream: JetStream, names: Names | None = None) -> None:
         self._jetstream = jetstream
+        self._names = names or Names()
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        channel = self._names(channel)
         attributes = _sent("nats", channel, payload)
         with tracing.span(f"publish {channel}", "producer", attributes=attributes):
             traceparent = tracing.traceparent()

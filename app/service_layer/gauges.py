@@ -23,7 +23,7 @@ from app.adapters.jetstream import JetStream, NatsUnavailable, consumer_stats
 from app.adapters.outbox import FAILING_AFTER
 from app.adapters.streams import group_stats
 from app.service_layer.unit_of_work import AbstractUnitOfWork
-from app.wire import CHANGE_BATCH_QUANTITY as STREAM
+from app.wire import CHANGE_BATCH_QUANTITY
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class Backlogs:
     group: str
     jetstream: JetStream | None
     durable: str
+    stream: str = CHANGE_BATCH_QUANTITY  # the stream, and the subject
 
 
 async def keep(
@@ -50,8 +51,8 @@ async def keep(
     while not stop.is_set():
         with tracing.quiet():
             await outbox(uow_factory)
-            await stream(backlogs.redis, backlogs.group)
-            await jetstream(backlogs.jetstream, backlogs.durable)
+            await stream(backlogs.redis, backlogs.group, backlogs.stream)
+            await jetstream(backlogs.jetstream, backlogs.durable, backlogs.stream)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
 
@@ -74,32 +75,34 @@ async def outbox(uow_factory: Callable[[], AbstractUnitOfWork]) -> None:
     metrics.changed()
 
 
-async def stream(client: Redis | None, group: str) -> None:
+async def stream(client: Redis | None, group: str, name: str = CHANGE_BATCH_QUANTITY) -> None:
     if client is None:
         return
     try:
-        stats = await group_stats(client, STREAM, group)
+        stats = await group_stats(client, name, group)
     except (RedisError, OSError) as e:
         outages.failed("redis", f"{type(e).__name__}: {e}")
         return
     outages.succeeded("redis")
     if stats is None:  # no worker has read the stream yet
         return
-    metrics.STREAM_PENDING.labels(STREAM, group).set(stats.pending)
-    metrics.STREAM_LAG.labels(STREAM, group).set(float("nan") if stats.lag is None else stats.lag)
+    metrics.STREAM_PENDING.labels(name, group).set(stats.pending)
+    metrics.STREAM_LAG.labels(name, group).set(float("nan") if stats.lag is None else stats.lag)
     metrics.changed()
 
 
-async def jetstream(js: JetStream | None, durable: str) -> None:
+async def jetstream(
+    js: JetStream | None, durable: str, subject: str = CHANGE_BATCH_QUANTITY
+) -> None:
     if js is None:
         return
     try:
-        stats = await consumer_stats(js, STREAM, durable)
+        stats = await consumer_stats(js, subject, durable)
     except NatsUnavailable:
         return  # reported as an outage
     if stats is None:  # no worker has read the subject yet
         return
-    metrics.JETSTREAM_PENDING.labels(STREAM, durable).set(stats.pending)
-    metrics.JETSTREAM_ACK_PENDING.labels(STREAM, durable).set(stats.ack_pending)
-    metrics.JETSTREAM_REDELIVERED.labels(STREAM, durable).set(stats.redelivered)
+    metrics.JETSTREAM_PENDING.labels(subject, durable).set(stats.pending)
+    metrics.JETSTREAM_ACK_PENDING.labels(subject, durable).set(stats.ack_pending)
+    metrics.JETSTREAM_REDELIVERED.labels(subject, durable).set(stats.redelivered)
     metrics.changed()

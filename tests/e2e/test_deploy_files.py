@@ -377,7 +377,9 @@ def image_env() -> dict[str, str]:
     found: dict[str, str] = {}
     for line in text.splitlines():
         if line.startswith("ENV "):
-            found.update(pair.split("=", 1) for pair in shlex.split(line[4:]))
+            for pair in shlex.split(line[4:]):
+                name, _, value = pair.partition("=")
+                found[name] = value
     return found
 
 
@@ -415,6 +417,7 @@ def test_the_images_healthcheck_fits_each_process_it_runs(
     env.update(PORT=str(here), WORKER_PORT=str(worker_here))
     check = image_healthcheck()
     assert subprocess.run([str(BIN / check[0]), *check[1:]], env=env).returncode == 1
+    argv: list[str | Path]
     if role == "api":
         argv = [BIN / "allocation", "serve"]
         checks = [check]

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from app import views
 from app.adapters.dead_letters import RedisDeadLetters
 from app.domain import commands
-from app.entrypoints.messaging.redis_transport import CHANNEL
+from app.wire import CHANGE_BATCH_QUANTITY as CHANNEL
 from tests.support.dead_letters import (
     ATTEMPTS,
     Service,

@@ -28,9 +28,10 @@ from app.config import Settings
 from app.container import Container
 from app.domain import commands
 from app.entrypoints.cli import dead_letters as dead_letter_commands
-from app.entrypoints.messaging.jetstream_transport import SUBJECT, JetStreamConsumer, durable_config
+from app.entrypoints.messaging.jetstream_transport import JetStreamConsumer, durable_config
 from app.metrics import JETSTREAM_ACK_PENDING, JETSTREAM_PENDING, JETSTREAM_REDELIVERED
 from app.service_layer import gauges
+from app.wire import CHANGE_BATCH_QUANTITY as SUBJECT
 from tests.support.containers import running_container
 from tests.support.dead_letters import policy_of
 from tests.support.faults import fail_to_commit

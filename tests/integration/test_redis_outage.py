@@ -22,8 +22,9 @@ from app.adapters.read_source import ReadSource
 from app.config import Settings
 from app.container import Container
 from app.domain import commands
-from app.entrypoints.messaging.redis_transport import CHANNEL, PubSubConsumer
+from app.entrypoints.messaging.redis_transport import PubSubConsumer
 from app.main import create_app
+from app.wire import CHANGE_BATCH_QUANTITY as CHANNEL
 from tests.support.apps import serving
 from tests.support.dead_letters import policy_of
 from tests.support.outbox import allocated_row, deliver_until_delivered, handled_by, pending_count

@@ -22,7 +22,8 @@ from app.adapters.publisher import RedisPublisher
 from app.adapters.streams import create_group, group_stats
 from app.domain import commands
 from app.entrypoints.cli import dead_letters as dead_letter_commands
-from app.entrypoints.messaging.redis_transport import STREAM, StreamConsumer
+from app.entrypoints.messaging.redis_transport import StreamConsumer
+from app.wire import CHANGE_BATCH_QUANTITY as STREAM
 from tests.support.dead_letters import Service, policy_of, running_service
 from tests.support.polling import eventually
 from tests.support.refs import random_ref

@@ -185,8 +185,8 @@ class Api(Service):
 class Worker(Service):
     """``allocation worker``: the Redis consumer and a relay."""
 
-    LISTENING = "listening on change_batch_quantity"
-    READING = "reading the stream change_batch_quantity"
+    LISTENING = "listening on "  # change_batch_quantity, after CHANNEL_PREFIX
+    READING = "reading the stream "
 
     def __init__(self, name: str, env: Mapping[str, str], log: Path) -> None:
         super().__init__(name, [ALLOCATION, "worker"], env, log)

@@ -20,7 +20,6 @@ from app.adapters.schema_version import check_database
 from app.adapters.streams import group_stats
 from app.adapters.transactions import committed
 from app.config import Settings
-from app.wire import CHANGE_BATCH_QUANTITY as STREAM
 
 PRUNE_SLACK = 300.0  # seconds past the retention before pruning counts as behind
 SHOWN_FAILING = 10  # failing events listed, the oldest first
@@ -60,16 +59,22 @@ async def _report(settings: Settings) -> int:
             asynccontextmanager(redis_client.resource)(settings.redis_url)
         )
         if client is not None:
-            await _show_stream(client, settings.stream_group)
+            await _show_stream(
+                client, settings.stream_group_name, settings.names.change_batch_quantity
+            )
         if settings.nats_servers:
-            await _show_jetstream(settings.nats_servers, settings.nats_durable)
+            await _show_jetstream(
+                settings.nats_servers,
+                settings.nats_durable_name,
+                settings.names.change_batch_quantity,
+            )
     return 0
 
 
-async def _show_stream(client: Redis, group: str) -> None:
-    where = f"stream {STREAM}, group {group}"
+async def _show_stream(client: Redis, group: str, stream: str) -> None:
+    where = f"stream {stream}, group {group}"
     try:
-        stats = await group_stats(client, STREAM, group)
+        stats = await group_stats(client, stream, group)
     except (RedisError, OSError) as e:
         print(f"{where}: cannot read it ({type(e).__name__}: {e})")
         return
@@ -83,13 +88,13 @@ async def _show_stream(client: Redis, group: str) -> None:
     )
 
 
-async def _show_jetstream(servers: list[str], durable: str) -> None:
+async def _show_jetstream(servers: list[str], durable: str, subject: str) -> None:
     from app.adapters.jetstream import JetStream, NatsUnavailable, consumer_stats
 
-    where = f"JetStream subject {STREAM}, consumer {durable}"
+    where = f"JetStream subject {subject}, consumer {durable}"
     jetstream = JetStream(servers)
     try:
-        stats = await consumer_stats(jetstream, STREAM, durable)
+        stats = await consumer_stats(jetstream, subject, durable)
     except NatsUnavailable as e:
         print(f"{where}: cannot read it ({e})")
         return

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.responses import HTMLResponse, JSONResponse
 
+from app.entrypoints.http.dependencies import ServiceSettings
 from app.wire import (
     CHANGE_BATCH_QUANTITY,
     LINE_ALLOCATED,
@@ -122,8 +123,19 @@ def _message(name: str, title: str, schema: str, summary: str, **more: Any) -> d
     }
 
 
+_PREFIXED = (
+    "Every channel, stream, subject and consumer group of this deployment is named "
+    "with the `prefix` variable first (CHANNEL_PREFIX; empty: the book's names)."
+)
+
+
+def _prefix(prefix: str) -> dict[str, str]:
+    return {"default": prefix, "description": "CHANNEL_PREFIX, before every name."}
+
+
 @functools.cache
-def document() -> dict[str, Any]:
+def document(prefix: str = "") -> dict[str, Any]:
+    """The document of a deployment whose CHANNEL_PREFIX is ``prefix``."""
     change = _schema(ChangeBatchQuantityMessage)
     allocated = _schema(LineAllocatedMessage)
     schemas = {
@@ -167,7 +179,8 @@ def document() -> dict[str, Any]:
     }
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
-    for key, address, server, transport, action, message, how in _CHANNELS:
+    for key, name, server, transport, action, message, how in _CHANNELS:
+        address = prefix + name
         channels[key] = {
             "address": address,
             "title": f"{address} on {transport}",
@@ -195,14 +208,14 @@ def document() -> dict[str, Any]:
             "redis": {
                 "host": "{host}",
                 "protocol": "redis",
-                "description": "Redis, as REDIS_URL names it: pub/sub and Streams.",
-                "variables": {"host": {"default": "localhost:6379"}},
+                "description": "Redis, as REDIS_URL names it: pub/sub and Streams. " + _PREFIXED,
+                "variables": {"host": {"default": "localhost:6379"}, "prefix": _prefix(prefix)},
             },
             "nats": {
                 "host": "{host}",
                 "protocol": "nats",
-                "description": "NATS with JetStream, as NATS_URL names it.",
-                "variables": {"host": {"default": "localhost:4222"}},
+                "description": "NATS with JetStream, as NATS_URL names it. " + _PREFIXED,
+                "variables": {"host": {"default": "localhost:4222"}, "prefix": _prefix(prefix)},
             },
         },
         "channels": channels,
@@ -212,14 +225,14 @@ def document() -> dict[str, Any]:
 
 
 @router.get("/asyncapi.json")
-async def asyncapi_json() -> JSONResponse:
-    return JSONResponse(document())
+async def asyncapi_json(settings: ServiceSettings) -> JSONResponse:
+    return JSONResponse(document(settings.channel_prefix))
 
 
 @router.get("/asyncapi")
-async def asyncapi_page(request: Request) -> HTMLResponse:
+async def asyncapi_page(request: Request, settings: ServiceSettings) -> HTMLResponse:
     root: str = request.scope.get("root_path", "")
-    return HTMLResponse(page(document(), f"{root}/asyncapi.json"))
+    return HTMLResponse(page(document(settings.channel_prefix), f"{root}/asyncapi.json"))
 
 
 def page(doc: dict[str, Any], source: str) -> str:

@@ -44,9 +44,7 @@ async def ready(request: Request) -> Response:
     wait in the outbox), and reads go to the primary."""
     found = services(request)
     reads = found.read_source()
-    checks = await check_all(
-        found.engine(), found.redis(), found.jetstream(), reads.replica
-    )
+    checks = await check_all(found.engine(), found.redis(), found.jetstream(), reads.replica)
     for broker in ("redis", "nats"):
         if checks[broker].startswith("error"):
             checks[broker] = BROKER_DOWN

@@ -33,6 +33,7 @@ from app.adapters.jetstream import JetStream
 
 logger = logging.getLogger(__name__)
 
+
 class Reader(Protocol):
     name: str  # in the checks: redis_pubsub, redis_stream, jetstream
     ready: asyncio.Event

@@ -31,7 +31,6 @@ from app.wire import CHANGE_BATCH_QUANTITY
 
 logger = logging.getLogger(__name__)
 
-SUBJECT = CHANGE_BATCH_QUANTITY
 FETCH_WAIT = 1.0  # seconds a pull waits for messages; the stop is seen within it
 
 
@@ -67,7 +66,9 @@ class JetStreamConsumer:
         max_deliver: int,
         batch: int = 10,
         reconnect_delay: float = 1.0,
+        subject: str = CHANGE_BATCH_QUANTITY,
     ) -> None:
+        self.subject = subject
         self._jetstream = jetstream
         self.policy = policy
         self._durable = durable
@@ -75,7 +76,7 @@ class JetStreamConsumer:
         self._max_deliver = max_deliver
         self._batch = batch
         self._reconnect_delay = reconnect_delay
-        self.source = f"the JetStream subject {SUBJECT}"
+        self.source = f"the JetStream subject {self.subject}"
         self.name = "jetstream"  # in /ready's checks
         self.ready = asyncio.Event()  # set while it is pulling
 
@@ -100,12 +101,12 @@ class JetStreamConsumer:
         log_counts(self.source, self.counts)
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        stream = await self._jetstream.stream_for(SUBJECT)
+        stream = await self._jetstream.stream_for(self.subject)
         js = await self._jetstream.context()
         subscription = await self._subscribe(js, stream)
         try:
             self.ready.set()
-            logger.info("reading %s in stream %s as %s", SUBJECT, stream, self._durable)
+            logger.info("reading %s in stream %s as %s", self.subject, stream, self._durable)
             while not stop.is_set():
                 try:
                     messages = await subscription.fetch(self._batch, timeout=FETCH_WAIT)
@@ -128,7 +129,9 @@ class JetStreamConsumer:
         self, js: JetStreamContext, stream: str
     ) -> JetStreamContext.PullSubscription:
         config = durable_config(self._durable, self._ack_wait)
-        return await js.pull_subscribe(SUBJECT, durable=self._durable, stream=stream, config=config)
+        return await js.pull_subscribe(
+            self.subject, durable=self._durable, stream=stream, config=config
+        )
 
     async def _handle(self, message: Msg) -> None:
         self.counts["received"] += 1

@@ -42,7 +42,6 @@ from app.wire import CHANGE_BATCH_QUANTITY
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = STREAM = CHANGE_BATCH_QUANTITY
 UNSUBSCRIBED_WITHIN = 1.0  # seconds Redis has to confirm UNSUBSCRIBE at stop
 # Seconds a consumer told to stop goes on handling what it holds; then it
 # hands the rest back (docs/architecture.md), so that the worker stops
@@ -74,10 +73,17 @@ def entry_message(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
 class Consumer(abc.ABC):
     """Hands each message it receives to the policy; reconnects when Redis is lost."""
 
-    source = CHANNEL  # what it reads, for the log
     name = "redis"  # in /ready's checks
 
-    def __init__(self, client: Redis, policy: MessagePolicy, reconnect_delay: float = 1.0) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        policy: MessagePolicy,
+        reconnect_delay: float = 1.0,
+        channel: str = CHANGE_BATCH_QUANTITY,
+    ) -> None:
+        self.channel = channel  # the channel and the stream: the same name (app.wire.Names)
+        self.source = channel  # what it reads, for the log
         self._client = client
         self.policy = policy
         self._reconnect_delay = reconnect_delay
@@ -143,25 +149,25 @@ class Consumer(abc.ABC):
         the stream entry it is. ``position``: when the change came (the entry's
         id, or the time a pub/sub message was received).
         """
-        destination = CHANNEL if stream_id is None else STREAM
+        destination = self.channel
         received = Received("redis", destination, stream_id, position)
         return await self.policy.handle_now(data, received, earlier)
 
 
-async def subscribe(client: Redis) -> PubSub:
+async def subscribe(client: Redis, channel: str = CHANGE_BATCH_QUANTITY) -> PubSub:
     """A subscription to the channel, confirmed by Redis: from now on no message is missed.
 
     The worker takes it before anything else (app.entrypoints.messaging.worker), and its
     consumer reads what arrived meanwhile once the service is up.
     """
     pubsub = client.pubsub()
-    await pubsub.subscribe(CHANNEL)
+    await pubsub.subscribe(channel)
     # Redis confirms before it sends any message: wait for that, then say so.
     confirmation = await pubsub.get_message(timeout=UNSUBSCRIBED_WITHIN)
     if confirmation is None or confirmation["type"] != "subscribe":
         await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
-        raise RedisConnectionError(f"no confirmation of SUBSCRIBE {CHANNEL} from Redis")
-    logger.info("listening on %s", CHANNEL)
+        raise RedisConnectionError(f"no confirmation of SUBSCRIBE {channel} from Redis")
+    logger.info("listening on %s", channel)
     return pubsub
 
 
@@ -171,25 +177,25 @@ class PubSubConsumer(Consumer):
     ``subscribed``: a subscription already taken (``subscribe``), read first.
     """
 
-    source = f"the channel {CHANNEL}"
     name = "redis_pubsub"
 
     def __init__(self, *args: Any, subscribed: PubSub | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.source = f"the channel {self.channel}"
         self._subscribed = subscribed
 
     async def _consume(self, stop: asyncio.Event) -> None:
         taken, self._subscribed = self._subscribed, None
         async with taken or self._client.pubsub() as pubsub:
             if taken is None:
-                await pubsub.subscribe(CHANNEL)
-                logger.info("listening on %s", CHANNEL)
+                await pubsub.subscribe(self.channel)
+                logger.info("listening on %s", self.channel)
             self._connected()
             while not stop.is_set():
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message["type"] == "message":
                     await self._received(message["data"])
-            await pubsub.unsubscribe(CHANNEL)
+            await pubsub.unsubscribe(self.channel)
             await self._drain(pubsub)
 
     async def _drain(self, pubsub: PubSub) -> None:
@@ -204,7 +210,7 @@ class PubSubConsumer(Consumer):
         while True:
             message = await pubsub.get_message(timeout=UNSUBSCRIBED_WITHIN)
             if message is None:
-                logger.warning("no confirmation of UNSUBSCRIBE %s from Redis", CHANNEL)
+                logger.warning("no confirmation of UNSUBSCRIBE %s from Redis", self.channel)
                 break
             if message["type"] == "unsubscribe":
                 break
@@ -221,10 +227,12 @@ class PubSubConsumer(Consumer):
     async def _hand_back(self, held: list[tuple[bytes, Position]]) -> None:
         async with self._client.pipeline(transaction=True) as pipe:
             for data, position in held:
-                pipe.xadd(STREAM, {HANDED_MESSAGE: data, HANDED_POSITION: position_text(position)})
+                pipe.xadd(
+                    self.channel, {HANDED_MESSAGE: data, HANDED_POSITION: position_text(position)}
+                )
             await pipe.execute()
         self.counts["handed_back"] += len(held)
-        logger.info("handed %d messages of %s to the stream %s", len(held), CHANNEL, STREAM)
+        logger.info("handed %d messages of the channel %s to its stream", len(held), self.channel)
 
     async def _received(self, data: bytes) -> None:
         # A message is as old as its receipt: one received before a change
@@ -237,7 +245,6 @@ class PubSubConsumer(Consumer):
 class StreamConsumer(Consumer):
     """The stream, through a consumer group: each entry acknowledged once it is dealt with."""
 
-    source = f"the stream {STREAM}"
     name = "redis_stream"
 
     def __init__(
@@ -250,18 +257,20 @@ class StreamConsumer(Consumer):
         claim_idle: float,
         batch: int = 10,
         reconnect_delay: float = 1.0,
+        channel: str = CHANGE_BATCH_QUANTITY,
     ) -> None:
-        super().__init__(client, policy, reconnect_delay)
+        super().__init__(client, policy, reconnect_delay, channel)
+        self.source = f"the stream {self.channel}"
         self.group = group
         self.name = name
         self._claim_idle_ms = max(1, round(claim_idle * 1000))
         self._batch = batch  # entries read at a time: those in hand at a stop
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        if await streams.create_group(self._client, STREAM, self.group):
-            logger.info("created the consumer group %s of the stream %s", self.group, STREAM)
+        if await streams.create_group(self._client, self.channel, self.group):
+            logger.info("created the consumer group %s of the stream %s", self.group, self.channel)
         self._connected()
-        logger.info("reading the stream %s in group %s as %s", STREAM, self.group, self.name)
+        logger.info("reading the stream %s in group %s as %s", self.channel, self.group, self.name)
         cursor: Any = "0-0"
         while not stop.is_set():
             cursor, claimed = await self._claim(cursor)
@@ -276,17 +285,17 @@ class StreamConsumer(Consumer):
         entries (``0-0``: from the start).
         """
         answer = await self._client.xautoclaim(
-            STREAM, self.group, self.name, self._claim_idle_ms, cursor, count=self._batch
+            self.channel, self.group, self.name, self._claim_idle_ms, cursor, count=self._batch
         )
         cursor, entries = answer[0], answer[1]
         if entries:
             self.counts["claimed"] += len(entries)
-            logger.info("claimed %d unacknowledged entries of %s", len(entries), STREAM)
+            logger.info("claimed %d unacknowledged entries of %s", len(entries), self.channel)
         return cursor, entries
 
     async def _read(self) -> list[Any]:
         answer: Any = await self._client.xreadgroup(
-            self.group, self.name, {STREAM: ">"}, count=self._batch, block=1000
+            self.group, self.name, {self.channel: ">"}, count=self._batch, block=1000
         )
         return [entry for _, entries in answer or [] for entry in entries]
 
@@ -305,13 +314,13 @@ class StreamConsumer(Consumer):
                 position = parse_position(fields.get(HANDED_POSITION, entry_id))
             outcome = await self.handle(data, stream_id=entry_id.decode(), position=position)
             if outcome.kept:
-                await self._client.xack(STREAM, self.group, entry_id)
+                await self._client.xack(self.channel, self.group, entry_id)
 
     async def _hand_back_entries(self, ids: list[Any]) -> None:
         """Unread, as far as the group goes: idle long enough for the next claim to take."""
         if ids:
             await self._client.xclaim(
-                STREAM, self.group, self.name, 0, ids, idle=self._claim_idle_ms, justid=True
+                self.channel, self.group, self.name, 0, ids, idle=self._claim_idle_ms, justid=True
             )
             self.counts["handed_back"] += len(ids)
-            logger.info("handed %d entries of %s back to the group", len(ids), STREAM)
+            logger.info("handed %d entries of %s back to the group", len(ids), self.channel)

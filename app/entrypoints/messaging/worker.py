@@ -47,7 +47,8 @@ async def _work(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     client = None if settings.redis_url is None else redis_client.connect(settings.redis_url)
     on_redis = client is not None and "redis" in settings.brokers
-    subscribed = await _subscribe(client) if client is not None and on_redis else None
+    channel = settings.names.change_batch_quantity
+    subscribed = await _subscribe(client, channel) if client is not None and on_redis else None
     try:
         return await _serve(settings, client, subscribed, stop)
     finally:
@@ -55,11 +56,11 @@ async def _work(settings: Settings) -> int:
             await client.aclose()
 
 
-async def _subscribe(client: Redis) -> PubSub | None:
+async def _subscribe(client: Redis, channel: str) -> PubSub | None:
     from app.entrypoints.messaging.redis_transport import subscribe
 
     try:
-        return await subscribe(client)
+        return await subscribe(client, channel)
     except (RedisError, OSError) as e:
         # The consumer keeps trying, as after any outage.
         outages.failed("redis", f"{type(e).__name__}: {e}")
@@ -109,7 +110,10 @@ def pubsub_consumer(container: Container, subscribed: PubSub | None = None) -> P
     """The channel's consumer, reading ``subscribed`` first when there is one."""
     from app.entrypoints.messaging.redis_transport import PubSubConsumer
 
-    return PubSubConsumer(_redis(container), policy(container), subscribed=subscribed)
+    channel = container.settings().names.change_batch_quantity
+    return PubSubConsumer(
+        _redis(container), policy(container), subscribed=subscribed, channel=channel
+    )
 
 
 def _redis(container: Container) -> Redis:
@@ -130,9 +134,10 @@ def stream_consumer(container: Container) -> StreamConsumer:
     return StreamConsumer(
         _redis(container),
         policy(container),
-        group=settings.stream_group,
+        group=settings.stream_group_name,
         name=_name(),
         claim_idle=settings.stream_claim_idle,
+        channel=settings.names.change_batch_quantity,
     )
 
 
@@ -145,7 +150,8 @@ def jetstream_consumer(container: Container) -> JetStreamConsumer:
     return JetStreamConsumer(
         jetstream,
         policy(container),
-        durable=settings.nats_durable,
+        durable=settings.nats_durable_name,
+        subject=settings.names.change_batch_quantity,
         ack_wait=settings.nats_ack_wait,
         max_deliver=settings.nats_max_deliver,
     )
