@@ -120,8 +120,14 @@ def test_the_readme_generated_client_allocates_reads_back_and_type_checks(
     assert all(not m.endswith(("_get", "_post", "_patch")) for m in modules), modules
     models = {p.stem for p in (project / PACKAGE / "models").glob("*.py")}
     assert {"batch_in", "allocation", "problem", "health"} <= models, models
-    # One model for every error: a Problem, whatever the status.
+    # One model for every error: a Problem, whatever the status; a constant for each type.
     assert not {"error", "invalid_input", "not_ready", "http_validation_error"} & models, models
+    assert {"problem_type", "line_state"} <= models, models
+    # Names that read well: no model named twice over, no operation named for its book.
+    assert not [m for m in models if m.endswith(("_state_state", "_type_type"))], models
+    assert not [m for m in modules if m.endswith("_book")], modules
+    constants = (project / PACKAGE / "models" / "problem_type.py").read_text()
+    assert 'LINE_EXISTS = "tag:allocation-service,2026:problems/line-exists"' in constants
 
     script = project / "example.py"
     script.write_text(code.replace("http://127.0.0.1:8000", server))

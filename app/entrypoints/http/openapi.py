@@ -168,6 +168,10 @@ def install(app: FastAPI, models: Iterable[type[BaseModel]], *, token: bool) -> 
                     _fit(schema["paths"][route.path_format][method.lower()], route, token)
         if not token:
             schema["components"].pop("securitySchemes", None)
+        # Each problem type's constant, named for a generated client (openapi-python-client).
+        kinds = schema["components"]["schemas"]["ProblemType"]
+        kinds["x-enum-varnames"] = [problems.TYPES[uri].constant for uri in kinds["enum"][:-1]]
+        kinds["x-enum-varnames"].append("ABOUT_BLANK")
         return schema
 
     app.openapi = document  # type: ignore[method-assign]

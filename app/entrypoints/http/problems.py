@@ -47,6 +47,11 @@ class ProblemType:
     def name(self) -> str:
         return self.uri.removeprefix(TYPE_PREFIX)
 
+    @property
+    def constant(self) -> str:
+        """Its name as a constant's: ``LINE_EXISTS``."""
+        return self.name.upper().replace("-", "_")
+
 
 TYPES: dict[str, ProblemType] = {}  # every cause the service names, by URI
 
@@ -254,7 +259,12 @@ NOT_READY = _cause(
     "`GET /ready`: a dependency is down; `checks` gives the state of each.",
     "not ready: database unreachable",
     members={
-        "checks": {"database": "error: ConnectionRefusedError", "replica": "off", "redis": "off"}
+        "checks": {
+            "database": "error: ConnectionRefusedError",
+            "replica": "off",
+            "redis": "off",
+            "nats": "off",
+        }
     },
 )
 

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 
+from app.entrypoints.http import problems
 from app.wire import ID_RULES, Eta, Identifier, NewQuantity, Quantity
 
 # Examples that work as they stand, in this order: "Try it out" in /docs sends them.
@@ -177,7 +178,10 @@ class Readiness(BaseModel):
     )
 
     model_config = _answers(
-        {"status": "ready", "checks": {"database": "ok", "replica": "off", "redis": "off"}}
+        {
+            "status": "ready",
+            "checks": {"database": "ok", "replica": "off", "redis": "off", "nats": "off"},
+        }
     )
 
 
@@ -188,14 +192,23 @@ class FieldError(BaseModel):
     message: str = Field(description="What is wrong with it, for a person to read.")
 
 
+# Every problem type, a constant each: what /openapi.json lists as ProblemType's values,
+# with the constants' names beside them (openapi.install adds ``x-enum-varnames``).
+ProblemType = StrEnum(  # type: ignore[misc]
+    "ProblemType",
+    [(kind.constant, kind.uri) for kind in problems.TYPES.values()]
+    + [("ABOUT_BLANK", "about:blank")],
+)
+
+
 class Problem(BaseModel):
     """An error, as RFC 9457 problem details (`application/problem+json`): `type` names its
     cause, and the *errors* section lists every one."""
 
-    type: str = Field(
+    type: ProblemType = Field(
         description="The cause: a URI that names it, the same wherever the service runs. "
-        "Compare it, do not fetch it.",
-        json_schema_extra={"format": "uri"},
+        "Compare it, do not fetch it. One of the registry's types (a generated client has "
+        "a constant for each), or `about:blank` for an HTTP error with nothing to add."
     )
     title: str = Field(description="The cause in a few words: the same for every answer of it.")
     status: int = Field(description="The HTTP status of the answer.")
