@@ -11,6 +11,8 @@ import re
 from contextvars import ContextVar
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+# The Idempotency-Key of the write at hand, if it came with one: the ledger keeps it.
+idempotency_key: ContextVar[str | None] = ContextVar("idempotency_key", default=None)
 
 # What a request id given by a client or proxy may look like; anything else is
 # replaced rather than echoed into logs and headers.

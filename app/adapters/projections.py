@@ -5,9 +5,9 @@ write model: the events of one product come in order, exactly once, under
 its lock. The allocation rows carry the product version they reflect, and
 their upsert leaves a row of a newer version alone, so ``rebuild-views``
 and the events converge. A deallocated line stays as a row with no
-batchref (a tombstone), so that its version is kept. A refused line is
-kept apart (``refused_lines_view``), with the product version it was refused
-at: an allocation of it later outdates it.
+batchref (a tombstone), so that its version is kept. Every accepted line's
+state is in ``order_lines_view``, with the version of its last change; the
+stock ledger (``stock_ledger``) gets a row for each change, appended.
 
 The writes wait in the read model until ``flush``, which the unit of work
 calls before it commits: the rows of a group of commands go in one
@@ -18,15 +18,34 @@ commit, never within one.
 
 import abc
 from collections.abc import Iterator
-from datetime import date
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
 from functools import cache
 from typing import Any, TypeAlias
 
-from sqlalchemy import Insert, Table, Update, bindparam, update
+from sqlalchemy import Insert, Table, Update, bindparam, insert, update
 
 from app.adapters import tables
 from app.adapters.tables import insert_on_conflict
 from app.adapters.transactions import Transaction
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One row of the stock ledger (app.adapters.tables.stock_ledger)."""
+
+    at: datetime
+    kind: str
+    sku: str
+    batchref: str | None
+    orderid: str | None
+    qty: int  # the change to the batch's available units
+    version: int
+    line_qty: int | None = None  # a line's row: the units the line is of
+    reason: str | None = None
+    note: str | None = None
+    request_id: str | None = None
+    idempotency_key: str | None = None
 
 
 class AbstractReadModel(abc.ABC):
@@ -37,8 +56,10 @@ class AbstractReadModel(abc.ABC):
         """The order's line of ``sku`` sits in ``batchref`` now (None: in none)."""
 
     @abc.abstractmethod
-    async def line_refused(self, orderid: str, sku: str, qty: int, version: int) -> None:
-        """No batch could take the order's line of ``sku`` at product ``version``."""
+    async def line_changed(
+        self, orderid: str, sku: str, qty: int, state: str, batchref: str | None, version: int
+    ) -> None:
+        """The order's line of ``sku`` is in ``state`` at product ``version``."""
 
     @abc.abstractmethod
     async def batch_added(
@@ -50,8 +71,16 @@ class AbstractReadModel(abc.ABC):
         """The batch holds ``qty`` units now."""
 
     @abc.abstractmethod
+    async def batch_rescheduled(self, ref: str, eta: date | None, version: int) -> None:
+        """The batch arrives on ``eta`` now."""
+
+    @abc.abstractmethod
     async def batch_allocated(self, ref: str, qty: int, version: int) -> None:
         """``qty`` more units of the batch are allocated (fewer, if negative)."""
+
+    @abc.abstractmethod
+    async def recorded(self, row: LedgerRow) -> None:
+        """A row of the stock ledger."""
 
     @abc.abstractmethod
     async def flush(self) -> None:
@@ -81,10 +110,9 @@ class _Statements:
         v = tables.batches_view.c
         self.allocation = _upsert(tables.allocations_view, dialect_name)
         self.batch = _upsert(tables.batches_view, dialect_name)
-        refused = _new(tables.refused_lines_view, dialect_name)
-        self.refused: Insert = refused.on_conflict_do_update(
-            index_elements=["orderid", "sku"],
-            set_={"qty": refused.excluded.qty, "version": refused.excluded.version},
+        self.line = _upsert(tables.order_lines_view, dialect_name)
+        self.ledger = insert(tables.stock_ledger).values(
+            {c.name: bindparam(c.name) for c in tables.stock_ledger.columns if c.name != "id"}
         )
         by_ref = update(tables.batches_view).where(v.reference == bindparam("ref"))
         self.resize: Update = by_ref.values(
@@ -92,6 +120,9 @@ class _Statements:
         )
         self.allocate: Update = by_ref.values(
             allocated=v.allocated + bindparam("qty"), version=bindparam("new_version")
+        )
+        self.reschedule: Update = by_ref.values(
+            eta=bindparam("arrives"), version=bindparam("new_version")
         )
 
 
@@ -101,7 +132,15 @@ def _statements(dialect_name: str) -> _Statements:
 
 
 # The table each statement writes: flush keeps the order of a table's writes.
-_TABLE = {"allocation": 0, "refused": 1, "batch": 2, "resize": 2, "allocate": 2}
+_TABLE = {
+    "allocation": 0,
+    "line": 1,
+    "batch": 2,
+    "resize": 2,
+    "allocate": 2,
+    "reschedule": 2,
+    "ledger": 3,
+}
 Write: TypeAlias = tuple[str, dict[str, Any]]
 
 
@@ -121,8 +160,24 @@ class SqlReadModel(AbstractReadModel):
             new_version=version,
         )
 
-    async def line_refused(self, orderid: str, sku: str, qty: int, version: int) -> None:
-        self._hold("refused", new_orderid=orderid, new_sku=sku, new_qty=qty, new_version=version)
+    async def line_changed(
+        self, orderid: str, sku: str, qty: int, state: str, batchref: str | None, version: int
+    ) -> None:
+        self._hold(
+            "line",
+            new_orderid=orderid,
+            new_sku=sku,
+            new_qty=qty,
+            new_state=state,
+            new_batchref=batchref,
+            new_version=version,
+        )
+
+    async def batch_rescheduled(self, ref: str, eta: date | None, version: int) -> None:
+        self._hold("reschedule", ref=ref, arrives=eta, new_version=version)
+
+    async def recorded(self, row: LedgerRow) -> None:
+        self._hold("ledger", **asdict(row))
 
     async def batch_added(
         self, ref: str, sku: str, eta: date | None, qty: int, version: int

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, delete, func, insert, select
+from sqlalchemy import ColumnElement, Select, Table, case, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.adapters import tables
@@ -20,8 +20,8 @@ Progress = Callable[[str, int, int], None]  # (view, rows done, rows in all)
 async def rebuild_views(conn: AsyncConnection, progress: Progress, chunk: int = 5000) -> None:
     b, p, line, a = tables.batches.c, tables.products.c, tables.order_lines.c, tables.allocations.c
     batches = select(
-        b.reference, b.sku, b.eta, b.purchased_quantity, b.allocated_quantity, p.version_number
-    ).join(tables.products, p.sku == b.sku)
+        b.reference, b.sku, b.eta, b.purchased_quantity, b.allocated_quantity, b.version
+    )
     await _rewrite(conn, tables.batches_view, batches, b.id, progress, chunk)
     allocations = (
         select(line.orderid, line.sku, b.reference, p.version_number)
@@ -30,6 +30,25 @@ async def rebuild_views(conn: AsyncConnection, progress: Progress, chunk: int = 
         .join(tables.products, p.sku == b.sku)
     )
     await _rewrite(conn, tables.allocations_view, allocations, line.id, progress, chunk)
+    # What became of each line last, from the ledger: the write model keeps only the
+    # lines batches hold.
+    ledger = tables.stock_ledger.c
+    last = (
+        select(func.max(ledger.id).label("id"))
+        .where(ledger.orderid.is_not(None))
+        .group_by(ledger.orderid, ledger.sku)
+        .subquery()
+    )
+    state = case(
+        (ledger.kind.in_(("allocated", "reallocated")), "allocated"),
+        (ledger.kind == "cancelled", "cancelled"),
+        else_="out_of_stock",
+    )
+    placed = case((ledger.kind.in_(("allocated", "reallocated")), ledger.batchref), else_=None)
+    lines = select(ledger.orderid, ledger.sku, ledger.line_qty, state, placed, ledger.version).join(
+        last, last.c.id == ledger.id
+    )
+    await _rewrite(conn, tables.order_lines_view, lines, ledger.id, progress, chunk)
 
 
 async def _rewrite(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cache
 from typing import Any
 
@@ -80,6 +81,14 @@ class AbstractRepository(abc.ABC):
             self.seen.add(product)
         return product
 
+    @abc.abstractmethod
+    async def last_of_line(self, orderid: str, sku: str) -> tuple[str, int] | None:
+        """What became of the order's line of ``sku`` last, from the ledger, and its units.
+
+        None if the service never accepted it. Ask once the product is got: its
+        lock orders the changes.
+        """
+
     async def advance(self, ref: str, position: Position | None) -> bool:
         """Record that batch ``ref`` takes its quantity from the change at ``position``.
 
@@ -138,7 +147,7 @@ class _Statements:
             .with_for_update()
         )
         self.batches = (
-            select(b.id, b.reference, b.purchased_quantity, b.allocated_quantity, b.eta)
+            select(b.id, b.reference, b.purchased_quantity, b.allocated_quantity, b.eta, b.version)
             .where(b.sku == bindparam("sku"))
             .order_by(b.id)
         )
@@ -177,13 +186,14 @@ class _Statements:
             b.purchased_quantity,
             b.allocated_quantity,
             b.eta,
+            b.version.label("batch_version"),
             *_nulls(Integer, String, Integer),
         ).outerjoin(tables.batches, b.sku == bindparam("sku"))
         line_rows = self.lines_of_orders.with_only_columns(
             literal_column("1"),
             *_nulls(Integer, Boolean, Integer),
             a.batch_id,
-            *_nulls(String, Integer, Integer, Date),
+            *_nulls(String, Integer, Integer, Date, Integer),
             line.id,
             line.orderid,
             line.qty,
@@ -224,6 +234,7 @@ class _Statements:
                 purchased_quantity=bindparam("purchased"),
                 allocated_quantity=bindparam("allocated"),
                 eta=bindparam("arrives"),
+                version=bindparam("changed_at"),
             )
             .returning(b.id)
         )
@@ -233,6 +244,8 @@ class _Statements:
             .values(
                 purchased_quantity=bindparam("purchased"),
                 allocated_quantity=bindparam("allocated"),
+                eta=bindparam("arrives"),
+                version=bindparam("changed_at"),
             )
         )
         self.add_line = (
@@ -290,6 +303,13 @@ class _Statements:
             .where(s.reference == bindparam("ref"))
             .values(position_ms=bindparam("ms"), position_seq=bindparam("seq"))
         )
+        ledger = tables.stock_ledger.c
+        self.last_of_line = (
+            select(ledger.kind, ledger.line_qty)
+            .where(ledger.orderid == bindparam("orderid"), ledger.sku == bindparam("sku"))
+            .order_by(ledger.id.desc())
+            .limit(1)
+        )
         self.deallocate = delete(tables.allocations).where(a.orderline_id == bindparam("line_id"))
         self.remove_line = delete(tables.order_lines).where(line.id == bindparam("line_id"))
 
@@ -311,7 +331,8 @@ class _Stored:
     version: int | None  # None: not stored yet
     out_of_stock: bool = False
     batch_ids: dict[str, int] = field(default_factory=dict)
-    quantities: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Each batch's purchased and allocated units, eta and version.
+    quantities: dict[str, tuple[int, int, date | None, int]] = field(default_factory=dict)
     # None: written in this transaction, the id not read back
     line_ids: dict[tuple[str, model.OrderLine], int | None] = field(default_factory=dict)
     orders: set[str] = field(default_factory=set)  # whose line is loaded
@@ -366,6 +387,10 @@ class SqlRepository(AbstractRepository):
                 stored.orders.add(orderid)
         return product
 
+    async def last_of_line(self, orderid: str, sku: str) -> tuple[str, int] | None:
+        rows = await self._tx.fetch(_statements().last_of_line, {"orderid": orderid, "sku": sku})
+        return (rows[0][0], rows[0][1]) if rows else None
+
     async def _position(self, ref: str) -> Position | None:
         rows = await self._tx.fetch(_statements().position, {"ref": ref})
         return (rows[0][0], rows[0][1]) if rows else None
@@ -388,8 +413,8 @@ class SqlRepository(AbstractRepository):
             return None
         stored = _Stored(version=rows[0][1], out_of_stock=bool(rows[0][2]))
         stored.orders.update(orderids)
-        batch_rows = [row[4:9] for row in rows if row[0] == 0 and row[4] is not None]
-        held = [(row[4], row[9], row[10], row[11]) for row in rows if row[0] == 1]
+        batch_rows = [row[4:10] for row in rows if row[0] == 0 and row[4] is not None]
+        held = [(row[4], row[10], row[11], row[12]) for row in rows if row[0] == 1]
         product = self._loaded(sku, stored, batch_rows)
         _place(product, stored, held)
         return product
@@ -405,12 +430,13 @@ class SqlRepository(AbstractRepository):
 
     def _loaded(self, sku: str, stored: _Stored, batch_rows: Iterable[Any]) -> model.Product:
         batches = []
-        for batch_id, ref, purchased, allocated, eta in batch_rows:
+        for batch_id, ref, purchased, allocated, eta, version in batch_rows:
             batch = model.Batch(ref, sku, purchased, eta)
             batch.allocated_quantity = allocated
+            batch.version = version
             batches.append(batch)
             stored.batch_ids[ref] = batch_id
-            stored.quantities[ref] = (purchased, allocated)
+            stored.quantities[ref] = (purchased, allocated, eta, version)
         product = model.Product(
             sku, batches, version_number=stored.version or 0, out_of_stock=stored.out_of_stock
         )
@@ -484,7 +510,12 @@ class SqlRepository(AbstractRepository):
         new: list[tuple[str, model.OrderLine]] = []
         for batch in product.batches:
             ref = batch.reference
-            quantities = (batch.purchased_quantity, batch.allocated_quantity)
+            quantities = (
+                batch.purchased_quantity,
+                batch.allocated_quantity,
+                batch.eta,
+                batch.version,
+            )
             if ref not in stored.batch_ids:
                 stored.batch_ids[ref] = await tx.scalar(statements.add_batch, _row(batch))
             elif stored.quantities[ref] != quantities:
@@ -494,6 +525,8 @@ class SqlRepository(AbstractRepository):
                         "batch_id": stored.batch_ids[ref],
                         "purchased": quantities[0],
                         "allocated": quantities[1],
+                        "arrives": quantities[2],
+                        "changed_at": quantities[3],
                     },
                 )
             stored.quantities[ref] = quantities
@@ -556,4 +589,5 @@ def _row(batch: model.Batch) -> dict[str, Any]:
         "purchased": batch.purchased_quantity,
         "allocated": batch.allocated_quantity,
         "arrives": batch.eta,
+        "changed_at": batch.version,
     }

@@ -52,6 +52,9 @@ batches = Table(
     Column("purchased_quantity", Integer, nullable=False),
     Column("allocated_quantity", Integer, nullable=False, server_default="0"),
     Column("eta", Date, nullable=True),
+    # The product's version when the batch last changed: its quantity, eta or
+    # allocations (its ETag, which If-Match compares).
+    Column("version", Integer, nullable=False, server_default="0"),
 )
 
 order_lines = Table(
@@ -100,18 +103,51 @@ allocations_view = Table(
     Column("version", Integer, nullable=False),
 )
 
-# Lines no batch could take, as refused: not derived from the write model,
-# which keeps nothing of a refused line, so rebuild-views leaves it be. A row
-# whose line was allocated since is outdated by its allocations_view row.
-refused_lines_view = Table(
-    "refused_lines_view",
+# Every line the service accepted, and what became of it: ``allocated`` to
+# ``batchref``, ``out_of_stock`` (no batch could take it, or it lost its batch
+# and none other could), or ``cancelled``. The write model keeps only the
+# lines batches hold; the rest is in the ledger, which rebuild-views reads.
+order_lines_view = Table(
+    "order_lines_view",
     metadata,
     Column("orderid", String(REF), primary_key=True),
     Column("sku", String(REF), primary_key=True),
     Column("qty", Integer, nullable=False),
-    # The product's version when the line was refused: where the refusal
-    # stands among the product's changes.
-    Column("version", Integer, nullable=False, server_default="0"),
+    Column("state", String(16), nullable=False),
+    Column("batchref", String(REF), nullable=True),
+    Column("version", Integer, nullable=False),
+    Index("ix_order_lines_view_sku_orderid", "sku", "orderid"),
+    Index("ix_order_lines_view_state_orderid", "state", "orderid"),
+)
+
+# The stock ledger: one row per change of a batch's purchased or allocated
+# units (and per line refused or cancelled), written in the change's own
+# transaction and never updated. ``qty`` is the change to the batch's
+# available units: a product's rows add up to what it has available.
+# The kinds of rows whose units are purchased ones; every other kind's are allocated ones.
+PURCHASED = ("added", "changed")
+LEDGER_ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid is an INTEGER
+stock_ledger = Table(
+    "stock_ledger",
+    metadata,
+    Column("id", LEDGER_ID, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False),
+    # added, changed (purchased); allocated, reallocated, deallocated, cancelled (allocated);
+    # refused (neither)
+    Column("kind", String(16), nullable=False),
+    Column("sku", String(REF), nullable=False),
+    Column("batchref", String(REF), nullable=True),
+    Column("orderid", String(REF), nullable=True),
+    Column("qty", Integer, nullable=False),
+    Column("line_qty", Integer, nullable=True),  # a line's row: the units the line is of
+    Column("reason", String(32), nullable=True),
+    Column("note", Text, nullable=True),
+    Column("request_id", String(128), nullable=True),
+    Column("idempotency_key", String(REF), nullable=True),
+    Column("version", Integer, nullable=False),
+    Index("ix_stock_ledger_orderid_id", "orderid", "id"),
+    Index("ix_stock_ledger_sku_id", "sku", "id"),
+    Index("ix_stock_ledger_batchref_id", "batchref", "id"),
 )
 
 batches_view = Table(

@@ -37,3 +37,29 @@ class ChangeBatchQuantity(Command):
     ref: str
     qty: int
     position: tuple[int, int] | None = None
+    reason: str = "change_batch_quantity"  # where it came from: the book's message
+
+
+@dataclass(frozen=True)
+class ChangeBatch(Command):
+    """Change a batch's quantity, its arrival, or both, for ``reason``.
+
+    ``expected``: the batch's versions the caller would change it at (If-Match); None
+    changes it whatever its version.
+    """
+
+    ref: str
+    qty: int | None = None
+    eta: date | None = None
+    new_eta: bool = False  # whether ``eta`` is to be set (None is a date too: now)
+    reason: str = "correction"
+    note: str | None = None
+    expected: frozenset[int] | None = None
+
+
+@dataclass(frozen=True)
+class Deallocate(Command):
+    """Cancel the order's line of the sku: its units go back to its batch."""
+
+    orderid: str
+    sku: str

@@ -2,9 +2,10 @@
 
 Every event has an ``id`` of its own (consumers de-duplicate on it), the
 time it happened, and the id of the request that caused it, when there was
-one, and the trace context of that work (a W3C ``traceparent``) when it was
-traced. Those about a product carry its ``version`` after the change that
-raised them, so that a projection can tell a stale event from a new one.
+one (and its ``Idempotency-Key``), and the trace context of that work (a W3C
+``traceparent``) when it was traced. Those about a product carry its
+``version`` after the change that raised them, so that a projection can tell
+a stale event from a new one.
 """
 
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ class Event:
     id: str = field(default_factory=_new_id, kw_only=True, compare=False)
     occurred_at: datetime = field(default_factory=_now, kw_only=True, compare=False)
     request_id: str | None = field(default=None, kw_only=True, compare=False)
+    idempotency_key: str | None = field(default=None, kw_only=True, compare=False)
     traceparent: str | None = field(default=None, kw_only=True, compare=False)
 
 
@@ -39,9 +41,24 @@ class BatchCreated(Event):
 
 @dataclass(frozen=True)
 class BatchQuantityChanged(Event):
+    """The batch holds ``qty`` units now, ``by`` more than before (fewer, if negative)."""
+
     sku: str
     ref: str
     qty: int
+    version: int
+    by: int = 0
+    reason: str = "correction"
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchEtaChanged(Event):
+    """The batch arrives on ``eta`` now (None: it is in the warehouse)."""
+
+    sku: str
+    ref: str
+    eta: date | None
     version: int
 
 
@@ -51,6 +68,22 @@ class Allocated(Event):
     sku: str
     qty: int
     batchref: str
+    version: int
+    reallocated: bool = False  # placed again, having lost its batch (Deallocated)
+
+
+@dataclass(frozen=True)
+class LineCancelled(Event):
+    """The order cancelled its line of ``qty`` units: they are free again in ``batchref``.
+
+    A line that held no batch (out of stock) gives back nothing: ``batchref`` None.
+    The book's Deallocated is another fact: a line that lost its batch, to be placed again.
+    """
+
+    orderid: str
+    sku: str
+    qty: int
+    batchref: str | None
     version: int
 
 

@@ -10,6 +10,7 @@ allocation flat however many lines a product has collected.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date
 
@@ -22,6 +23,10 @@ class DuplicateBatch(Exception):
 
 class LineConflict(Exception):
     pass
+
+
+class VersionMismatch(Exception):
+    """The batch is no longer at the version the caller saw (its If-Match)."""
 
 
 @dataclass(unsafe_hash=True)
@@ -39,6 +44,8 @@ class Batch:
         self.purchased_quantity = qty
         self.allocated_quantity = 0
         self.allocations: set[OrderLine] = set()
+        # The product's version when the batch last changed: quantity, eta or allocations.
+        self.version = 0
 
     def __repr__(self) -> str:
         return f"<Batch {self.reference}>"
@@ -72,6 +79,10 @@ class Batch:
         self.allocated_quantity -= line.qty
         return line
 
+    def deallocate(self, line: OrderLine) -> None:
+        self.allocations.remove(line)
+        self.allocated_quantity -= line.qty
+
 
 class Product:
     def __init__(
@@ -102,6 +113,7 @@ class Product:
             raise DuplicateBatch(f"Batch {batch.reference} already exists with different details")
         self.batches.append(batch)
         self.version_number += 1
+        batch.version = self.version_number
         self.out_of_stock = False
         self.events.append(
             events.BatchCreated(
@@ -113,12 +125,12 @@ class Product:
             )
         )
 
-    def allocate(self, line: OrderLine) -> str | None:
+    def allocate(self, line: OrderLine, reallocating: bool = False) -> str | None:
         """Allocate a line to the best batch and return its reference.
 
         Returns None when out of stock. Allocating a line the order already
         holds changes nothing; the same order asking for a different quantity
-        of this sku is a LineConflict.
+        of this sku is a LineConflict. ``reallocating``: the line lost its batch.
         """
         holding = self._holding(line.orderid)
         if holding is not None:
@@ -144,7 +156,7 @@ class Product:
                 self.events.append(events.OutOfStock(sku=line.sku, orderid=line.orderid))
             return None
         batch.allocate(line)
-        self.version_number += 1
+        self._changed(batch)
         self.events.append(
             events.Allocated(
                 orderid=line.orderid,
@@ -152,22 +164,95 @@ class Product:
                 qty=line.qty,
                 batchref=batch.reference,
                 version=self.version_number,
+                reallocated=reallocating,
             )
         )
         return batch.reference
 
-    def change_batch_quantity(self, ref: str, qty: int) -> None:
-        if qty < 0:
+    def cancel(self, orderid: str) -> bool:
+        """Take the order's line off its batch, its units free again; False if it holds none."""
+        holding = self._holding(orderid)
+        if holding is None:
+            return False
+        batch, line = holding
+        batch.deallocate(line)
+        self._changed(batch)
+        self.events.append(
+            events.LineCancelled(
+                orderid=orderid,
+                sku=self.sku,
+                qty=line.qty,
+                batchref=batch.reference,
+                version=self.version_number,
+            )
+        )
+        return True
+
+    def cancel_unplaced(self, orderid: str, qty: int) -> None:
+        """Cancel the order's line of ``qty`` no batch holds (out of stock): nothing to free."""
+        self.version_number += 1
+        self.events.append(
+            events.LineCancelled(
+                orderid=orderid, sku=self.sku, qty=qty, batchref=None, version=self.version_number
+            )
+        )
+
+    def change_batch(
+        self,
+        ref: str,
+        qty: int | None = None,
+        eta: date | None = None,
+        *,
+        new_eta: bool = False,
+        reason: str = "correction",
+        note: str | None = None,
+        expected: Collection[int] | None = None,
+    ) -> None:
+        """Change a batch's quantity (``qty``), its arrival (``eta``, if ``new_eta``), or both.
+
+        ``expected``: the batch's versions the caller would change it at (an If-Match);
+        another is a VersionMismatch, and nothing changes. A lower quantity takes lines
+        off the batch, to be placed again.
+        """
+        if qty is not None and qty < 0:
             raise ValueError(f"A batch cannot hold {qty} units")
         batch = self._batch(ref)
         if batch is None:
             raise KeyError(ref)
+        if expected is not None and batch.version not in expected:
+            named = ", ".join(str(v) for v in sorted(expected)) or "none"
+            raise VersionMismatch(f"Batch {ref} is at version {batch.version}, not {named}")
+        self._changed(batch)
+        if new_eta:
+            batch.eta = eta
+            self.events.append(
+                events.BatchEtaChanged(sku=self.sku, ref=ref, eta=eta, version=self.version_number)
+            )
+        if qty is not None:
+            self._resize(batch, qty, reason, note)
+
+    def _changed(self, batch: Batch) -> None:
+        self.version_number += 1
+        batch.version = self.version_number
+
+    def change_batch_quantity(self, ref: str, qty: int, reason: str = "correction") -> None:
+        self.change_batch(ref, qty, reason=reason)
+
+    def _resize(self, batch: Batch, qty: int, reason: str, note: str | None) -> None:
+        ref = batch.reference
         if qty > batch.purchased_quantity:
             self.out_of_stock = False  # stock was added
-        batch.purchased_quantity = qty
-        self.version_number += 1
+        by, batch.purchased_quantity = qty - batch.purchased_quantity, qty
         self.events.append(
-            events.BatchQuantityChanged(sku=self.sku, ref=ref, qty=qty, version=self.version_number)
+            events.BatchQuantityChanged(
+                sku=self.sku,
+                ref=ref,
+                qty=qty,
+                version=self.version_number,
+                by=by,
+                reason=reason,
+                note=note,
+            )
         )
         while batch.available_quantity < 0:
             line = batch.deallocate_one()

@@ -21,6 +21,7 @@ from operator import attrgetter
 from app.adapters.notifications import AbstractNotifications
 from app.adapters.publisher import AbstractPublisher
 from app.domain import commands, events, model
+from app.service_layer import ledger
 from app.service_layer.delivery import AfterCommitHandlers
 from app.service_layer.messagebus import CommandHandler, Grouping
 from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandler
@@ -39,6 +40,10 @@ class UnknownBatch(Exception):
 
 class Superseded(Exception):
     """A change that came after this one was applied to the batch already."""
+
+
+class UnknownLine(Exception):
+    """The service never accepted a line of this order and sku."""
 
 
 async def add_batch(cmd: commands.CreateBatch, uow: AbstractUnitOfWork) -> None:
@@ -75,7 +80,41 @@ async def change_batch_quantity(cmd: commands.ChangeBatchQuantity, uow: Abstract
             raise UnknownBatch(f"Unknown batch {cmd.ref}")
         if not await uow.products.advance(cmd.ref, cmd.position):
             raise Superseded(f"batch {cmd.ref} has a later change than {cmd.position} already")
-        product.change_batch_quantity(cmd.ref, cmd.qty)
+        product.change_batch_quantity(cmd.ref, cmd.qty, reason=cmd.reason)
+        await uow.commit()
+
+
+async def change_batch(cmd: commands.ChangeBatch, uow: AbstractUnitOfWork) -> None:
+    async with uow:
+        product = await uow.products.get_by_batchref(cmd.ref)
+        if product is None:
+            raise UnknownBatch(f"Unknown batch {cmd.ref}")
+        if cmd.qty is not None:
+            await uow.products.advance(cmd.ref, None)  # after every change applied so far
+        product.change_batch(
+            cmd.ref,
+            cmd.qty,
+            cmd.eta,
+            new_eta=cmd.new_eta,
+            reason=cmd.reason,
+            note=cmd.note,
+            expected=cmd.expected,
+        )
+        await uow.commit()
+
+
+async def deallocate(cmd: commands.Deallocate, uow: AbstractUnitOfWork) -> None:
+    async with uow:
+        product = await uow.products.get(cmd.sku, orderid=cmd.orderid)
+        if product is None or not product.cancel(cmd.orderid):
+            # Not in a batch: out of stock (cancel it), cancelled already (done), or unknown.
+            last = await uow.products.last_of_line(cmd.orderid, cmd.sku)
+            if product is None or last is None:
+                raise UnknownLine(f"Order {cmd.orderid} has no line of {cmd.sku}")
+            kind, qty = last
+            if kind == "cancelled":
+                return
+            product.cancel_unplaced(cmd.orderid, qty)
         await uow.commit()
 
 
@@ -88,26 +127,42 @@ async def reallocate(event: events.Deallocated, uow: AbstractUnitOfWork) -> None
     if product is None:  # pragma: no cover - the product raised the event
         return
     try:
-        product.allocate(model.OrderLine(event.orderid, event.sku, event.qty))
+        product.allocate(model.OrderLine(event.orderid, event.sku, event.qty), reallocating=True)
     except model.LineConflict as e:
         # The order was allocated again, differently, since: nothing to redo.
         logger.info("not reallocating: %s", e)
 
 
 async def add_allocation_to_read_model(event: events.Allocated, uow: AbstractUnitOfWork) -> None:
-    await uow.read_model.allocation_changed(event.orderid, event.sku, event.batchref, event.version)
-    await uow.read_model.batch_allocated(event.batchref, event.qty, event.version)
+    read_model, v = uow.read_model, event.version
+    await read_model.allocation_changed(event.orderid, event.sku, event.batchref, v)
+    await read_model.batch_allocated(event.batchref, event.qty, v)
+    await read_model.line_changed(
+        event.orderid, event.sku, event.qty, "allocated", event.batchref, v
+    )
 
 
 async def remove_allocation_from_read_model(
     event: events.Deallocated, uow: AbstractUnitOfWork
 ) -> None:
-    await uow.read_model.allocation_changed(event.orderid, event.sku, None, event.version)
-    await uow.read_model.batch_allocated(event.batchref, -event.qty, event.version)
+    read_model, v = uow.read_model, event.version
+    await read_model.allocation_changed(event.orderid, event.sku, None, v)
+    await read_model.batch_allocated(event.batchref, -event.qty, v)
+    await read_model.line_changed(event.orderid, event.sku, event.qty, "out_of_stock", None, v)
 
 
 async def add_refusal_to_read_model(event: events.LineRefused, uow: AbstractUnitOfWork) -> None:
-    await uow.read_model.line_refused(event.orderid, event.sku, event.qty, event.version)
+    await uow.read_model.line_changed(
+        event.orderid, event.sku, event.qty, "out_of_stock", None, event.version
+    )
+
+
+async def cancel_line_in_read_model(event: events.LineCancelled, uow: AbstractUnitOfWork) -> None:
+    read_model, v = uow.read_model, event.version
+    if event.batchref is not None:
+        await read_model.allocation_changed(event.orderid, event.sku, None, v)
+        await read_model.batch_allocated(event.batchref, -event.qty, v)
+    await read_model.line_changed(event.orderid, event.sku, event.qty, "cancelled", None, v)
 
 
 async def add_batch_to_read_model(event: events.BatchCreated, uow: AbstractUnitOfWork) -> None:
@@ -118,6 +173,12 @@ async def resize_batch_in_read_model(
     event: events.BatchQuantityChanged, uow: AbstractUnitOfWork
 ) -> None:
     await uow.read_model.batch_resized(event.ref, event.qty, event.version)
+
+
+async def reschedule_batch_in_read_model(
+    event: events.BatchEtaChanged, uow: AbstractUnitOfWork
+) -> None:
+    await uow.read_model.batch_rescheduled(event.ref, event.eta, event.version)
 
 
 # After the commit: run by app.service_layer.delivery, from the outbox, at
@@ -152,6 +213,8 @@ COMMAND_HANDLERS: Mapping[type[commands.Command], CommandHandler] = {
     commands.CreateBatch: add_batch,
     commands.Allocate: allocate,
     commands.ChangeBatchQuantity: change_batch_quantity,
+    commands.ChangeBatch: change_batch,
+    commands.Deallocate: deallocate,
 }
 
 # Allocations of one sku that arrive while a transaction on it is in flight
@@ -163,13 +226,33 @@ GROUPINGS: Mapping[type[commands.Command], Grouping] = {
 # An event's handlers, each under the name it is known by. Inline: run by
 # the commit of the unit of work that raised the event, in its transaction
 # (app.service_layer.unit_of_work); they write only this database.
+# Every change of a batch's units, and every line refused or cancelled, is
+# recorded in the stock ledger too (app.service_layer.ledger).
 INLINE_HANDLERS: Mapping[type[events.Event], Mapping[str, InlineHandler]] = {
-    events.BatchCreated: {"add_batch_to_read_model": add_batch_to_read_model},
-    events.BatchQuantityChanged: {"resize_batch_in_read_model": resize_batch_in_read_model},
-    events.Allocated: {"add_allocation_to_read_model": add_allocation_to_read_model},
-    events.LineRefused: {"add_refusal_to_read_model": add_refusal_to_read_model},
+    events.BatchCreated: {
+        "add_batch_to_read_model": add_batch_to_read_model,
+        "record_in_ledger": ledger.record,
+    },
+    events.BatchQuantityChanged: {
+        "resize_batch_in_read_model": resize_batch_in_read_model,
+        "record_in_ledger": ledger.record,
+    },
+    events.BatchEtaChanged: {"reschedule_batch_in_read_model": reschedule_batch_in_read_model},
+    events.Allocated: {
+        "add_allocation_to_read_model": add_allocation_to_read_model,
+        "record_in_ledger": ledger.record,
+    },
+    events.LineRefused: {
+        "add_refusal_to_read_model": add_refusal_to_read_model,
+        "record_in_ledger": ledger.record,
+    },
+    events.LineCancelled: {
+        "cancel_line_in_read_model": cancel_line_in_read_model,
+        "record_in_ledger": ledger.record,
+    },
     events.Deallocated: {
         "remove_allocation_from_read_model": remove_allocation_from_read_model,
+        "record_in_ledger": ledger.record,
         "reallocate": reallocate,
     },
 }

@@ -70,15 +70,18 @@ class Member:
     # them, though the group's transaction runs in another caller's task.
     request_id: str | None
     traceparent: str | None
+    idempotency_key: str | None = None
 
     @contextlib.contextmanager
     def acting(self) -> Iterator[None]:
-        """Work done within is this member's caller's: its request id, its trace."""
+        """Work done within is this member's caller's: its request id, key and trace."""
         token = correlation.request_id.set(self.request_id)
+        key = correlation.idempotency_key.set(self.idempotency_key)
         try:
             with tracing.continued(self.traceparent):
                 yield
         finally:
+            correlation.idempotency_key.reset(key)
             correlation.request_id.reset(token)
 
 
@@ -109,7 +112,12 @@ class MessageBus:
             committed = await self._alone(command)
             self._committed(committed)
             return
-        member = Member(command, correlation.request_id.get(), tracing.traceparent())
+        member = Member(
+            command,
+            correlation.request_id.get(),
+            tracing.traceparent(),
+            correlation.idempotency_key.get(),
+        )
         await self._group_commit.submit(
             (type(command), grouping.key(command)), member, self._run_group
         )

@@ -106,12 +106,15 @@ class AbstractUnitOfWork(abc.ABC):
     def _new_events(self) -> Iterator[events.Event]:
         """Events the products raised since last asked, with the request's id and trace."""
         request_id = correlation.request_id.get()
+        key = correlation.idempotency_key.get()
         traceparent = tracing.traceparent()
         for product in self.products.seen:
             while product.events:
                 event = product.events.pop(0)
                 if request_id and not event.request_id:
                     event = replace(event, request_id=request_id)
+                if key and not event.idempotency_key:
+                    event = replace(event, idempotency_key=key)
                 if traceparent and not event.traceparent:
                     event = replace(event, traceparent=traceparent)
                 yield event

@@ -206,7 +206,7 @@ async def test_every_success_example_is_what_the_try_it_out_examples_get(
     # The examples of the requests, tried in order, as the examples of the answers say.
     [warehouse, shipment] = schemas.BatchIn.model_json_schema()["examples"]
     [line] = schemas.AllocateIn.model_json_schema()["examples"]
-    [change] = schemas.QuantityIn.model_json_schema()["examples"]
+    [change] = schemas.BatchChange.model_json_schema()["examples"]
     orderid, sku, ref = line["orderid"], line["sku"], warehouse["ref"]
     answers: dict[type[Any], list[httpx.Response]] = {
         schemas.BatchCreated: [await client.post("/add_batch", json=warehouse)],
@@ -223,7 +223,7 @@ async def test_every_success_example_is_what_the_try_it_out_examples_get(
     answers[schemas.Readiness] = [await client.get("/ready")]
     answers[schemas.BatchAccepted] = [await client.patch(f"/batches/{ref}", json=change)]
 
-    assert set(answers) | {schemas.BatchIn, schemas.AllocateIn, schemas.QuantityIn} == set(
+    assert set(answers) | {schemas.BatchIn, schemas.AllocateIn, schemas.BatchChange} == set(
         schemas.EXAMPLED
     )
     for model, real in answers.items():

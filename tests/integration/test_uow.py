@@ -208,9 +208,10 @@ async def test_a_refused_line_is_kept_with_the_product_version_it_was_refused_at
         assert product.allocate(model.OrderLine(refused, sku, 1)) is None
         await uow.commit()
 
-    r = tables.refused_lines_view.c
+    r = tables.order_lines_view.c
     async with engine.connect() as conn:
-        rows = (await conn.execute(select(r.orderid, r.qty, r.version).where(r.sku == sku))).all()
+        query = select(r.orderid, r.qty, r.version).where(r.sku == sku, r.state == "out_of_stock")
+        rows = (await conn.execute(query)).all()
     assert [tuple(row) for row in rows] == [(refused, 1, 1)]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from app.adapters.dead_letters import AbstractDeadLetters, Claim, DeadLetter
 from app.adapters.notifications import AbstractNotifications
 from app.adapters.outbox import AbstractOutbox, FailingEvent, OutboxStats, Pending, in_order
-from app.adapters.projections import AbstractReadModel
+from app.adapters.projections import AbstractReadModel, LedgerRow
 from app.adapters.publisher import AbstractPublisher
 from app.adapters.repository import AbstractRepository
 from app.adapters.unavailable import BrokerUnavailable
@@ -24,10 +24,16 @@ class FakeRepository(AbstractRepository):
         self,
         products: dict[str, model.Product],
         positions: dict[str, tuple[int, int]] | None = None,
+        ledger: list[LedgerRow] | None = None,
     ) -> None:
         super().__init__()
         self._products = products
         self.positions = {} if positions is None else positions
+        self._ledger = [] if ledger is None else ledger
+
+    async def last_of_line(self, orderid: str, sku: str) -> tuple[str, int] | None:
+        rows = [r for r in self._ledger if (r.orderid, r.sku) == (orderid, sku)]
+        return (rows[-1].kind, rows[-1].line_qty or 0) if rows else None
 
     def _add(self, product: model.Product) -> None:
         self._products[product.sku] = product
@@ -55,17 +61,39 @@ class FakeRepository(AbstractRepository):
 
 
 class FakeReadModel(AbstractReadModel):
-    def __init__(self, products: dict[str, model.Product]) -> None:
+    def __init__(
+        self, products: dict[str, model.Product], ledger: list[LedgerRow] | None = None
+    ) -> None:
         self._products = products
         self.allocations: dict[tuple[str, str], str | None] = {}
         self._versions: dict[tuple[str, str], int] = {}
         self.batches: dict[str, dict[str, object]] = {}
-        self.refused: dict[tuple[str, str], int] = {}
-        self.refused_at: dict[tuple[str, str], int] = {}  # the product's version then
+        # Each accepted line: its state, batch, the product's version at its last change, qty.
+        self.lines: dict[tuple[str, str], tuple[str, str | None, int, int]] = {}
+        self.ledger = [] if ledger is None else ledger
 
-    async def line_refused(self, orderid: str, sku: str, qty: int, version: int) -> None:
-        self.refused[(orderid, sku)] = qty
-        self.refused_at[(orderid, sku)] = version
+    async def line_changed(
+        self, orderid: str, sku: str, qty: int, state: str, batchref: str | None, version: int
+    ) -> None:
+        kept = self.lines.get((orderid, sku))
+        if kept is None or kept[2] < version:
+            self.lines[(orderid, sku)] = (state, batchref, version, qty)
+
+    @property
+    def refused(self) -> dict[tuple[str, str], int]:
+        """The lines out of stock, and their quantities."""
+        return {k: v[3] for k, v in self.lines.items() if v[0] == "out_of_stock"}
+
+    @property
+    def refused_at(self) -> dict[tuple[str, str], int]:
+        """The lines out of stock, and the product's version when they were."""
+        return {k: v[2] for k, v in self.lines.items() if v[0] == "out_of_stock"}
+
+    async def batch_rescheduled(self, ref: str, eta: date | None, version: int) -> None:
+        self.batches[ref]["eta"] = eta
+
+    async def recorded(self, row: LedgerRow) -> None:
+        self.ledger.append(row)
 
     async def allocation_changed(
         self, orderid: str, sku: str, batchref: str | None, version: int
@@ -189,7 +217,8 @@ class FakeStore:
         self.products: dict[str, model.Product] = {}
         # batch -> when the change applied to it last came
         self.positions: dict[str, tuple[int, int]] = {}
-        self.read_model = FakeReadModel(self.products)
+        self.ledger: list[LedgerRow] = []
+        self.read_model = FakeReadModel(self.products, self.ledger)
         self.outbox = FakeOutbox()
         self.commits = 0
         self.history: list[events.Event] = []  # every event committed, in order
@@ -204,7 +233,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
     ) -> None:
         super().__init__(inline, after_commit)
         self.store = store
-        self.products = FakeRepository(store.products, store.positions)
+        self.products = FakeRepository(store.products, store.positions, store.ledger)
         self.read_model = store.read_model
         self.outbox = store.outbox
 

@@ -152,7 +152,9 @@ def test_change_batch_quantity_records_the_change() -> None:
     product.change_batch_quantity("b1", 50)
 
     assert available(product) == {"b1": 50}
-    assert product.events == [events.BatchQuantityChanged(sku="LAMP", ref="b1", qty=50, version=4)]
+    assert product.events == [
+        events.BatchQuantityChanged(sku="LAMP", ref="b1", qty=50, version=4, by=30)
+    ]
 
 
 def test_change_batch_quantity_deallocates_lines_until_the_batch_fits() -> None:
@@ -167,7 +169,9 @@ def test_change_batch_quantity_deallocates_lines_until_the_batch_fits() -> None:
 
     version = product.version_number
     changed, *deallocated = product.events
-    assert changed == events.BatchQuantityChanged(sku="LAMP", ref="b1", qty=10, version=version)
+    assert changed == events.BatchQuantityChanged(
+        sku="LAMP", ref="b1", qty=10, version=version, by=-10
+    )
     assert len(deallocated) == 1
     [event] = deallocated
     assert isinstance(event, events.Deallocated)

@@ -163,13 +163,14 @@ class Products(RuleBasedStateMachine):
         held = set(batch.allocations)
         version = owner.version_number + 1
         out_of_stock, added = owner.out_of_stock, cmd.qty > batch.purchased_quantity
+        by = cmd.qty - batch.purchased_quantity
 
         owner.change_batch_quantity(cmd.ref, cmd.qty)
 
         assert batch.purchased_quantity == cmd.qty
         assert owner.out_of_stock == (out_of_stock and not added)
         changed, *rest = self.raised()
-        assert changed == events.BatchQuantityChanged(owner.sku, cmd.ref, cmd.qty, version)
+        assert changed == events.BatchQuantityChanged(owner.sku, cmd.ref, cmd.qty, version, by)
         taken = [e for e in rest if isinstance(e, events.Deallocated)]
         assert taken == rest
         assert all((e.batchref, e.version) == (cmd.ref, version) for e in taken)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from app.entrypoints.http.schemas import AllocateIn, BatchIn, QuantityIn
+from app.entrypoints.http.schemas import AllocateIn, BatchIn, BatchChange
 from app.wire import ETA_PATTERN, ID_PATTERN, MAX_ID_LENGTH, MAX_QTY
 
 BATCH: dict[str, Any] = {"ref": "batch-001", "sku": "SMALL-TABLE", "qty": 20, "eta": None}
@@ -79,12 +79,12 @@ def test_accepts_printable_ids_up_to_the_maximum_length(value: str) -> None:
     assert AllocateIn.model_validate({**ALLOCATION, "orderid": value}).orderid == value
 
 
-@pytest.mark.parametrize("model", [BatchIn, AllocateIn, QuantityIn])
+@pytest.mark.parametrize("model", [BatchIn, AllocateIn, BatchChange])
 @pytest.mark.parametrize(("sent", "qty"), [(573.0, 573), (1e3, 1000), (float(MAX_QTY), MAX_QTY)])
 def test_a_whole_float_is_the_integer_json_schema_says_it_is(
     model: type[BaseModel], sent: float, qty: int
 ) -> None:
-    body = {BatchIn: BATCH, AllocateIn: ALLOCATION, QuantityIn: {}}[model]
+    body = {BatchIn: BATCH, AllocateIn: ALLOCATION, BatchChange: {}}[model]
     validated = model.model_validate({**body, "qty": sent})
     assert validated.qty == qty  # type: ignore[attr-defined, unused-ignore]
     assert type(validated.qty) is int  # type: ignore[attr-defined, unused-ignore]
@@ -140,7 +140,7 @@ def test_rejects_a_timestamp_in_a_string(eta: str) -> None:
 
 @pytest.mark.parametrize(
     ("model", "body"),
-    [(BatchIn, BATCH), (AllocateIn, ALLOCATION), (QuantityIn, {"qty": 1})],
+    [(BatchIn, BATCH), (AllocateIn, ALLOCATION), (BatchChange, {"qty": 1})],
 )
 def test_rejects_unknown_fields(model: type[BaseModel], body: dict[str, Any]) -> None:
     with pytest.raises(ValidationError) as caught:
@@ -149,8 +149,8 @@ def test_rejects_unknown_fields(model: type[BaseModel], body: dict[str, Any]) ->
 
 
 def test_a_batch_may_be_emptied_but_not_made_negative() -> None:
-    assert QuantityIn.model_validate({"qty": 0}).qty == 0
-    assert QuantityIn.model_validate({"qty": MAX_QTY}).qty == MAX_QTY
+    assert BatchChange.model_validate({"qty": 0}).qty == 0
+    assert BatchChange.model_validate({"qty": MAX_QTY}).qty == MAX_QTY
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_a_batch_may_be_emptied_but_not_made_negative() -> None:
 )
 def test_rejects_a_bad_new_quantity(qty: object) -> None:
     with pytest.raises(ValidationError):
-        QuantityIn.model_validate({"qty": qty})
+        BatchChange.model_validate({"qty": qty})
 
 
 # What a JSON Schema validator reads the document's patterns as (ECMA 262).

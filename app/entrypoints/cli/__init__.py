@@ -121,6 +121,16 @@ def rebuild_views(
 
 
 @cli.command()
+def reconcile() -> None:
+    """Check every batch's counters against its ledger, and the read models against the
+    write model: print each drift and exit 1, or one line and exit 0 when there is none."""
+    settings = _settings()
+    from app.entrypoints.cli import maintenance as commands
+
+    _exit(commands.reconcile(settings))
+
+
+@cli.command()
 def outbox() -> None:
     """How many events wait for delivery, how many keep failing, whether pruning keeps up.
 

@@ -78,6 +78,26 @@ async def _rebuild(
         await rebuild_views(conn, progress, chunk)
 
 
+def reconcile(settings: Settings) -> int:
+    """Print each drift between the write model, its ledger and the read models; 1 if any."""
+    from app.adapters import reconcile as drift
+
+    async def work(container: Container) -> int:
+        found = 0
+        async with container.engine().begin() as conn:
+            async for line in drift.drifts(conn):
+                found += 1
+                print(line)
+            batches, lines, rows = await drift.counts(conn)
+        if found:
+            print(f"{found} drifts found", file=sys.stderr)
+            return 1
+        print(f"no drift: {batches} batches, {lines} allocated lines, {rows} ledger rows")
+        return 0
+
+    return run(settings, work)
+
+
 def on_dead_letters(
     settings: Settings,
     work: Callable[[AbstractDeadLetters, Container], Awaitable[int]],

@@ -6,11 +6,13 @@ docstring is its description in /docs; the errors it documents are the
 causes it lists (app.entrypoints.http.openapi.errors).
 """
 
+import base64
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import orjson
 from fastapi import Depends, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, WithJsonSchema
 
 from app import wire
@@ -37,6 +39,16 @@ Printable = AfterValidator(wire.printable)
 BatchRef = Annotated[str, _identifier("The batch's reference.", "batch-001"), Printable]
 OrderId = Annotated[str, _identifier("The order's id.", "order-001"), Printable]
 Sku = Annotated[str, _identifier("The product's sku.", "SMALL-TABLE"), Printable]
+OptionalSku = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=wire.MAX_ID_LENGTH,
+        description="Only those of this sku.",
+        json_schema_extra={"pattern": wire.ID_PATTERN},
+    ),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": wire.MAX_ID_LENGTH}),
+]
 After = Annotated[
     str | None,
     Query(
@@ -88,3 +100,55 @@ async def location(request: Request, name: str, **params: str) -> str:
     root_path: str = request.scope.get("root_path", "")
     location = root_path + str(request.app.url_path_for(name, **quoted))
     return positioned(location, await reads_of(request).position())
+
+
+# Pages: a list or a history comes ``limit`` items at a time, each page naming
+# the next by an opaque cursor (the last key it holds, app.views).
+Limit = Annotated[int, Query(ge=1, le=1000, description="Items a page holds, 1 to 1,000.")]
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=1024,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Where the page starts: the `cursor` of the previous page's `next`.",
+    ),
+    WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z0-9_-]+$", "maxLength": 1024}),
+]
+
+
+def cursor_of(key: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+
+
+def key_of(cursor: str | None, shape: type) -> Any:
+    """The key ``cursor`` names, of ``shape`` (str, int, or a pair of str); 422 if none."""
+    if cursor is None:
+        return None
+    try:
+        key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if shape is tuple and isinstance(key, list) and len(key) == 2:
+            key = tuple(key)
+        if isinstance(key, shape) and all(isinstance(part, str) for part in _parts(key)):
+            return key
+    except (ValueError, orjson.JSONDecodeError):
+        pass
+    raise RequestValidationError(
+        [{"loc": ("query", "cursor"), "msg": "not a cursor this list gave", "type": "value_error"}]
+    )
+
+
+def _parts(key: Any) -> tuple[Any, ...]:
+    return key if isinstance(key, tuple) else () if isinstance(key, int) else (key,)
+
+
+def page(request: Request, items: list[Any], last: Any) -> Response:
+    """A page: its items, and ``next``, the URL of the one after (null for the last), also
+    as ``Link: <...>; rel="next"``."""
+    next_url = None
+    headers = None
+    if last is not None:
+        query = {**request.query_params, "cursor": cursor_of(last)}
+        root_path: str = request.scope.get("root_path", "")
+        next_url = f"{root_path}{request.url.path.removeprefix(root_path)}?{urlencode(query)}"
+        headers = {"Link": f'<{next_url}>; rel="next"'}
+    return answer(request, {"items": items, "next": next_url}, headers)

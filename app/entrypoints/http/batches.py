@@ -1,8 +1,10 @@
 """Batches: stock of one sku, in the warehouse or arriving on a date."""
 
-from typing import Any
+from datetime import date
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import WithJsonSchema
 
 from app import views
 from app.domain import commands
@@ -11,9 +13,14 @@ from app.entrypoints.http.answers import (
     WRITER,
     After,
     BatchRef,
+    Cursor,
+    Limit,
+    OptionalSku,
     answer,
     headers_of,
+    key_of,
     location,
+    page,
 )
 from app.entrypoints.http.dependencies import Bus, Once, reads_of
 from app.entrypoints.http.idempotency import IdempotencyKey
@@ -80,19 +87,68 @@ router.add_api_route(
 
 
 @router.get(
+    "/batches",
+    response_model=schemas.BatchPage,
+    summary="List batches, a page at a time",
+    tags=["batches"],
+    responses=errors(),
+)
+async def list_batches(
+    request: Request,
+    sku: OptionalSku = None,
+    eta_before: Annotated[
+        date | None, Query(description="Only those here now, or arriving before this day.")
+    ] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Response:
+    """Batches by reference, each as `GET /batches/{ref}` reads it; of `sku`; or arriving
+    before `eta_before` (stock in the warehouse, no eta, included). `next` is the next page,
+    and `Link: <next>; rel="next"` names it too: paging through never repeats or misses a
+    batch that was there before the first page, however many are added meanwhile."""
+    items, last = await views.batches(
+        reads_of(request), limit, key_of(cursor, str), sku, eta_before
+    )
+    return page(request, items, last)
+
+
+_ETAG = {"ETag": {"description": 'The batch\'s version, `"4"`: `If-Match` takes it.'}}
+
+
+@router.get(
     "/batches/{ref}",
     response_model=schemas.BatchOut,
     summary="Read a batch's quantities",
     tags=["batches"],
-    responses=errors(problems.UNKNOWN_BATCH),
+    responses={200: {"headers": _ETAG}, **errors(problems.UNKNOWN_BATCH)},
 )
 async def get_batch(ref: BatchRef, request: Request, after: After = None) -> Response:
     """How many units were `purchased`, how many are `allocated` to order lines, and how
-    many are still `available`. Served from the batches read model."""
+    many are still `available`; its `version` is its `ETag`, which changes with its
+    quantity, eta or allocations. Served from the batches read model."""
     batch = await views.batch(reads_of(request), ref, after)
     if batch is None:
         return problem(problems.UNKNOWN_BATCH, f"Unknown batch {ref}")
-    return answer(request, batch)
+    return answer(request, batch, {"ETag": f'"{batch["version"]}"'})
+
+
+def _versions(if_match: str | None) -> frozenset[int] | None:
+    """The versions an If-Match names (``"4"``, ``W/"4"``, a list); None for none or ``*``."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    tags = (tag.strip().removeprefix("W/").strip('"') for tag in if_match.split(","))
+    return frozenset(int(tag) for tag in tags if tag.isdigit() and len(tag) < 10)
+
+
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description="Change it only at this version (its `ETag`, from `GET /batches/{ref}`): "
+        "another is a 412, and nothing changes.",
+    ),
+    WithJsonSchema({"type": "string", "maxLength": 1024}),
+]
 
 
 @router.patch(
@@ -100,22 +156,38 @@ async def get_batch(ref: BatchRef, request: Request, after: After = None) -> Res
     status_code=202,
     response_model=schemas.BatchAccepted,
     dependencies=WRITER,
-    summary="Change a batch's purchased quantity",
+    summary="Change a batch's quantity or its arrival",
     tags=["batches"],
     responses={
-        **errors(problems.UNKNOWN_BATCH, write=True),
+        **errors(problems.UNKNOWN_BATCH, problems.VERSION_MISMATCH, write=True),
         **located(
             202, {"GetBatch": link("get_batch", "Read it now.", {"ref": "$request.path.ref"})}
         ),
     },
 )
 async def change_batch(
-    ref: BatchRef, body: schemas.QuantityIn, request: Request, bus: Bus
+    ref: BatchRef,
+    body: schemas.BatchChange,
+    request: Request,
+    bus: Bus,
+    if_match: IfMatch = None,
 ) -> Response:
-    """Sets how many units the batch holds, as when a shipment arrives short. Order lines
+    """Sets how many units the batch holds (`qty`), as when a shipment arrives short, or
+    when it arrives (`eta`), or both, for a `reason` the stock ledger keeps. Order lines
     that no longer fit are deallocated and allocated again to other batches of the sku
-    where stock allows; lines no batch can take lose their allocation. Answers 202 with
+    where stock allows; lines no batch can take lose their allocation. A new `eta` moves
+    the batch in the order later allocations use (warehouse stock first, then the
+    earliest). With `If-Match`, only at that version. Answers 202 with
     `Location: /batches/{ref}`."""
-    await bus.handle(commands.ChangeBatchQuantity(ref, body.qty))
+    change = commands.ChangeBatch(
+        ref,
+        body.qty,
+        body.eta,
+        new_eta="eta" in body.model_fields_set,
+        reason=body.reason,
+        note=body.note,
+        expected=_versions(if_match),
+    )
+    await bus.handle(change)
     where = await location(request, "get_batch", ref=ref)
     return answer(request, schemas.BatchAccepted(ref=ref), headers_of(where))

@@ -18,10 +18,10 @@ from starlette.routing import Match
 
 from app import outages
 from app.adapters.database_errors import ConcurrencyError, DatabaseUnavailable
-from app.domain.model import DuplicateBatch, LineConflict
+from app.domain.model import DuplicateBatch, LineConflict, VersionMismatch
 from app.entrypoints.http import problems
 from app.entrypoints.http.problems import ProblemType, Refusal, problem
-from app.service_layer.handlers import InvalidSku, UnknownBatch
+from app.service_layer.handlers import InvalidSku, UnknownBatch, UnknownLine
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ PROBLEM_OF: dict[type[Exception], ProblemType] = {
     UnknownBatch: problems.UNKNOWN_BATCH,
     DuplicateBatch: problems.BATCH_EXISTS,
     LineConflict: problems.LINE_EXISTS,
+    UnknownLine: problems.UNKNOWN_LINE,
+    VersionMismatch: problems.VERSION_MISMATCH,
 }
 
 

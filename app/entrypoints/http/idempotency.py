@@ -36,6 +36,7 @@ from typing import Annotated, TypeVar
 from fastapi import Header, Request, Response
 from pydantic import AfterValidator, BaseModel, WithJsonSchema
 
+from app import correlation
 from app.adapters.database_errors import DatabaseUnavailable, is_unavailable, unavailable_reason
 from app.adapters.idempotency import (
     AbstractIdempotencyKeys,
@@ -136,6 +137,7 @@ class Idempotency:
         claimed = await self._claim(key, route, fingerprint(route, body), headers_of)
         if isinstance(claimed, Response):
             return claimed
+        token = correlation.idempotency_key.set(key)  # the ledger keeps it with the change
         try:
             response = await work()
         except Exception as exc:
@@ -147,6 +149,8 @@ class Idempotency:
         except BaseException:
             await self._release(key, claimed)
             raise
+        finally:
+            correlation.idempotency_key.reset(token)
         if response.status_code >= 500:
             await self._release(key, claimed)
         else:

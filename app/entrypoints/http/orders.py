@@ -1,6 +1,8 @@
 """Order lines: allocate one, and read where an order's lines went."""
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 
 from app import views
 from app.domain import commands
@@ -8,11 +10,16 @@ from app.entrypoints.http import problems, schemas
 from app.entrypoints.http.answers import (
     WRITER,
     After,
+    Cursor,
+    Limit,
+    OptionalSku,
     OrderId,
     Sku,
     answer,
+    key_of,
     location,
     order_headers_of,
+    page,
 )
 from app.entrypoints.http.dependencies import Bus, Once, reads_of
 from app.entrypoints.http.idempotency import IdempotencyKey
@@ -67,6 +74,89 @@ async def allocate(
         return answer(request, accepted, order_headers_of(where))
 
     return await once(key, request, body, allocate_line, headers_of=order_headers_of)
+
+
+@router.post(
+    "/deallocate",
+    status_code=202,
+    response_model=schemas.AllocationAccepted,
+    dependencies=WRITER,
+    summary="Cancel an order line",
+    tags=["allocations"],
+    responses={
+        **errors(problems.UNKNOWN_LINE, write=True, keyed=True),
+        **located(
+            202,
+            {
+                "GetOrder": link("get_order", "Read the order: the line cancelled.", _ORDER),
+                "GetOrderHistory": link("get_order_history", "Read what it went through.", _ORDER),
+            },
+            keyed=True,
+        ),
+    },
+)
+async def deallocate(
+    body: schemas.LineIn, request: Request, bus: Bus, once: Once, key: IdempotencyKey = None
+) -> Response:
+    """Cancels the order's line of `sku`: its units go back to its batch, and the order reads
+    it `cancelled`; `GET /allocations/{orderid}` no longer lists it. A line out of stock is
+    cancelled too, giving back nothing. Answers 202 with `Location: /orders/{orderid}`.
+    Cancelling it again changes nothing and answers 202; a line the service never accepted
+    is a 404. Allocating the same line afterwards places it anew."""
+
+    async def cancel() -> Response:
+        await bus.handle(commands.Deallocate(body.orderid, body.sku))
+        where = await location(request, "get_order", orderid=body.orderid)
+        accepted = schemas.AllocationAccepted(orderid=body.orderid)
+        return answer(request, accepted, order_headers_of(where))
+
+    return await once(key, request, body, cancel, headers_of=order_headers_of)
+
+
+@router.get(
+    "/orders",
+    response_model=schemas.LinePage,
+    summary="List the lines accepted, a page at a time",
+    tags=["allocations"],
+    responses=errors(),
+)
+async def list_orders(
+    request: Request,
+    sku: OptionalSku = None,
+    state: Annotated[schemas.LineState | None, Query(description="Only those in it.")] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Response:
+    """Every line the service accepted, by order and then sku, with its state; of `sku`; in
+    `state`. `next` is the next page, and `Link: <next>; rel="next"` names it too: paging
+    through never repeats or misses a line that was there before the first page, however
+    many are added meanwhile."""
+    items, last = await views.order_lines(
+        reads_of(request), limit, key_of(cursor, tuple), sku, state
+    )
+    return page(request, items, last)
+
+
+@router.get(
+    "/orders/{orderid}/history",
+    response_model=schemas.HistoryPage,
+    summary="Read what became of an order's lines, change by change",
+    tags=["allocations"],
+    responses=errors(problems.UNKNOWN_ORDER),
+)
+async def get_order_history(
+    orderid: OrderId, request: Request, limit: Limit = 100, cursor: Cursor = None
+) -> Response:
+    """The stock ledger's entries of the order, oldest first: each allocation, refusal,
+    cancellation, each time a line lost its batch and was placed again, with the request
+    (`request_id`, its `X-Request-ID`) and the `Idempotency-Key` that made it. A page at a
+    time: `next` (and `Link: <next>; rel="next"`)."""
+    items, last = await views.history(
+        reads_of(request), limit, key_of(cursor, int), orderid=orderid
+    )
+    if not items and cursor is None:
+        return problem(problems.UNKNOWN_ORDER, f"No order {orderid}")
+    return page(request, items, last)
 
 
 @router.get(

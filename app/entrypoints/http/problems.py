@@ -130,6 +130,14 @@ UNKNOWN_SKU = _cause(
     "`GET /products/{sku}`: no batch of this sku was ever added.",
     "Unknown sku SMALL-TABLE",
 )
+UNKNOWN_LINE = _cause(
+    "unknown-line",
+    404,
+    "Unknown line",
+    "`POST /deallocate`: the service never accepted a line of this sku for this order. "
+    "(A line cancelled already is a 202 again.)",
+    "Order order-001 has no line of SMALL-TABLE",
+)
 NOT_FOUND = _cause(
     "not-found",
     404,
@@ -191,6 +199,14 @@ NOT_JSON_CONTENT = _cause(
     "Body must be JSON",
     "A write whose `Content-Type` is missing or is not JSON: send `application/json`.",
     "The request body must be JSON, sent with Content-Type: application/json",
+)
+VERSION_MISMATCH = _cause(
+    "version-mismatch",
+    412,
+    "Batch changed since",
+    "`PATCH /batches/{ref}` with `If-Match`: the batch is no longer at that version "
+    "(its `ETag`); nothing changed. Read it again and decide anew.",
+    "Batch batch-001 is at version 5, not 4",
 )
 HEADERS_TOO_LARGE = _cause(
     "headers-too-large",

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response
 
 from app import views
 from app.entrypoints.http import problems, schemas
-from app.entrypoints.http.answers import After, Sku, answer
+from app.entrypoints.http.answers import After, Cursor, Limit, Sku, answer, key_of, page
 from app.entrypoints.http.dependencies import reads_of
 from app.entrypoints.http.openapi import errors, operation_id
 from app.entrypoints.http.problems import problem
@@ -26,3 +26,23 @@ async def get_product(sku: Sku, request: Request, after: After = None) -> Respon
     if result is None:
         return problem(problems.UNKNOWN_SKU, f"Unknown sku {sku}")
     return answer(request, result)
+
+
+@router.get(
+    "/products/{sku}/history",
+    response_model=schemas.HistoryPage,
+    summary="Read how a sku's stock came to be what it is, change by change",
+    tags=["products"],
+    responses=errors(problems.UNKNOWN_SKU),
+)
+async def get_product_history(
+    sku: Sku, request: Request, limit: Limit = 100, cursor: Cursor = None
+) -> Response:
+    """The stock ledger's entries of the sku, oldest first: batches added and changed (with
+    their `reason`), lines allocated, given back, refused. Each entry's `qty` is its change
+    to the batch's available units: the entries add up to what the sku has available. A
+    page at a time: `next` (and `Link: <next>; rel="next"`)."""
+    items, last = await views.history(reads_of(request), limit, key_of(cursor, int), sku=sku)
+    if not items and cursor is None:
+        return problem(problems.UNKNOWN_SKU, f"Unknown sku {sku}")
+    return page(request, items, last)

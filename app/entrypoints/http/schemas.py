@@ -1,9 +1,10 @@
 """The wire format: request bodies as validated models, answers as plain models."""
 
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 
@@ -21,6 +22,7 @@ SHIPMENT_EXAMPLE: JsonDict = {
 }
 LINE_EXAMPLE: JsonDict = {"orderid": "order-001", "sku": "SMALL-TABLE", "qty": 2}
 QUANTITY_EXAMPLE: JsonDict = {"qty": 10}
+CANCEL_EXAMPLE: JsonDict = {"orderid": "order-001", "sku": "SMALL-TABLE"}
 
 
 def _no_default(schema: JsonDict) -> None:
@@ -53,10 +55,46 @@ class AllocateIn(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [LINE_EXAMPLE]})
 
 
-class QuantityIn(Request):
-    qty: NewQuantity = Field(description="The batch's new purchased quantity.")
+class Reason(StrEnum):
+    """Why a batch changes: the ledger keeps it with the change."""
+
+    received = "received"
+    damaged = "damaged"
+    lost = "lost"
+    counted = "count"  # (str has a method count)
+    correction = "correction"
+    other = "other"
+
+
+class BatchChange(Request):
+    qty: NewQuantity | None = Field(None, description="The batch's new purchased quantity.")
+    eta: Eta = Field(
+        None,
+        description="Its new arrival, `YYYY-MM-DD`, or null: in the warehouse now. Left "
+        "out, the arrival stays as it is; set, the batch takes its new place in the order "
+        "later allocations use.",
+    )
+    reason: Reason = Field(Reason.correction, description="Why: `other` wants a `note`.")
+    note: str | None = Field(
+        None, max_length=500, description="What happened, in a few words (with `other`)."
+    )
 
     model_config = ConfigDict(json_schema_extra={"examples": [QUANTITY_EXAMPLE]})
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> Self:
+        if self.qty is None and "eta" not in self.model_fields_set:
+            raise ValueError("give the batch's new qty, its new eta, or both")
+        if self.reason is Reason.other and not (self.note or "").strip():
+            raise ValueError("reason other wants a note saying what happened")
+        return self
+
+
+class LineIn(Request):
+    orderid: Identifier = Field(description="The order the line belongs to. " + ID_RULES)
+    sku: Identifier = Field(description="The product of the line. " + ID_RULES)
+
+    model_config = ConfigDict(json_schema_extra={"examples": [CANCEL_EXAMPLE]})
 
 
 def _answers(*examples: JsonDict) -> ConfigDict:
@@ -90,17 +128,20 @@ class Allocation(BaseModel):
 
 
 class LineState(StrEnum):
-    """`allocated` to `batchref`; or `out_of_stock`: accepted, but no batch could take it
-    (sending the same line again once stock is added allocates it)."""
+    """`allocated` to `batchref`; `out_of_stock`: accepted, but no batch could take it
+    (sending the same line again once stock is added allocates it); or `cancelled`
+    (`POST /deallocate`)."""
 
     allocated = "allocated"
     out_of_stock = "out_of_stock"
+    cancelled = "cancelled"
 
 
 class OrderLine(BaseModel):
     sku: str
     state: LineState
     batchref: str | None
+    qty: int
 
 
 class Order(BaseModel):
@@ -110,11 +151,15 @@ class Order(BaseModel):
     model_config = _answers(
         {
             "orderid": "order-001",
-            "lines": [{"sku": "SMALL-TABLE", "state": "allocated", "batchref": "batch-001"}],
+            "lines": [
+                {"sku": "SMALL-TABLE", "state": "allocated", "batchref": "batch-001", "qty": 2}
+            ],
         },
         {
             "orderid": "order-002",
-            "lines": [{"sku": "SMALL-TABLE", "state": "out_of_stock", "batchref": None}],
+            "lines": [
+                {"sku": "SMALL-TABLE", "state": "out_of_stock", "batchref": None, "qty": 100}
+            ],
         },
     )
 
@@ -126,6 +171,7 @@ class BatchOut(BaseModel):
     purchased: int
     allocated: int
     available: int
+    version: int = Field(description="Changes with its quantity, eta or allocations: its ETag.")
 
     model_config = _answers(
         {
@@ -135,6 +181,7 @@ class BatchOut(BaseModel):
             "purchased": 20,
             "allocated": 2,
             "available": 18,
+            "version": 4,
         }
     )
 
@@ -227,11 +274,59 @@ class Problem(BaseModel):
     )
 
 
+class BatchPage(BaseModel):
+    items: list[BatchOut]
+    next: str | None = Field(description="The next page, or null: this is the last.")
+
+
+class ListedLine(BaseModel):
+    orderid: str
+    sku: str
+    state: LineState
+    batchref: str | None
+    qty: int
+
+
+class LinePage(BaseModel):
+    items: list[ListedLine]
+    next: str | None = Field(description="The next page, or null: this is the last.")
+
+
+class HistoryEntry(BaseModel):
+    """One change, as the stock ledger recorded it in the change's own transaction."""
+
+    at: datetime = Field(description="When, in UTC.")
+    kind: str = Field(
+        description="`added`, `changed` (the batch's purchased units); `allocated`, "
+        "`reallocated` (placed again after its batch shrank), `deallocated` (taken off a "
+        "batch that shrank), `cancelled` (the line's units); `refused` (no batch had stock)."
+    )
+    sku: str
+    batchref: str | None
+    orderid: str | None
+    qty: int = Field(
+        description="The change to the batch's available units: a product's entries add "
+        "up to what it has available."
+    )
+    line_qty: int | None = Field(description="An order line's entry: the line's units.")
+    reason: str | None = Field(description="A batch's change: why (`received`, `count`, ...).")
+    note: str | None
+    request_id: str | None = Field(description="The `X-Request-ID` the write answered.")
+    idempotency_key: str | None = Field(description="The write's `Idempotency-Key`, if any.")
+    version: int = Field(description="The product's version after the change.")
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryEntry]
+    next: str | None = Field(description="The next page, or null: this is the last.")
+
+
 # The models whose examples /openapi.json shows (app.entrypoints.http.openapi.install).
 EXAMPLED = (
     BatchIn,
     AllocateIn,
-    QuantityIn,
+    BatchChange,
+    LineIn,
     BatchCreated,
     AllocationAccepted,
     BatchAccepted,
