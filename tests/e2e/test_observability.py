@@ -211,8 +211,9 @@ async def test_the_worker_serves_its_own_metrics(
         assert ready.json()["checks"] == {
             "database": "ok",
             "redis": "ok",
-            "the channel change_batch_quantity": "ok",
-            "the stream change_batch_quantity": "ok",
+            "nats": "off",
+            "redis_pubsub": "ok",
+            "redis_stream": "ok",
         }
         assert (await http.get(f"http://127.0.0.1:{port}/health")).json() == {"status": "ok"}
 

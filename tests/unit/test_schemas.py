@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from app.entrypoints.http.schemas import AllocateIn, BatchIn, BatchChange
+from app.entrypoints.http.schemas import AllocateIn, BatchChange, BatchIn
 from app.wire import ETA_PATTERN, ID_PATTERN, MAX_ID_LENGTH, MAX_QTY
 
 BATCH: dict[str, Any] = {"ref": "batch-001", "sku": "SMALL-TABLE", "qty": 20, "eta": None}

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 class Reader(Protocol):
-    name: str  # in the checks: redis_pubsub, redis_stream, jetstream
+    check: str  # its name in the checks: redis_pubsub, redis_stream, jetstream
     ready: asyncio.Event
 
 
@@ -51,7 +51,7 @@ class Health:
         checks = await check_all(self.engine, self.redis, self.nats)
         del checks["replica"]
         for reader in self.readers:
-            checks[reader.name] = "ok" if reader.ready.is_set() else "error: not reading"
+            checks[reader.check] = "ok" if reader.ready.is_set() else "error: not reading"
         return checks
 
 

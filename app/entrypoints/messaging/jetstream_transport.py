@@ -77,7 +77,7 @@ class JetStreamConsumer:
         self._batch = batch
         self._reconnect_delay = reconnect_delay
         self.source = f"the JetStream subject {self.subject}"
-        self.name = "jetstream"  # in /ready's checks
+        self.check = "jetstream"  # its name in /ready's checks
         self.ready = asyncio.Event()  # set while it is pulling
 
     @property

@@ -73,7 +73,7 @@ def entry_message(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
 class Consumer(abc.ABC):
     """Hands each message it receives to the policy; reconnects when Redis is lost."""
 
-    name = "redis"  # in /ready's checks
+    check = "redis"  # its name in /ready's checks
 
     def __init__(
         self,
@@ -177,7 +177,7 @@ class PubSubConsumer(Consumer):
     ``subscribed``: a subscription already taken (``subscribe``), read first.
     """
 
-    name = "redis_pubsub"
+    check = "redis_pubsub"
 
     def __init__(self, *args: Any, subscribed: PubSub | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -245,7 +245,7 @@ class PubSubConsumer(Consumer):
 class StreamConsumer(Consumer):
     """The stream, through a consumer group: each entry acknowledged once it is dealt with."""
 
-    name = "redis_stream"
+    check = "redis_stream"
 
     def __init__(
         self,
