@@ -78,14 +78,13 @@ async def order(reads: ReadSource, orderid: str, after: str | None = None) -> di
     return {
         "orderid": orderid,
         "lines": [
-            {"sku": sku, "state": state, "batchref": ref, "qty": qty}
-            for sku, state, ref, qty in rows
+            {"sku": sku, "state": state, "batchref": ref} for sku, state, ref, _ in rows
         ],
     }
 
 
 def _batch(row: Any) -> dict[str, Any]:
-    reference, sku, eta, purchased, allocated, version = row
+    reference, sku, eta, purchased, allocated, _ = row
     return {
         "reference": reference,
         "sku": sku,
@@ -93,13 +92,24 @@ def _batch(row: Any) -> dict[str, Any]:
         "purchased": purchased,
         "allocated": allocated,
         "available": purchased - allocated,
-        "version": version,
     }
 
 
+def _versioned(row: Any) -> tuple[dict[str, Any], int]:
+    return _batch(row), row[5]
+
+
 async def batch(reads: ReadSource, ref: str, after: str | None = None) -> dict[str, Any] | None:
+    found = await versioned_batch(reads, ref, after)
+    return None if found is None else found[0]
+
+
+async def versioned_batch(
+    reads: ReadSource, ref: str, after: str | None = None
+) -> tuple[dict[str, Any], int] | None:
+    """The batch, and its version (which changes with its quantity, eta or allocations)."""
     rows = await reads.fetch(_BATCH, {"ref": ref}, after)
-    return _batch(rows[0]) if rows else None
+    return _versioned(rows[0]) if rows else None
 
 
 async def product(reads: ReadSource, sku: str, after: str | None = None) -> dict[str, Any] | None:

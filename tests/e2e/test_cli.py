@@ -19,6 +19,13 @@ from tests.support.refs import random_ref
 from tests.support.scenarios import add_batch, allocate
 
 
+def of_the_book(progress: str) -> list[str]:
+    """The progress lines of the book's views (order_lines_view's come after them)."""
+    lines = progress.splitlines()
+    assert re.fullmatch(r"order_lines_view: [0-9]+/[0-9]+ rows", lines[-1]), lines
+    return [line for line in lines if not line.startswith("order_lines_view: ")]
+
+
 async def test_help_lists_the_commands() -> None:
     result = await run_cli(service_env("sqlite+aiosqlite:///unused.db"), "--help")
 
@@ -146,6 +153,7 @@ async def test_rebuild_views_on_an_empty_database(private_database: str) -> None
     assert result.stderr.splitlines() == [
         "batches_view: 0/0 rows",
         "allocations_view: 0/0 rows",
+        "order_lines_view: 0/0 rows",
     ], describe(result)
 
 
@@ -197,7 +205,7 @@ async def test_rebuild_views_prints_progress_and_repairs_corrupted_views(
 
             assert result.returncode == 0, describe(result)
             assert result.stdout == "views rebuilt\n", describe(result)
-            assert result.stderr.splitlines() == [
+            assert of_the_book(result.stderr) == [
                 "batches_view: 0/3 rows",
                 "batches_view: 2/3 rows",
                 "batches_view: 3/3 rows",
@@ -231,7 +239,7 @@ async def test_rebuild_views_prints_progress_and_repairs_corrupted_views(
 
             assert result.returncode == 0, describe(result)
             assert result.stdout == "views rebuilt\n", describe(result)
-            assert result.stderr.splitlines() == [
+            assert of_the_book(result.stderr) == [
                 "batches_view: 0/3 rows",
                 "batches_view: 3/3 rows",
                 "allocations_view: 0/3 rows",

@@ -154,7 +154,8 @@ async def the_record(database: str, sale: Sale) -> tuple[list[Applied], list[str
         Applied(version, "refused", orderid, qty)
         for orderid, qty, version in await query(
             database,
-            "SELECT orderid, qty, version FROM refused_lines_view WHERE sku = :sku",
+            "SELECT orderid, qty, version FROM order_lines_view"
+            " WHERE sku = :sku AND state = 'out_of_stock'",
             sku=sale.sku,
         )
     ]

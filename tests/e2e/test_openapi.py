@@ -156,7 +156,22 @@ def _get(url: str) -> Producer:
     return lambda client, _: client.get(url)
 
 
+async def _unknown_line(client: httpx.AsyncClient, _: FastAPI) -> httpx.Response:
+    assert (await client.post("/batches", json=BATCH)).status_code == 201
+    return await client.post("/deallocate", json={"orderid": "order-001", "sku": "SMALL-TABLE"})
+
+
+async def _stale(client: httpx.AsyncClient, _: FastAPI) -> httpx.Response:
+    assert (await client.post("/batches", json=BATCH)).status_code == 201
+    for qty in (21, 22, 23, 24):  # the batch moves on from version 1 to 5
+        assert (await client.patch("/batches/batch-001", json={"qty": qty})).status_code == 202
+    assert (await client.get("/batches/batch-001")).headers["etag"] == '"5"'
+    return await client.patch("/batches/batch-001", json={"qty": 1}, headers={"If-Match": '"4"'})
+
+
 PRODUCERS: dict[str, Producer] = {
+    "unknown-line": _unknown_line,
+    "version-mismatch": _stale,
     "invalid-sku": lambda client, _: client.post("/allocate", json=LINE),
     "token-missing": lambda client, _: client.post(
         "/allocate", json=LINE, headers={"Authorization": ""}
@@ -223,9 +238,8 @@ async def test_every_success_example_is_what_the_try_it_out_examples_get(
     answers[schemas.Readiness] = [await client.get("/ready")]
     answers[schemas.BatchAccepted] = [await client.patch(f"/batches/{ref}", json=change)]
 
-    assert set(answers) | {schemas.BatchIn, schemas.AllocateIn, schemas.BatchChange} == set(
-        schemas.EXAMPLED
-    )
+    inputs = {schemas.BatchIn, schemas.AllocateIn, schemas.BatchChange, schemas.LineIn}
+    assert set(answers) | inputs == set(schemas.EXAMPLED)
     for model, real in answers.items():
         assert [r.json() for r in real] == model.model_json_schema()["examples"], model
     assert (await client.get(f"/allocations/{orderid}")).json() == [

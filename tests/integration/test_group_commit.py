@@ -141,8 +141,9 @@ async def recorded(engine: AsyncEngine, skus: list[str], answers: list[str]) -> 
     )
     refused = await rows(
         engine,
-        "SELECT r.orderid, r.sku, r.qty, r.version FROM refused_lines_view r"
-        " WHERE r.sku = ANY(:skus) AND NOT EXISTS (SELECT 1 FROM allocations_view a"
+        "SELECT r.orderid, r.sku, r.qty, r.version FROM order_lines_view r"
+        " WHERE r.state = 'out_of_stock' AND r.sku = ANY(:skus)"
+        " AND NOT EXISTS (SELECT 1 FROM allocations_view a"
         " WHERE a.orderid = r.orderid AND a.sku = r.sku AND a.batchref IS NOT NULL)",
         skus=skus,
     )
@@ -406,7 +407,7 @@ async def test_a_group_whose_transaction_the_database_lost_is_a_503_for_each_and
             engine,
             "SELECT (SELECT count(*) FROM order_lines WHERE orderid = ANY(:o)),"
             " (SELECT count(*) FROM outbox WHERE payload->>'orderid' = ANY(:o)),"
-            " (SELECT count(*) FROM refused_lines_view WHERE orderid = ANY(:o))",
+            " (SELECT count(*) FROM order_lines_view WHERE orderid = ANY(:o))",
             o=orders,
         )
         assert tuple(written[0]) == (0, 0, 0)

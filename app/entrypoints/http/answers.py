@@ -6,13 +6,11 @@ docstring is its description in /docs; the errors it documents are the
 causes it lists (app.entrypoints.http.openapi.errors).
 """
 
-import base64
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 import orjson
 from fastapi import Depends, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, WithJsonSchema
 
 from app import wire
@@ -103,52 +101,32 @@ async def location(request: Request, name: str, **params: str) -> str:
 
 
 # Pages: a list or a history comes ``limit`` items at a time, each page naming
-# the next by an opaque cursor (the last key it holds, app.views).
+# the next by its cursor, the last key it holds (app.views): any value of the
+# cursor's form starts a page, after it.
 Limit = Annotated[int, Query(ge=1, le=1000, description="Items a page holds, 1 to 1,000.")]
-Cursor = Annotated[
-    str | None,
-    Query(
-        max_length=1024,
-        pattern=r"^[A-Za-z0-9_-]+$",
-        description="Where the page starts: the `cursor` of the previous page's `next`.",
-    ),
-    WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z0-9_-]+$", "maxLength": 1024}),
-]
 
 
-def cursor_of(key: Any) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+def cursor(description: str, schema: dict[str, Any]) -> Any:
+    return Query(alias="cursor", description=f"Where the page starts: {description}", **schema)
 
 
-def key_of(cursor: str | None, shape: type) -> Any:
-    """The key ``cursor`` names, of ``shape`` (str, int, or a pair of str); 422 if none."""
-    if cursor is None:
-        return None
-    try:
-        key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if shape is tuple and isinstance(key, list) and len(key) == 2:
-            key = tuple(key)
-        if isinstance(key, shape) and all(isinstance(part, str) for part in _parts(key)):
-            return key
-    except (ValueError, orjson.JSONDecodeError):
-        pass
-    raise RequestValidationError(
-        [{"loc": ("query", "cursor"), "msg": "not a cursor this list gave", "type": "value_error"}]
-    )
+ID_CURSOR = {"max_length": 2 * wire.MAX_ID_LENGTH + 1}
+SEQUENCE_CURSOR = {"pattern": r"^[0-9]{1,18}$"}
 
 
-def _parts(key: Any) -> tuple[Any, ...]:
-    return key if isinstance(key, tuple) else () if isinstance(key, int) else (key,)
-
-
-def page(request: Request, items: list[Any], last: Any) -> Response:
+def page(request: Request, items: list[Any], last: str | None) -> Response:
     """A page: its items, and ``next``, the URL of the one after (null for the last), also
-    as ``Link: <...>; rel="next"``."""
+    as ``Link: <...>; rel="next"``; ``last`` is the cursor it starts from."""
     next_url = None
     headers = None
     if last is not None:
-        query = {**request.query_params, "cursor": cursor_of(last)}
+        query = urlencode({**request.query_params, "cursor": last})
         root_path: str = request.scope.get("root_path", "")
-        next_url = f"{root_path}{request.url.path.removeprefix(root_path)}?{urlencode(query)}"
+        next_url = f"{root_path}{request.url.path.removeprefix(root_path)}?{query}"
         headers = {"Link": f'<{next_url}>; rel="next"'}
     return answer(request, {"items": items, "next": next_url}, headers)
+
+
+HistoryCursor = Annotated[
+    str | None, cursor("the `cursor` of the page before's `next`.", SEQUENCE_CURSOR)
+]

@@ -10,15 +10,15 @@ from app import views
 from app.domain import commands
 from app.entrypoints.http import problems, schemas
 from app.entrypoints.http.answers import (
+    ID_CURSOR,
     WRITER,
     After,
     BatchRef,
-    Cursor,
     Limit,
     OptionalSku,
     answer,
+    cursor,
     headers_of,
-    key_of,
     location,
     page,
 )
@@ -100,15 +100,15 @@ async def list_batches(
         date | None, Query(description="Only those here now, or arriving before this day.")
     ] = None,
     limit: Limit = 100,
-    cursor: Cursor = None,
+    after: Annotated[
+        str | None, cursor("the reference of the last batch of the page before.", ID_CURSOR)
+    ] = None,
 ) -> Response:
     """Batches by reference, each as `GET /batches/{ref}` reads it; of `sku`; or arriving
     before `eta_before` (stock in the warehouse, no eta, included). `next` is the next page,
     and `Link: <next>; rel="next"` names it too: paging through never repeats or misses a
     batch that was there before the first page, however many are added meanwhile."""
-    items, last = await views.batches(
-        reads_of(request), limit, key_of(cursor, str), sku, eta_before
-    )
+    items, last = await views.batches(reads_of(request), limit, after, sku, eta_before)
     return page(request, items, last)
 
 
@@ -124,12 +124,14 @@ _ETAG = {"ETag": {"description": 'The batch\'s version, `"4"`: `If-Match` takes 
 )
 async def get_batch(ref: BatchRef, request: Request, after: After = None) -> Response:
     """How many units were `purchased`, how many are `allocated` to order lines, and how
-    many are still `available`; its `version` is its `ETag`, which changes with its
-    quantity, eta or allocations. Served from the batches read model."""
-    batch = await views.batch(reads_of(request), ref, after)
-    if batch is None:
+    many are still `available`. Its `ETag` is its version, which changes with its
+    quantity, eta or allocations (`If-Match` takes it). Served from the batches read
+    model."""
+    found = await views.versioned_batch(reads_of(request), ref, after)
+    if found is None:
         return problem(problems.UNKNOWN_BATCH, f"Unknown batch {ref}")
-    return answer(request, batch, {"ETag": f'"{batch["version"]}"'})
+    batch, version = found
+    return answer(request, batch, {"ETag": f'"{version}"'})
 
 
 def _versions(if_match: str | None) -> frozenset[int] | None:

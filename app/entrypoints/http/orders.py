@@ -8,15 +8,16 @@ from app import views
 from app.domain import commands
 from app.entrypoints.http import problems, schemas
 from app.entrypoints.http.answers import (
+    ID_CURSOR,
     WRITER,
     After,
-    Cursor,
+    HistoryCursor,
     Limit,
     OptionalSku,
     OrderId,
     Sku,
     answer,
-    key_of,
+    cursor,
     location,
     order_headers_of,
     page,
@@ -125,16 +126,18 @@ async def list_orders(
     sku: OptionalSku = None,
     state: Annotated[schemas.LineState | None, Query(description="Only those in it.")] = None,
     limit: Limit = 100,
-    cursor: Cursor = None,
+    after: Annotated[
+        str | None, cursor("`orderid/sku` of the last line of the page before.", ID_CURSOR)
+    ] = None,
 ) -> Response:
     """Every line the service accepted, by order and then sku, with its state; of `sku`; in
     `state`. `next` is the next page, and `Link: <next>; rel="next"` names it too: paging
     through never repeats or misses a line that was there before the first page, however
     many are added meanwhile."""
-    items, last = await views.order_lines(
-        reads_of(request), limit, key_of(cursor, tuple), sku, state
-    )
-    return page(request, items, last)
+    orderid, _, sku_after = (after or "").partition("/")
+    key = None if after is None else (orderid, sku_after)
+    items, last = await views.order_lines(reads_of(request), limit, key, sku, state)
+    return page(request, items, None if last is None else "/".join(last))
 
 
 @router.get(
@@ -145,18 +148,18 @@ async def list_orders(
     responses=errors(problems.UNKNOWN_ORDER),
 )
 async def get_order_history(
-    orderid: OrderId, request: Request, limit: Limit = 100, cursor: Cursor = None
+    orderid: OrderId, request: Request, limit: Limit = 100, after: HistoryCursor = None
 ) -> Response:
     """The stock ledger's entries of the order, oldest first: each allocation, refusal,
     cancellation, each time a line lost its batch and was placed again, with the request
     (`request_id`, its `X-Request-ID`) and the `Idempotency-Key` that made it. A page at a
     time: `next` (and `Link: <next>; rel="next"`)."""
     items, last = await views.history(
-        reads_of(request), limit, key_of(cursor, int), orderid=orderid
+        reads_of(request), limit, None if after is None else int(after), orderid=orderid
     )
-    if not items and cursor is None:
+    if not items and after is None:
         return problem(problems.UNKNOWN_ORDER, f"No order {orderid}")
-    return page(request, items, last)
+    return page(request, items, None if last is None else str(last))
 
 
 @router.get(

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response
 
 from app import views
 from app.entrypoints.http import problems, schemas
-from app.entrypoints.http.answers import After, Cursor, Limit, Sku, answer, key_of, page
+from app.entrypoints.http.answers import After, HistoryCursor, Limit, Sku, answer, page
 from app.entrypoints.http.dependencies import reads_of
 from app.entrypoints.http.openapi import errors, operation_id
 from app.entrypoints.http.problems import problem
@@ -36,13 +36,14 @@ async def get_product(sku: Sku, request: Request, after: After = None) -> Respon
     responses=errors(problems.UNKNOWN_SKU),
 )
 async def get_product_history(
-    sku: Sku, request: Request, limit: Limit = 100, cursor: Cursor = None
+    sku: Sku, request: Request, limit: Limit = 100, after: HistoryCursor = None
 ) -> Response:
     """The stock ledger's entries of the sku, oldest first: batches added and changed (with
     their `reason`), lines allocated, given back, refused. Each entry's `qty` is its change
     to the batch's available units: the entries add up to what the sku has available. A
     page at a time: `next` (and `Link: <next>; rel="next"`)."""
-    items, last = await views.history(reads_of(request), limit, key_of(cursor, int), sku=sku)
-    if not items and cursor is None:
+    start = None if after is None else int(after)
+    items, last = await views.history(reads_of(request), limit, start, sku=sku)
+    if not items and after is None:
         return problem(problems.UNKNOWN_SKU, f"Unknown sku {sku}")
-    return page(request, items, last)
+    return page(request, items, None if last is None else str(last))

@@ -141,7 +141,6 @@ class OrderLine(BaseModel):
     sku: str
     state: LineState
     batchref: str | None
-    qty: int
 
 
 class Order(BaseModel):
@@ -151,15 +150,11 @@ class Order(BaseModel):
     model_config = _answers(
         {
             "orderid": "order-001",
-            "lines": [
-                {"sku": "SMALL-TABLE", "state": "allocated", "batchref": "batch-001", "qty": 2}
-            ],
+            "lines": [{"sku": "SMALL-TABLE", "state": "allocated", "batchref": "batch-001"}],
         },
         {
             "orderid": "order-002",
-            "lines": [
-                {"sku": "SMALL-TABLE", "state": "out_of_stock", "batchref": None, "qty": 100}
-            ],
+            "lines": [{"sku": "SMALL-TABLE", "state": "out_of_stock", "batchref": None}],
         },
     )
 
@@ -171,7 +166,6 @@ class BatchOut(BaseModel):
     purchased: int
     allocated: int
     available: int
-    version: int = Field(description="Changes with its quantity, eta or allocations: its ETag.")
 
     model_config = _answers(
         {
@@ -181,7 +175,6 @@ class BatchOut(BaseModel):
             "purchased": 20,
             "allocated": 2,
             "available": 18,
-            "version": 4,
         }
     )
 
