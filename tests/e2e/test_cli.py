@@ -252,3 +252,48 @@ async def test_rebuild_views_prints_progress_and_repairs_corrupted_views(
                 o=orders[0],
             )
             assert rows == [(warehouse,)]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def own_database(request: pytest.FixtureRequest) -> str:
+    """The embedded default's SQLite, or a PostgreSQL database of the test's own."""
+    url: str = request.getfixturevalue(
+        "sqlite_url" if request.param == "sqlite" else "private_database"
+    )
+    return url
+
+
+@pytest.mark.slow
+async def test_reconcile_finds_no_drift_after_the_books_flow_and_names_each_it_finds(
+    own_database: str, tmp_path: Path
+) -> None:
+    url, env = own_database, service_env(own_database)
+    sku, ref = random_ref("sku"), random_ref("batch")
+    async with Processes(tmp_path) as processes:
+        api = processes.api(env)
+        await api.start_serving()
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+            await add_batch(http, ref, sku, 10)
+            await allocate(http, random_ref("order"), sku, 3)
+            cancelled = random_ref("order")
+            await allocate(http, cancelled, sku, 2)
+            assert (
+                await http.post("/deallocate", json={"orderid": cancelled, "sku": sku})
+            ).status_code == 202
+            assert (await http.patch(f"/batches/{ref}", json={"qty": 12})).status_code == 202
+
+    clean = await run_cli(env, "reconcile")
+    assert clean.returncode == 0, describe(clean)
+    assert clean.stdout == "no drift: 1 batches, 1 allocated lines, 5 ledger rows\n"
+
+    # A counter changed around the service, and a read model row lost.
+    await query(url, "UPDATE batches SET allocated_quantity = 7 WHERE reference = :r", r=ref)
+    await query(url, "DELETE FROM batches_view WHERE reference = :r", r=ref)
+    found = await run_cli(env, "reconcile")
+    assert found.returncode == 1, describe(found)
+    assert found.stdout.splitlines() == [
+        f"batch {ref}: purchased 12, allocated 7; its ledger rows add up to purchased 12, "
+        "allocated 3",
+        f"batch {ref}: not in batches_view",
+    ]
+    assert found.stderr.strip().endswith("2 drifts found")

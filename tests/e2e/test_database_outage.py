@@ -26,7 +26,15 @@ from app.entrypoints.http import problems
 from tests.support.databases import alembic_upgrade, query
 from tests.support.outbox import outbox_pending
 from tests.support.polling import eventually
-from tests.support.processes import Api, Processes, describe, run_cli, service_env, snapshot
+from tests.support.processes import (
+    Api,
+    Processes,
+    assert_no_drift,
+    describe,
+    run_cli,
+    service_env,
+    snapshot,
+)
 from tests.support.refs import random_ref
 from tests.support.servers import PostgresCluster
 
@@ -351,6 +359,7 @@ async def test_an_outage_under_load_answers_503_fast_and_loses_nothing_acknowled
         after = await snapshot(http, paths)
         changed = {p: (before[p], after[p]) for p in paths if before[p] != after[p]}
         assert not changed, f"the views differ from a rebuild: {changed}"
+        await assert_no_drift(api.env)
 
     # -- the process said what happened: one line when the outage began, one when it
     # ended, each 503 on its request's own line; and its relay lived through it

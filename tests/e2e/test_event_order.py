@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from tests.support.databases import query
 from tests.support.polling import eventually
-from tests.support.processes import Processes, dead_redis_url, service_env
+from tests.support.processes import Processes, assert_no_drift, dead_redis_url, service_env
 from tests.support.redis import Subscriber
 from tests.support.refs import random_ref
 from tests.support.scenarios import add_batch, allocate
@@ -68,6 +68,7 @@ async def test_an_allocation_held_back_goes_out_before_the_reallocation_that_fol
             return len(mine()) >= 2
 
         await eventually(both_out, 30, processes.report)
+        await assert_no_drift(worker.env)
         entries: Any = await redis.xrange("line_allocated")
         [entry_a, entry_b] = entries
 

@@ -27,7 +27,14 @@ from app.wire import CHANGE_BATCH_QUANTITY, LINE_ALLOCATED
 from tests.support.batches import INITIAL, new_batches, quantities
 from tests.support.nats import Nats, running_nats
 from tests.support.polling import eventually
-from tests.support.processes import Processes, Worker, describe, run_cli, service_env
+from tests.support.processes import (
+    Processes,
+    Worker,
+    assert_no_drift,
+    describe,
+    run_cli,
+    service_env,
+)
 from tests.support.refs import random_ref
 from tests.support.scenarios import add_batch, allocate
 from tests.support.servers import free_port
@@ -160,6 +167,7 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_the_tools_show_the_c
         listed = await run_cli(env, "dead-letters", "list", "--json")
         after = await run_cli(env, "outbox")
         assert await doomed.terminate() == 0, processes.report()
+        await assert_no_drift(env)
 
     assert await quantities(module_database, refs) == sent.last(), processes.report()
     assert ready.status_code == 200, ready.text

@@ -34,6 +34,7 @@ from tests.support.polling import eventually
 from tests.support.processes import (
     Processes,
     allocations_of,
+    assert_no_drift,
     describe,
     run_cli,
     service_env,
@@ -258,6 +259,7 @@ async def test_killing_the_api_under_load_loses_nothing(
             after = await allocations_of(http, orderids)
             changed = {o: (before[o], after[o]) for o in orderids if before[o] != after[o]}
             assert not changed, f"views differ from the write model: {changed}"
+            await assert_no_drift(env)
 
             # -- and they read what the write model holds
             held: dict[str, list[dict[str, str]]] = {}

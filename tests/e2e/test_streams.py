@@ -30,7 +30,14 @@ from app.adapters.streams import GroupStats, create_group, group_stats
 from app.clock import position_now, position_text
 from tests.support.batches import INITIAL, new_batches, quantities
 from tests.support.polling import eventually
-from tests.support.processes import Processes, Worker, describe, run_cli, service_env
+from tests.support.processes import (
+    Processes,
+    Worker,
+    assert_no_drift,
+    describe,
+    run_cli,
+    service_env,
+)
 from tests.support.refs import random_ref
 from tests.support.scenarios import add_batch, allocate
 from tests.support.servers import RedisServer
@@ -206,6 +213,7 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_the_last_entry_wins(
         await eventually(lambda: settled(setup.redis), SETTLE, processes.report)
         for worker in others:
             assert await worker.terminate() == 0, processes.report()
+        await assert_no_drift(setup.env)
 
     final = await quantities(setup.database, refs)
     assert final == sent.last(), processes.report()

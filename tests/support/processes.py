@@ -285,6 +285,14 @@ async def run_cli(
     )
 
 
+async def assert_no_drift(env: Mapping[str, str]) -> None:
+    """``allocation reconcile`` on the database of ``env``: no drift between the write
+    model, its ledger and the read models."""
+    result = await run_cli(env, "reconcile")
+    assert result.returncode == 0, describe(result)
+    assert result.stdout.startswith("no drift: "), describe(result)
+
+
 def describe(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit code {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
