@@ -11,7 +11,7 @@ business (app.adapters.read_source); ``after`` is a write's position, for a
 read that must see that write.
 """
 
-from datetime import date
+from datetime import UTC, date
 from functools import cache
 from typing import Any
 
@@ -77,9 +77,7 @@ async def order(reads: ReadSource, orderid: str, after: str | None = None) -> di
         return None
     return {
         "orderid": orderid,
-        "lines": [
-            {"sku": sku, "state": state, "batchref": ref} for sku, state, ref, _ in rows
-        ],
+        "lines": [{"sku": sku, "state": state, "batchref": ref} for sku, state, ref, _ in rows],
     }
 
 
@@ -229,7 +227,7 @@ async def history(
 def _entry(row: Any) -> dict[str, Any]:
     (_, at, kind, sku, batchref, orderid, qty, line_qty, reason, note, request_id, key, v) = row
     return {
-        "at": at,
+        "at": at.replace(tzinfo=UTC),  # kept as naive UTC
         "kind": kind,
         "sku": sku,
         "batchref": batchref,

@@ -68,7 +68,7 @@ def _integral(value: Any) -> Any:
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
-def _iso_date(value: Any) -> Any:
+def iso_date(value: Any) -> Any:
     # pydantic alone would also read numbers and digit strings as Unix times.
     if value is None or isinstance(value, date):
         return value
@@ -106,7 +106,7 @@ def _eta_in_range(value: date | None) -> date | None:
 ETA_PATTERN = "^(19[7-9][0-9]|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
 Eta = Annotated[
     date | None,
-    BeforeValidator(_iso_date),
+    BeforeValidator(iso_date),
     AfterValidator(_eta_in_range),
     WithJsonSchema(
         {"anyOf": [{"type": "string", "format": "date", "pattern": ETA_PATTERN}, {"type": "null"}]}

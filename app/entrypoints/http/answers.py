@@ -42,10 +42,17 @@ OptionalSku = Annotated[
     Query(
         min_length=1,
         max_length=wire.MAX_ID_LENGTH,
-        description="Only those of this sku.",
-        json_schema_extra={"pattern": wire.ID_PATTERN},
+        description=f"Only those of this sku. {wire.ID_RULES}",
     ),
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": wire.MAX_ID_LENGTH}),
+    AfterValidator(lambda value: None if value is None else wire.printable(value)),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": wire.MAX_ID_LENGTH,
+            "pattern": wire.ID_PATTERN,
+        }
+    ),
 ]
 After = Annotated[
     str | None,
@@ -110,7 +117,7 @@ def cursor(description: str, schema: dict[str, Any]) -> Any:
     return Query(alias="cursor", description=f"Where the page starts: {description}", **schema)
 
 
-ID_CURSOR = {"max_length": 2 * wire.MAX_ID_LENGTH + 1}
+ID_CURSOR = {"max_length": 2 * wire.MAX_ID_LENGTH + 1, "pattern": r"^[^\x00]*$"}  # no NUL: text
 SEQUENCE_CURSOR = {"pattern": r"^[0-9]{1,18}$"}
 
 
@@ -122,7 +129,8 @@ def page(request: Request, items: list[Any], last: str | None) -> Response:
     if last is not None:
         query = urlencode({**request.query_params, "cursor": last})
         root_path: str = request.scope.get("root_path", "")
-        next_url = f"{root_path}{request.url.path.removeprefix(root_path)}?{query}"
+        path = quote(request.url.path.removeprefix(root_path))  # a header is ASCII
+        next_url = f"{root_path}{path}?{query}"
         headers = {"Link": f'<{next_url}>; rel="next"'}
     return answer(request, {"items": items, "next": next_url}, headers)
 

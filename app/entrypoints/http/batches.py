@@ -4,9 +4,9 @@ from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import WithJsonSchema
+from pydantic import BeforeValidator, WithJsonSchema
 
-from app import views
+from app import views, wire
 from app.domain import commands
 from app.entrypoints.http import problems, schemas
 from app.entrypoints.http.answers import (
@@ -97,7 +97,10 @@ async def list_batches(
     request: Request,
     sku: OptionalSku = None,
     eta_before: Annotated[
-        date | None, Query(description="Only those here now, or arriving before this day.")
+        date | None,
+        Query(description="Only those here now, or arriving before this day, `YYYY-MM-DD`."),
+        BeforeValidator(wire.iso_date),
+        WithJsonSchema({"type": "string", "format": "date", "pattern": wire.ETA_PATTERN}),
     ] = None,
     limit: Limit = 100,
     after: Annotated[
@@ -142,14 +145,18 @@ def _versions(if_match: str | None) -> frozenset[int] | None:
     return frozenset(int(tag) for tag in tags if tag.isdigit() and len(tag) < 10)
 
 
+# Entity tags as the batch gives them (\"4\"), weak or not, or the bare number.
+_ETAGS = r'^(\*|(W/)?"?[0-9]{1,9}"?( *, *(W/)?"?[0-9]{1,9}"?)*)$'
 IfMatch = Annotated[
     str | None,
     Header(
         alias="If-Match",
-        description="Change it only at this version (its `ETag`, from `GET /batches/{ref}`): "
-        "another is a 412, and nothing changes.",
+        max_length=1024,
+        pattern=_ETAGS,
+        description='Change it only at this version (its `ETag`, `"4"`, from '
+        "`GET /batches/{ref}`), or one of these: another is a 412, and nothing changes.",
     ),
-    WithJsonSchema({"type": "string", "maxLength": 1024}),
+    WithJsonSchema({"type": "string", "maxLength": 1024, "pattern": _ETAGS}),
 ]
 
 

@@ -79,11 +79,26 @@ class BatchChange(Request):
         None, max_length=500, description="What happened, in a few words (with `other`)."
     )
 
-    model_config = ConfigDict(json_schema_extra={"examples": [QUANTITY_EXAMPLE]})
+    # What the validator below asks, said in the schema too: something to change, and
+    # with `other` a note of at least a letter.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [QUANTITY_EXAMPLE],
+            "anyOf": [
+                {"required": ["qty"], "properties": {"qty": {"type": "integer"}}},
+                {"required": ["eta"]},
+            ],
+            "if": {"properties": {"reason": {"const": "other"}}, "required": ["reason"]},
+            "then": {
+                "required": ["note"],
+                "properties": {"note": {"type": "string", "pattern": "[^ ]"}},
+            },
+        }
+    )
 
     @model_validator(mode="after")
     def _something_to_change(self) -> Self:
-        if self.qty is None and "eta" not in self.model_fields_set:
+        if self.qty is None and "eta" not in self.model_fields_set:  # qty null is none given
             raise ValueError("give the batch's new qty, its new eta, or both")
         if self.reason is Reason.other and not (self.note or "").strip():
             raise ValueError("reason other wants a note saying what happened")
