@@ -222,6 +222,8 @@ class Product:
         if expected is not None and batch.version not in expected:
             named = ", ".join(str(v) for v in sorted(expected)) or "none"
             raise VersionMismatch(f"Batch {ref} is at version {batch.version}, not {named}")
+        if qty in (None, batch.purchased_quantity) and (not new_eta or eta == batch.eta):
+            return  # the batch is so already: no new version, nothing to record
         self._changed(batch)
         if new_eta:
             batch.eta = eta

@@ -74,6 +74,30 @@ async def test_a_batch_answers_its_version_as_its_etag_and_if_match_guards_a_cha
     assert (await client.patch(f"/batches/{ref}", json={"qty": 6})).status_code == 202
 
 
+async def test_a_retried_change_gets_its_first_answer_and_a_change_to_what_is_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    sku, ref, other = random_ref("sku"), random_ref("batch"), random_ref("batch")
+    await add_batch(client, ref, sku, 10)
+    await add_batch(client, other, sku, 10)
+    _, etag = await batch_of(client, ref)
+    headers = {"If-Match": etag, "Idempotency-Key": random_ref("key")}
+
+    first = await client.patch(f"/batches/{ref}", json={"qty": 7}, headers=headers)
+    retry = await client.patch(f"/batches/{ref}", json={"qty": 7}, headers=headers)
+    # The same key and body on another batch is another request.
+    elsewhere = await client.patch(f"/batches/{other}", json={"qty": 7}, headers=headers)
+
+    assert (first.status_code, retry.status_code) == (202, 202)
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert elsewhere.status_code == 422
+    _, now = await batch_of(client, ref)
+    assert (await client.patch(f"/batches/{ref}", json={"qty": 7})).status_code == 202
+    assert (await batch_of(client, ref))[1] == now
+    kinds = [e["kind"] for e in (await client.get(f"/products/{sku}/history")).json()["items"]]
+    assert kinds == ["added", "added", "changed"]
+
+
 async def test_of_twenty_changes_at_one_version_exactly_one_wins(
     client: httpx.AsyncClient,
 ) -> None:

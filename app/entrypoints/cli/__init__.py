@@ -122,8 +122,9 @@ def rebuild_views(
 
 @cli.command()
 def reconcile() -> None:
-    """Check every batch's counters against its ledger, and the read models against the
-    write model: print each drift and exit 1, or one line and exit 0 when there is none."""
+    """Check batches against their ledger, and read models against the write model.
+
+    Prints each drift and exits 1, or one line and exits 0 when there is none."""
     settings = _settings()
     from app.entrypoints.cli import maintenance as commands
 

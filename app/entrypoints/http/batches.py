@@ -168,7 +168,7 @@ IfMatch = Annotated[
     summary="Change a batch's quantity or its arrival",
     tags=["batches"],
     responses={
-        **errors(problems.UNKNOWN_BATCH, problems.VERSION_MISMATCH, write=True),
+        **errors(problems.UNKNOWN_BATCH, problems.VERSION_MISMATCH, write=True, keyed=True),
         **located(
             202, {"GetBatch": link("get_batch", "Read it now.", {"ref": "$request.path.ref"})}
         ),
@@ -179,7 +179,9 @@ async def change_batch(
     body: schemas.BatchChange,
     request: Request,
     bus: Bus,
+    once: Once,
     if_match: IfMatch = None,
+    key: IdempotencyKey = None,
 ) -> Response:
     """Sets how many units the batch holds (`qty`), as when a shipment arrives short, or
     when it arrives (`eta`), or both, for a `reason` the stock ledger keeps. Order lines
@@ -187,7 +189,8 @@ async def change_batch(
     where stock allows; lines no batch can take lose their allocation. A new `eta` moves
     the batch in the order later allocations use (warehouse stock first, then the
     earliest). With `If-Match`, only at that version. Answers 202 with
-    `Location: /batches/{ref}`."""
+    `Location: /batches/{ref}`. With an `Idempotency-Key`, a retry gets the first answer
+    (a change made at one version is not refused by its own retry)."""
     change = commands.ChangeBatch(
         ref,
         body.qty,
@@ -197,6 +200,10 @@ async def change_batch(
         note=body.note,
         expected=_versions(if_match),
     )
-    await bus.handle(change)
-    where = await location(request, "get_batch", ref=ref)
-    return answer(request, schemas.BatchAccepted(ref=ref), headers_of(where))
+
+    async def apply() -> Response:
+        await bus.handle(change)
+        where = await location(request, "get_batch", ref=ref)
+        return answer(request, schemas.BatchAccepted(ref=ref), headers_of(where))
+
+    return await once(key, request, body, apply, headers_of=headers_of)

@@ -1,4 +1,4 @@
-"""``Idempotency-Key`` on the POST writes: a repeat gets the first answer, and no second command.
+"""``Idempotency-Key`` on the writes: a repeat gets the first answer, and no second command.
 
 Policy:
 - The key is reserved in the database before the command runs. The table's
@@ -134,7 +134,9 @@ class Idempotency:
         if key is None:
             return await work()
         route = f"{request.method} {request.scope['route'].path}"
-        claimed = await self._claim(key, route, fingerprint(route, body), headers_of)
+        # The path as sent: PATCH /batches/a and /batches/b are two requests.
+        target = f"{request.method} {request.url.path}"
+        claimed = await self._claim(key, route, fingerprint(target, body), headers_of)
         if isinstance(claimed, Response):
             return claimed
         token = correlation.idempotency_key.set(key)  # the ledger keeps it with the change
