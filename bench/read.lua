@@ -1,6 +1,10 @@
--- GET /allocations/{orderid} over the order ids in the file named by ORDERS.
-local ids = {}
-for line in io.lines(os.getenv("ORDERS")) do ids[#ids + 1] = line end
+-- GET each path of the file named by PATHS, at random; or, with ORDERS,
+-- GET /allocations/{orderid} over the order ids in that file.
+local paths = {}
+local prefix = os.getenv("PATHS") and "" or "/allocations/"
+for line in io.lines(os.getenv("PATHS") or os.getenv("ORDERS")) do
+  paths[#paths + 1] = prefix .. line
+end
 local bad = 0
 
 init = function(args)
@@ -8,7 +12,7 @@ init = function(args)
 end
 
 request = function()
-  return wrk.format("GET", "/allocations/" .. ids[math.random(#ids)])
+  return wrk.format("GET", paths[math.random(#paths)])
 end
 
 response = function(status, headers, body)

@@ -289,6 +289,24 @@ async def add_history(database_url: str, sku: str, ref: str, count: int) -> None
                 text("UPDATE products SET version_number = version_number + :n WHERE sku = :sku"),
                 params,
             )
+            # Its ledger rows and its order lines' read model, as the service writes them.
+            await conn.execute(
+                text(
+                    "INSERT INTO stock_ledger"
+                    " (at, kind, sku, batchref, orderid, qty, line_qty, version)"
+                    " SELECT now(), 'allocated', :sku, :ref, :sku || '-history-' || g, -1, 1, g"
+                    " FROM generate_series(1, :n) AS g"
+                ),
+                params,
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO order_lines_view (orderid, sku, qty, state, batchref, version)"
+                    " SELECT :sku || '-history-' || g, :sku, 1, 'allocated', :ref, g"
+                    " FROM generate_series(1, :n) AS g"
+                ),
+                params,
+            )
     finally:
         await engine.dispose()
 
@@ -304,7 +322,18 @@ async def add_extra_rows(database_url: str) -> None:
                     f" FROM generate_series(1, {EXTRA_ROWS}) AS g"
                 )
             )
+            # A million ledger rows more, two for each of half a million orders of 1,000 skus.
+            await conn.execute(
+                text(
+                    "INSERT INTO stock_ledger"
+                    " (at, kind, sku, batchref, orderid, qty, line_qty, version)"
+                    " SELECT now(), 'allocated', 'extra-sku-' || (g % 1000), 'extra-batch',"
+                    " 'extra-' || (g / 2), -1, 1, g"
+                    f" FROM generate_series(1, {EXTRA_ROWS}) AS g"
+                )
+            )
             await conn.execute(text("ANALYZE allocations_view"))
+            await conn.execute(text("ANALYZE stock_ledger"))
     finally:
         await engine.dispose()
 
@@ -353,18 +382,22 @@ async def wrk(url: str, script: str, seconds: float, env: dict[str, str]) -> Wrk
     )
 
 
-async def compare(ours: str, bare: str, script: str, env: dict[str, str]) -> tuple[Wrk, Wrk]:
+async def compare(
+    ours: str, bare: str, script: str, env: dict[str, str], bare_env: dict[str, str] | None = None
+) -> tuple[Wrk, Wrk]:
     """Alternate the two servers, ROUNDS times, to cancel the machine's drift.
 
+    ``bare_env``: what the floor is asked, when not what the service is.
     A short first round for each warms connections and caches and is not counted.
     """
-    for url in (ours, bare):
-        await wrk(url, script, 2, env)
+    plan = ((ours, env), (bare, env if bare_env is None else bare_env))
+    for url, asked in plan:
+        await wrk(url, script, 2, asked)
     mine: list[Wrk] = []
     floor: list[Wrk] = []
     for _ in range(ROUNDS):
-        mine.append(await wrk(ours, script, SECONDS, env))
-        floor.append(await wrk(bare, script, SECONDS, env))
+        for (url, asked), done in zip(plan, (mine, floor), strict=True):
+            done.append(await wrk(url, script, SECONDS, asked))
     return mean(mine), mean(floor)
 
 
@@ -385,6 +418,10 @@ async def compare_writes(
 
 async def compare_reads(ours: str, bare: str, orders: Path) -> tuple[Wrk, Wrk]:
     return await compare(ours, bare, "read.lua", {"ORDERS": str(orders)})
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text().split()
 
 
 def mean(runs: list[Wrk]) -> Wrk:
@@ -707,6 +744,20 @@ async def reads(report: Report, tmp: Path, run: str) -> None:
                     f"p99 {mine.p99_ms:.1f} ms; bare p50 {floor.p50_ms:.1f} ms, "
                     f"p99 {floor.p99_ms:.1f} ms; answers not 200: {mine.counts['non_2xx']}"
                 )
+                # A page of a list: one sku's ten lines, or its two batches.
+                lists = tmp / "lists.txt"
+                skus = sorted({orderid.rpartition("-o")[0] for orderid in lines_of(orders)})
+                lists.write_text("".join(f"/orders?sku={s}\n/batches?sku={s}\n" for s in skus))
+                paged, floor_paged = await compare(
+                    ours.url, bare.url, "read.lua", {"PATHS": str(lists)}, {"ORDERS": str(orders)}
+                )
+                report.check(
+                    "list pages / bare floor",
+                    paged.rps / floor_paged.rps,
+                    0.9,
+                    f"{paged.rps:.0f} vs {floor_paged.rps:.0f} req/s; p99 {paged.p99_ms:.1f} ms",
+                    higher=True,
+                )
                 # A scrape reads neither the database nor Redis: it should cost a read.
                 scrapes = await wrk(ours.url, "metrics.lua", SECONDS, {})
                 report.check(
@@ -730,6 +781,19 @@ async def reads(report: Report, tmp: Path, run: str) -> None:
                     higher=True,
                 )
                 report.figure(f"bare floor at 1M rows / at 10k: {floor_grown.rps / floor.rps:.2f}")
+                histories = tmp / "histories.txt"
+                histories.write_text(
+                    "".join(f"/orders/{orderid}/history\n" for orderid in lines_of(orders))
+                )
+                told = await wrk(ours.url, "read.lua", SECONDS, {"PATHS": str(histories)})
+                report.check(
+                    "order history p99 at 1M ledger rows, ms",
+                    told.p99_ms,
+                    20,
+                    f"{told.rps:.0f} req/s, p50 {told.p50_ms:.1f} ms, "
+                    f"not 200 {told.counts['non_2xx']}",
+                    higher=False,
+                )
 
                 say(f"growth: {GROWTH} allocations of one sku")
                 sku = f"{run}-growth"
