@@ -164,8 +164,11 @@ async def test_two_workers_share_the_stream_and_the_last_entry_per_batch_wins(
     setup: Setup, tmp_path: Path
 ) -> None:
     refs = await new_batches(setup.database, 5)
+    # Both live: neither claims the other's entries, however slow the machine
+    # (with the module's 1 s, a stall of one would be a second delivery).
+    env = {**setup.env, "STREAM_CLAIM_IDLE": "60"}
     async with Processes(tmp_path) as processes:
-        workers = [processes.worker(setup.env, name=f"worker-{n}") for n in (1, 2)]
+        workers = [processes.worker(env, name=f"worker-{n}") for n in (1, 2)]
         for worker in workers:
             worker.start()
         for worker in workers:
