@@ -147,7 +147,7 @@ stock_ledger = Table(
     Column("version", Integer, nullable=False),
     Index("ix_stock_ledger_orderid_id", "orderid", "id"),
     Index("ix_stock_ledger_sku_id", "sku", "id"),
-    Index("ix_stock_ledger_batchref_id", "batchref", "id"),
+    # None by batch: only `allocation reconcile` reads by batch, in one pass of all rows.
 )
 
 batches_view = Table(

@@ -61,7 +61,6 @@ def upgrade() -> None:
     )
     op.create_index("ix_stock_ledger_orderid_id", "stock_ledger", ["orderid", "id"])
     op.create_index("ix_stock_ledger_sku_id", "stock_ledger", ["sku", "id"])
-    op.create_index("ix_stock_ledger_batchref_id", "stock_ledger", ["batchref", "id"])
     now = "CURRENT_TIMESTAMP"
     op.execute(
         "INSERT INTO stock_ledger (at, kind, sku, batchref, qty, reason, version)"
