@@ -1,5 +1,6 @@
 """What an operator sees: request ids, the request log, and /metrics."""
 
+import asyncio
 import logging
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app import metrics
 from app.adapters import tables
 from app.service_layer.gauges import GAUGE_INTERVAL
 from tests.support.polling import eventually
@@ -276,6 +278,8 @@ async def test_a_scrape_of_either_process_counts_what_every_process_did(
         async def scrape() -> str:
             return (await client.get("/metrics")).text
 
+        # A scrape is at most RENDERED_FOR old: wait that long before each look.
+        await asyncio.sleep(metrics.RENDERED_FOR)
         health = {"method": "GET", "route": "/health", "status": "200"}
         before = sample(await scrape(), "http_requests_total", **health)
         allocated_before = sample(await scrape(), "allocation_lines_allocated_total")
@@ -284,6 +288,7 @@ async def test_a_scrape_of_either_process_counts_what_every_process_did(
         sku = random_ref("sku")
         await add_batch(client, random_ref("batch"), sku, 10)
         await allocate(client, random_ref("order"), sku, 1)
+        await asyncio.sleep(metrics.RENDERED_FOR)
         scrapes = [await scrape() for _ in range(6)]
 
     assert [sample(s, "http_requests_total", **health) - before for s in scrapes] == [20] * 6
