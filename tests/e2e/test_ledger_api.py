@@ -40,6 +40,11 @@ async def test_cancelling_a_line_gives_back_its_units_and_the_order_reads_it_can
     again = await client.post("/deallocate", json={"orderid": orderid, "sku": sku})
     assert again.status_code == 202
     assert (await batch_of(client, ref))[0]["available"] == 10
+    # Placed again, as a new line, of another quantity.
+    await allocate(client, orderid, sku, 4)
+    order = (await client.get(f"/orders/{orderid}")).json()
+    assert order["lines"] == [{"sku": sku, "state": "allocated", "batchref": ref}]
+    assert (await batch_of(client, ref))[0]["available"] == 6
 
 
 async def test_a_line_never_accepted_is_a_404_of_its_own(client: httpx.AsyncClient) -> None:
