@@ -95,7 +95,7 @@ NewQuantity = Annotated[int, Field(ge=0, le=MAX_QTY, strict=True), BeforeValidat
 EARLIEST_ETA, LATEST_ETA = date(1970, 1, 1), date(2199, 12, 31)
 
 
-def _eta_in_range(value: date | None) -> date | None:
+def eta_in_range(value: date | None) -> date | None:
     if value is not None and not EARLIEST_ETA <= value <= LATEST_ETA:
         raise ValueError(f"must be between {EARLIEST_ETA} and {LATEST_ETA}")
     return value
@@ -107,7 +107,7 @@ ETA_PATTERN = "^(19[7-9][0-9]|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
 Eta = Annotated[
     date | None,
     BeforeValidator(iso_date),
-    AfterValidator(_eta_in_range),
+    AfterValidator(eta_in_range),
     WithJsonSchema(
         {"anyOf": [{"type": "string", "format": "date", "pattern": ETA_PATTERN}, {"type": "null"}]}
     ),

@@ -103,6 +103,43 @@ async def test_a_retried_change_gets_its_first_answer_and_a_change_to_what_is_ch
     assert kinds == ["added", "added", "changed"]
 
 
+async def test_a_key_sent_again_at_another_version_is_another_request(
+    client: httpx.AsyncClient,
+) -> None:
+    sku, ref = random_ref("sku"), random_ref("batch")
+    await add_batch(client, ref, sku, 10)
+    _, etag = await batch_of(client, ref)
+    key = random_ref("key")
+    version = int(etag.strip('"'))
+
+    # A tag is its text: "01" is not version 1, nor "0<version>" this one.
+    padded = await client.patch(
+        f"/batches/{ref}", json={"qty": 3}, headers={"If-Match": f'"0{version}"'}
+    )
+    stale = await client.patch(
+        f"/batches/{ref}",
+        json={"qty": 3},
+        headers={"If-Match": f'"{version + 1}"', "Idempotency-Key": key},
+    )
+    fresh = await client.patch(
+        f"/batches/{ref}", json={"qty": 3}, headers={"If-Match": etag, "Idempotency-Key": key}
+    )
+
+    assert (padded.status_code, stale.status_code) == (412, 412)
+    assert fresh.status_code == 422, fresh.text  # not the 412 replayed
+    assert fresh.json()["type"] == problems.KEY_REUSED.uri
+    assert (await batch_of(client, ref))[0]["purchased"] == 10
+
+
+async def test_a_day_out_of_range_is_refused_as_a_body_eta_is(
+    client: httpx.AsyncClient,
+) -> None:
+    for day in ("1969-12-31", "2200-01-01"):
+        r = await client.get(f"/batches?eta_before={day}")
+        assert r.status_code == 422, r.text
+    assert (await client.get("/batches?eta_before=2199-12-31")).status_code == 200
+
+
 async def test_of_twenty_changes_at_one_version_exactly_one_wins(
     client: httpx.AsyncClient,
 ) -> None:
@@ -148,8 +185,14 @@ async def test_a_new_eta_and_a_reason_change_the_batch_and_are_in_its_history(
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"reason": "count"}, {"qty": 1, "reason": "stolen"}, {"qty": 1, "reason": "other"}],
-    ids=["nothing", "only-a-reason", "no-such-reason", "other-without-a-note"],
+    [
+        {},
+        {"reason": "count"},
+        {"qty": 1, "reason": "stolen"},
+        {"qty": 1, "reason": "other"},
+        {"qty": 1, "reason": "other", "note": "lost\u0000"},  # no text a database keeps
+    ],
+    ids=["nothing", "only-a-reason", "no-such-reason", "other-without-a-note", "nul-in-note"],
 )
 async def test_a_change_that_says_nothing_to_do_or_no_reason_is_refused(
     client: httpx.AsyncClient, body: dict[str, Any]

@@ -4,7 +4,7 @@ from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import BeforeValidator, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 
 from app import views, wire
 from app.domain import commands
@@ -100,6 +100,7 @@ async def list_batches(
         date | None,
         Query(description="Only those here now, or arriving before this day, `YYYY-MM-DD`."),
         BeforeValidator(wire.iso_date),
+        AfterValidator(wire.eta_in_range),
         WithJsonSchema({"type": "string", "format": "date", "pattern": wire.ETA_PATTERN}),
     ] = None,
     limit: Limit = 100,
@@ -142,7 +143,8 @@ def _versions(if_match: str | None) -> frozenset[int] | None:
     if if_match is None or if_match.strip() == "*":
         return None
     tags = (tag.strip().removeprefix("W/").strip('"') for tag in if_match.split(","))
-    return frozenset(int(tag) for tag in tags if tag.isdigit() and len(tag) < 10)
+    # An entity tag is compared as the text it is: "01" is not version 1.
+    return frozenset(int(tag) for tag in tags if tag.isdigit() and tag == str(int(tag)))
 
 
 # Entity tags as the batch gives them (\"4\"), weak or not, or the bare number.

@@ -3,7 +3,7 @@
 Policy:
 - The key is reserved in the database before the command runs. The table's
   primary key makes one request its owner, across every API process.
-- A repeat with the same method, path and validated body gets the recorded
+- A repeat with the same method, path, If-Match and validated body gets the recorded
   status, body and ``Location``, the headers the route reads from its
   ``Location`` (``Link``, ``X-Consistency-Token``), and
   ``Idempotent-Replayed: true``. The same key with another body, or on
@@ -107,7 +107,7 @@ T = TypeVar("T")
 
 
 def fingerprint(request: str, body: BaseModel) -> str:
-    """sha256 of the method and path and the canonical JSON of the validated body."""
+    """sha256 of the request (method, path, If-Match) and the validated body's canonical JSON."""
     # Fields in the model's order, defaults filled in: one text for one meaning.
     canonical = body.model_dump_json()
     return hashlib.sha256(f"{request}\n{canonical}".encode()).hexdigest()
@@ -134,8 +134,11 @@ class Idempotency:
         if key is None:
             return await work()
         route = f"{request.method} {request.scope['route'].path}"
-        # The path as sent: PATCH /batches/a and /batches/b are two requests.
+        # The path as sent: PATCH /batches/a and /batches/b are two requests; and
+        # the If-Match: a change at another version is another request.
         target = f"{request.method} {request.url.path}"
+        if "if-match" in request.headers:  # (keys of before, without it, keep their print)
+            target += f" If-Match: {request.headers['if-match']}"
         claimed = await self._claim(key, route, fingerprint(target, body), headers_of)
         if isinstance(claimed, Response):
             return claimed

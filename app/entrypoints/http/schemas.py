@@ -76,7 +76,11 @@ class BatchChange(Request):
     )
     reason: Reason = Field(Reason.correction, description="Why: `other` wants a `note`.")
     note: str | None = Field(
-        None, max_length=500, description="What happened, in a few words (with `other`)."
+        None,
+        max_length=500,
+        # Text a database stores: no NUL, no control character but tab and line breaks.
+        pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$",
+        description="What happened, in a few words (with `other`).",
     )
 
     # What the validator below asks, said in the schema too: something to change, and
