@@ -6,7 +6,7 @@ is the container's (app.container), and this module runs it. Every process
 settings say, traces as the OTEL_* variables say, the container opened, the
 database checked to be reachable and at this code's schema. The API and the worker then run their
 background work (the outbox relay, the backlog gauges, the replica watch, the
-worker's consumers) beside what they serve, until told to stop, and stop it
+holds' deadlines, the worker's consumers) beside what they serve, until told to stop, and stop it
 before the container closes. A start that cannot go on is one line and exit
 code 1, not a traceback.
 
@@ -75,14 +75,16 @@ async def background(
     container: Container, more: dict[str, Work] | None = None, *, relay: bool | None = None
 ) -> AsyncIterator[None]:
     """The process's background work while the block runs: the relay (by
-    default as RELAY_ENABLED says), the gauges, the replica watch, and ``more``;
-    stopped and awaited on leaving, each having finished what it held."""
-    from app.service_layer import gauges
+    default as RELAY_ENABLED says), the gauges, the replica watch, the holds'
+    deadlines, and ``more``; stopped and awaited on leaving, each having
+    finished what it held."""
+    from app.service_layer import gauges, holds
 
     settings = container.settings()
     work: dict[str, Work] = {
         "gauges": lambda stop: gauges.keep(container.uow, backlogs(container), stop),
         "replica watch": container.read_source().watch,
+        "hold expiry": lambda stop: holds.expire_due(container.uow, container.bus().handle, stop),
     }
     if settings.relay_enabled if relay is None else relay:
         work["outbox relay"] = container.relay().run

@@ -32,7 +32,7 @@ from app.service_layer.group_commit import GroupCommit
 from app.service_layer.messagebus import Member, MessageBus, RetryPolicy
 from app.service_layer.relay import Relay, RelaySettings
 from app.service_layer.unit_of_work import SqlUnitOfWork
-from app.wire import LINE_ALLOCATED
+from app.wire import HOLD_CHANGED, LINE_ALLOCATED
 
 
 def publisher(client: Redis | None, js: JetStream | None, settings: Settings) -> AbstractPublisher:
@@ -40,7 +40,8 @@ def publisher(client: Redis | None, js: JetStream | None, settings: Settings) ->
     names = settings.names
     if client is not None and "redis" in settings.brokers:
         maxlen = settings.line_allocated_stream_maxlen
-        publishers.append(RedisPublisher(client, names, streams={LINE_ALLOCATED: maxlen}))
+        streams = {LINE_ALLOCATED: maxlen, HOLD_CHANGED: maxlen}
+        publishers.append(RedisPublisher(client, names, streams=streams))
     if js is not None:
         publishers.append(JetStreamPublisher(js, names))
     if not publishers:
@@ -63,6 +64,7 @@ def stream_specs(settings: Settings) -> dict[str, StreamSpec]:
     return {
         names.change_batch_quantity: StreamSpec(retention=RetentionPolicy.WORK_QUEUE),
         names.line_allocated: StreamSpec(max_msgs=settings.line_allocated_stream_maxlen),
+        names.hold_changed: StreamSpec(max_msgs=settings.line_allocated_stream_maxlen),
     }
 
 

@@ -18,6 +18,7 @@ from app.entrypoints.http import (
     batches,
     errors,
     health,
+    holds,
     metrics,
     openapi,
     orders,
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routes=[
             *batches.router.routes,
             *orders.router.routes,
+            *holds.router.routes,
             *products.router.routes,
             *health.router.routes,
             *metrics.router.routes,

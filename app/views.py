@@ -15,12 +15,26 @@ from datetime import UTC, date
 from functools import cache
 from typing import Any
 
+import orjson
 from sqlalchemy import Select, bindparam, select, tuple_
 
 from app.adapters.read_source import ReadSource
-from app.adapters.tables import allocations_view, batches_view, order_lines_view, stock_ledger
+from app.adapters.tables import (
+    allocations_view,
+    batches_view,
+    holds,
+    order_lines_view,
+    stock_ledger,
+)
+from app.clock import now
 
-_a, _b, _o, _l = allocations_view.c, batches_view.c, order_lines_view.c, stock_ledger.c
+_a, _b, _o, _l, _h = (
+    allocations_view.c,
+    batches_view.c,
+    order_lines_view.c,
+    stock_ledger.c,
+    holds.c,
+)
 
 _ALLOCATIONS = (
     select(_a.sku, _a.batchref)
@@ -32,10 +46,10 @@ _ALLOCATION = select(_a.batchref).where(
 )
 _LINE = (_o.orderid, _o.sku, _o.state, _o.batchref, _o.qty)
 _ORDER = select(*_LINE[1:]).where(_o.orderid == bindparam("orderid")).order_by(_o.sku)
-_BATCH_COLUMNS = (_b.reference, _b.sku, _b.eta, _b.purchased, _b.allocated, _b.version)
+_BATCH_COLUMNS = (_b.reference, _b.sku, _b.eta, _b.purchased, _b.allocated, _b.version, _b.held)
 _BATCH = select(*_BATCH_COLUMNS).where(_b.reference == bindparam("ref"))
 _PRODUCT = (
-    select(_b.reference, _b.eta, (_b.purchased - _b.allocated).label("available"))
+    select(_b.reference, _b.eta, (_b.purchased - _b.allocated - _b.held).label("available"))
     .where(_b.sku == bindparam("sku"))
     .order_by(_b.eta.is_not(None), _b.eta, _b.reference)
 )
@@ -46,6 +60,7 @@ _HISTORY = (
     _l.sku,
     _l.batchref,
     _l.orderid,
+    _l.holdid,
     _l.qty,
     _l.line_qty,
     _l.reason,
@@ -82,14 +97,15 @@ async def order(reads: ReadSource, orderid: str, after: str | None = None) -> di
 
 
 def _batch(row: Any) -> dict[str, Any]:
-    reference, sku, eta, purchased, allocated, _ = row
+    reference, sku, eta, purchased, allocated, _, held = row
     return {
         "reference": reference,
         "sku": sku,
         "eta": eta,
         "purchased": purchased,
         "allocated": allocated,
-        "available": purchased - allocated,
+        "held": held,
+        "available": purchased - allocated - held,
     }
 
 
@@ -225,18 +241,40 @@ async def history(
 
 
 def _entry(row: Any) -> dict[str, Any]:
-    (_, at, kind, sku, batchref, orderid, qty, line_qty, reason, note, request_id, key, v) = row
+    _, at, kind, sku, batchref, orderid, holdid, qty, line_qty, reason, note, request, key, v = row
     return {
         "at": at.replace(tzinfo=UTC),  # kept as naive UTC
         "kind": kind,
         "sku": sku,
         "batchref": batchref,
         "orderid": orderid,
+        "holdid": holdid,
         "qty": qty,
         "line_qty": line_qty,
         "reason": reason,
         "note": note,
-        "request_id": request_id,
+        "request_id": request,
         "idempotency_key": key,
         "version": v,
+    }
+
+
+_HOLD = select(_h.state, _h.expires_at, _h.orderid, _h.lines).where(_h.holdid == bindparam("hold"))
+
+
+async def hold(reads: ReadSource, holdid: str, after: str | None = None) -> dict[str, Any] | None:
+    """The hold: its state (one held past its time is expired, whether or not its units are
+    freed yet: they are within moments), its deadline and its lines."""
+    rows = await reads.fetch(_HOLD, {"hold": holdid}, after)
+    if not rows:
+        return None
+    state, expires_at, orderid, lines = rows[0]
+    if state == "held" and expires_at <= now():
+        state = "expired"
+    return {
+        "holdid": holdid,
+        "state": state,
+        "expires_at": expires_at.replace(tzinfo=UTC),
+        "orderid": orderid,
+        "lines": orjson.loads(lines) if isinstance(lines, str) else lines,
     }

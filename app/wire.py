@@ -2,14 +2,14 @@
 
 What an id, a quantity or a date may be is one rule wherever a message
 comes from (the HTTP API's JSON Schema is made from the same types); and
-the two messages that cross by broker, under the book's channel names, as
+the messages that cross by broker, under the book's channel names, as
 both transports validate and send them and the AsyncAPI document describes
 them (app.entrypoints.http.asyncapi).
 """
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -90,6 +90,7 @@ Identifier = Annotated[
 # The validator outside the constraints, so that they stay on the integer and in
 # the JSON Schema: it runs first.
 Quantity = Annotated[int, Field(gt=0, le=MAX_QTY, strict=True), BeforeValidator(_integral)]
+HoldSeconds = Annotated[int, Field(ge=1, le=3600, strict=True), BeforeValidator(_integral)]
 NewQuantity = Annotated[int, Field(ge=0, le=MAX_QTY, strict=True), BeforeValidator(_integral)]
 # Shipments dated from the past (the book's are) to well beyond any real one.
 EARLIEST_ETA, LATEST_ETA = date(1970, 1, 1), date(2199, 12, 31)
@@ -117,6 +118,7 @@ Eta = Annotated[
 # The book's channels, on every broker (Redis pub/sub and Streams, NATS JetStream).
 CHANGE_BATCH_QUANTITY = "change_batch_quantity"  # in
 LINE_ALLOCATED = "line_allocated"  # out
+HOLD_CHANGED = "hold_changed"  # out
 PREFIX_PATTERN = r"^[A-Za-z0-9_.:-]{0,64}$"
 
 
@@ -139,6 +141,10 @@ class Names:
     @property
     def line_allocated(self) -> str:
         return self(LINE_ALLOCATED)
+
+    @property
+    def hold_changed(self) -> str:
+        return self(HOLD_CHANGED)
 
     def durable(self, name: str) -> str:
         """A JetStream durable consumer's name: letters, digits, ``_`` and ``-`` only."""
@@ -177,6 +183,34 @@ class LineAllocatedMessage(BaseModel):
     )
     request_id: str | None = Field(description="The id of the request that caused it.")
     # Added by the publisher, when tracing is on (app.tracing).
+    traceparent: str | None = Field(
+        None, description="The W3C trace context of the publish, when the service traces."
+    )
+
+
+class HeldLineMessage(BaseModel):
+    sku: str = Field(description="The line's product.")
+    qty: int = Field(description="How many units the hold keeps.")
+    batchref: str | None = Field(
+        description="The batch keeping them; null if it lost them (its quantity fell)."
+    )
+
+
+class HoldChangedMessage(BaseModel):
+    """A hold was placed, extended, confirmed, released or expired (hold_changed)."""
+
+    model_config = ConfigDict(frozen=True, title="hold_changed")
+
+    holdid: str = Field(description="The hold.")
+    state: str = Field(description="held, confirmed, released or expired.")
+    expires_at: datetime = Field(description="When it expires (expired), in UTC.")
+    orderid: str | None = Field(description="The order a confirmed hold's lines went to.")
+    lines: list[HeldLineMessage] = Field(description="Its lines.")
+    event_id: str = Field(
+        description="The event's id, the same on every broker and every redelivery: "
+        "de-duplicate by it."
+    )
+    request_id: str | None = Field(description="The id of the request that caused it.")
     traceparent: str | None = Field(
         None, description="The W3C trace context of the publish, when the service traces."
     )

@@ -41,6 +41,7 @@ class LedgerRow:
     orderid: str | None
     qty: int  # the change to the batch's available units
     version: int
+    holdid: str | None = None
     line_qty: int | None = None  # a line's row: the units the line is of
     reason: str | None = None
     note: str | None = None
@@ -77,6 +78,10 @@ class AbstractReadModel(abc.ABC):
     @abc.abstractmethod
     async def batch_allocated(self, ref: str, qty: int, version: int) -> None:
         """``qty`` more units of the batch are allocated (fewer, if negative)."""
+
+    @abc.abstractmethod
+    async def batch_held(self, ref: str, qty: int, version: int) -> None:
+        """``qty`` more units of the batch are kept for holds (fewer, if negative)."""
 
     @abc.abstractmethod
     async def recorded(self, row: LedgerRow) -> None:
@@ -121,6 +126,9 @@ class _Statements:
         self.allocate: Update = by_ref.values(
             allocated=v.allocated + bindparam("qty"), version=bindparam("new_version")
         )
+        self.hold: Update = by_ref.values(
+            held=v.held + bindparam("qty"), version=bindparam("new_version")
+        )
         self.reschedule: Update = by_ref.values(
             eta=bindparam("arrives"), version=bindparam("new_version")
         )
@@ -138,6 +146,7 @@ _TABLE = {
     "batch": 2,
     "resize": 2,
     "allocate": 2,
+    "hold": 2,
     "reschedule": 2,
     "ledger": 3,
 }
@@ -189,6 +198,7 @@ class SqlReadModel(AbstractReadModel):
             new_eta=eta,
             new_purchased=qty,
             new_allocated=0,
+            new_held=0,
             new_version=version,
         )
 
@@ -197,6 +207,9 @@ class SqlReadModel(AbstractReadModel):
 
     async def batch_allocated(self, ref: str, qty: int, version: int) -> None:
         self._hold("allocate", ref=ref, qty=qty, new_version=version)
+
+    async def batch_held(self, ref: str, qty: int, version: int) -> None:
+        self._hold("hold", ref=ref, qty=qty, new_version=version)
 
     def _hold(self, name: str, **params: Any) -> None:
         self._held.append((name, params))

@@ -64,11 +64,18 @@ class RedisPublisher(AbstractPublisher):
         if maxlen is None:
             await self._client.publish(channel, json.dumps(payload))
             return
-        fields = {k: "" if v is None else str(v) for k, v in payload.items()}
+        fields = {k: _text(v) for k, v in payload.items()}
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.publish(channel, json.dumps(payload))
             pipe.xadd(channel, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type, unused-ignore]
             await pipe.execute()
+
+
+def _text(value: Any) -> str:
+    """A stream entry's field: None as empty, lists and objects as JSON."""
+    if value is None:
+        return ""
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
 class JetStreamPublisher(AbstractPublisher):

@@ -20,7 +20,13 @@ Progress = Callable[[str, int, int], None]  # (view, rows done, rows in all)
 async def rebuild_views(conn: AsyncConnection, progress: Progress, chunk: int = 5000) -> None:
     b, p, line, a = tables.batches.c, tables.products.c, tables.order_lines.c, tables.allocations.c
     batches = select(
-        b.reference, b.sku, b.eta, b.purchased_quantity, b.allocated_quantity, b.version
+        b.reference,
+        b.sku,
+        b.eta,
+        b.purchased_quantity,
+        b.allocated_quantity,
+        b.held_quantity,
+        b.version,
     )
     await _rewrite(conn, tables.batches_view, batches, b.id, progress, chunk)
     allocations = (

@@ -15,7 +15,7 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.adapters import tables
-from app.adapters.tables import PURCHASED
+from app.adapters.tables import HELD, PURCHASED
 
 b, bv, a, av = (
     tables.batches.c,
@@ -24,27 +24,57 @@ b, bv, a, av = (
     tables.allocations_view.c,
 )
 line, ov, ledger = tables.order_lines.c, tables.order_lines_view.c, tables.stock_ledger.c
+hl, h = tables.hold_lines.c, tables.holds.c
 
 
 async def drifts(conn: AsyncConnection) -> AsyncIterator[str]:
     """Each disagreement found, as a line for a person to read."""
-    purchased = func.coalesce(func.sum(case((ledger.kind.in_(PURCHASED), ledger.qty), else_=0)), 0)
-    allocated = func.coalesce(-func.sum(case((ledger.kind.in_(PURCHASED), 0), else_=ledger.qty)), 0)
+    purchased = func.sum(case((ledger.kind.in_(PURCHASED), ledger.qty), else_=0))
+    kept = -func.sum(case((ledger.kind.in_(HELD), ledger.qty), else_=0))
+    allocated = -func.sum(case((ledger.kind.in_((*PURCHASED, *HELD)), 0), else_=ledger.qty))
     sums = (
-        select(ledger.batchref, purchased.label("purchased"), allocated.label("allocated"))
+        select(
+            ledger.batchref,
+            purchased.label("purchased"),
+            allocated.label("allocated"),
+            kept.label("held"),
+        )
         .where(ledger.batchref.is_not(None))
         .group_by(ledger.batchref)
         .subquery()
     )
-    counted = select(
-        b.reference, b.purchased_quantity, b.allocated_quantity, sums.c.purchased, sums.c.allocated
-    ).outerjoin(sums, sums.c.batchref == b.reference)
-    for ref, bought, held, bought_ledger, held_ledger in await _rows(conn, counted):
-        if (bought, held) != (bought_ledger or 0, held_ledger or 0):
+    lines_held = select(hl.batch_id, func.sum(hl.qty).label("qty")).group_by(hl.batch_id).subquery()
+    counted = (
+        select(
+            b.reference,
+            b.purchased_quantity,
+            b.allocated_quantity,
+            b.held_quantity,
+            sums.c.purchased,
+            sums.c.allocated,
+            sums.c.held,
+            lines_held.c.qty,
+        )
+        .outerjoin(sums, sums.c.batchref == b.reference)
+        .outerjoin(lines_held, lines_held.c.batch_id == b.id)
+    )
+    for ref, *counts, in_lines in await _rows(conn, counted):
+        write, ledgered = tuple(counts[:3]), tuple(n or 0 for n in counts[3:])
+        if write != ledgered:
             yield (
-                f"batch {ref}: purchased {bought}, allocated {held}; its ledger rows add up "
-                f"to purchased {bought_ledger or 0}, allocated {held_ledger or 0}"
+                f"batch {ref}: purchased, allocated, held {write}; its ledger rows add up "
+                f"to {ledgered}"
             )
+        if (in_lines or 0) != write[2]:
+            yield f"batch {ref}: holds {write[2]} units, its holds' lines {in_lines or 0}"
+    orphans = (
+        select(h.holdid, h.state, func.count(hl.sku))
+        .outerjoin(tables.hold_lines, hl.holdid == h.holdid)
+        .group_by(h.holdid, h.state)
+    )
+    for holdid, state, kept_lines in await _rows(conn, orphans):
+        if state != "held" and kept_lines:
+            yield f"hold {holdid}: {state}, yet {kept_lines} of its lines keep units"
 
     viewed = select(
         b.reference,
@@ -52,19 +82,21 @@ async def drifts(conn: AsyncConnection) -> AsyncIterator[str]:
         b.eta,
         b.purchased_quantity,
         b.allocated_quantity,
+        b.held_quantity,
         b.version,
         bv.reference,
         bv.sku,
         bv.eta,
         bv.purchased,
         bv.allocated,
+        bv.held,
         bv.version,
     ).outerjoin(tables.batches_view, bv.reference == b.reference)
     for row in await _rows(conn, viewed):
-        if row[6] is None:
+        if row[7] is None:
             yield f"batch {row[0]}: not in batches_view"
-        elif tuple(row[1:6]) != tuple(row[7:12]):
-            yield f"batch {row[0]}: batches_view has {tuple(row[7:12])}, the batch {row[1:6]}"
+        elif tuple(row[1:7]) != tuple(row[8:14]):
+            yield f"batch {row[0]}: batches_view has {tuple(row[8:14])}, the batch {row[1:7]}"
     extra = select(bv.reference).outerjoin(tables.batches, b.reference == bv.reference)
     for (ref,) in await _rows(conn, extra.where(b.reference.is_(None))):
         yield f"batches_view has {ref}, which is no batch"
@@ -101,12 +133,12 @@ async def drifts(conn: AsyncConnection) -> AsyncIterator[str]:
         yield f"line {orderid}/{sku}: order_lines_view says allocated to {ref}, no batch holds it"
 
 
-async def counts(conn: AsyncConnection) -> tuple[int, int, int]:
-    """Batches, allocated lines and ledger rows looked at."""
+async def counts(conn: AsyncConnection) -> tuple[int, ...]:
+    """Batches, allocated lines, holds and ledger rows looked at."""
     found = []
-    for table in (tables.batches, tables.allocations, tables.stock_ledger):
+    for table in (tables.batches, tables.allocations, tables.holds, tables.stock_ledger):
         found.append(int(await conn.scalar(select(func.count()).select_from(table)) or 0))
-    return found[0], found[1], found[2]
+    return tuple(found)
 
 
 async def _rows(conn: AsyncConnection, query: Any) -> list[Any]:

@@ -53,15 +53,20 @@ class AbstractRepository(abc.ABC):
         self._add(product)
         self.seen.add(product)
 
-    async def get(self, sku: str, orderid: str | None = None) -> model.Product | None:
+    async def get(
+        self, sku: str, orderid: str | None = None, holdid: str | None = None
+    ) -> model.Product | None:
         """The product of ``sku``, locked for this unit of work.
 
         With ``orderid``, the line that order holds for the sku (if any) is
-        loaded too, so that allocating it again changes nothing.
+        loaded too, so that allocating it again changes nothing; with
+        ``holdid``, what that hold keeps of it.
         """
         product = await self._get(sku, orderid)
         if product is not None:
             self.seen.add(product)
+            if holdid is not None:
+                await self._load_held(product, holdid)
         return product
 
     async def prefetch(self, sku: str, orderids: Collection[str]) -> None:
@@ -124,6 +129,9 @@ class AbstractRepository(abc.ABC):
     async def _get_by_batchref(self, ref: str) -> model.Product | None: ...
 
     @abc.abstractmethod
+    async def _load_held(self, product: model.Product, holdid: str) -> None: ...
+
+    @abc.abstractmethod
     async def _position(self, ref: str) -> Position | None: ...
 
     @abc.abstractmethod
@@ -147,7 +155,15 @@ class _Statements:
             .with_for_update()
         )
         self.batches = (
-            select(b.id, b.reference, b.purchased_quantity, b.allocated_quantity, b.eta, b.version)
+            select(
+                b.id,
+                b.reference,
+                b.purchased_quantity,
+                b.allocated_quantity,
+                b.eta,
+                b.version,
+                b.held_quantity,
+            )
             .where(b.sku == bindparam("sku"))
             .order_by(b.id)
         )
@@ -187,13 +203,14 @@ class _Statements:
             b.allocated_quantity,
             b.eta,
             b.version.label("batch_version"),
+            b.held_quantity,
             *_nulls(Integer, String, Integer),
         ).outerjoin(tables.batches, b.sku == bindparam("sku"))
         line_rows = self.lines_of_orders.with_only_columns(
             literal_column("1"),
             *_nulls(Integer, Boolean, Integer),
             a.batch_id,
-            *_nulls(String, Integer, Integer, Date, Integer),
+            *_nulls(String, Integer, Integer, Date, Integer, Integer),
             line.id,
             line.orderid,
             line.qty,
@@ -235,6 +252,7 @@ class _Statements:
                 allocated_quantity=bindparam("allocated"),
                 eta=bindparam("arrives"),
                 version=bindparam("changed_at"),
+                held_quantity=bindparam("kept"),
             )
             .returning(b.id)
         )
@@ -246,7 +264,26 @@ class _Statements:
                 allocated_quantity=bindparam("allocated"),
                 eta=bindparam("arrives"),
                 version=bindparam("changed_at"),
+                held_quantity=bindparam("kept"),
             )
+        )
+        h = tables.hold_lines.c
+        self.held_of_hold = select(h.holdid, h.qty, h.batch_id).where(
+            h.sku == bindparam("sku"), h.holdid == bindparam("holdid")
+        )
+        self.held_of_batch = (
+            select(h.holdid, h.qty, h.batch_id)
+            .where(h.batch_id == bindparam("batch_id"))
+            .order_by(h.id)
+        )
+        self.add_held = insert(tables.hold_lines).values(
+            holdid=bindparam("hold"),
+            sku=bindparam("product"),
+            batch_id=bindparam("in_batch"),
+            qty=bindparam("units"),
+        )
+        self.remove_held = delete(tables.hold_lines).where(
+            h.holdid == bindparam("hold"), h.sku == bindparam("product")
         )
         self.add_line = (
             insert(tables.order_lines)
@@ -331,8 +368,10 @@ class _Stored:
     version: int | None  # None: not stored yet
     out_of_stock: bool = False
     batch_ids: dict[str, int] = field(default_factory=dict)
-    # Each batch's purchased and allocated units, eta and version.
-    quantities: dict[str, tuple[int, int, date | None, int]] = field(default_factory=dict)
+    # Each batch's purchased and allocated units, eta, version and held units.
+    quantities: dict[str, tuple[int, int, date | None, int, int]] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)  # the holds whose line is stored
+    holds: set[str] = field(default_factory=set)  # whose line is loaded
     # None: written in this transaction, the id not read back
     line_ids: dict[tuple[str, model.OrderLine], int | None] = field(default_factory=dict)
     orders: set[str] = field(default_factory=set)  # whose line is loaded
@@ -385,7 +424,29 @@ class SqlRepository(AbstractRepository):
                 batch.allocations.add(line)
                 stored.line_ids[(ref, line)] = line_id
                 stored.orders.add(orderid)
+        kept = await self._tx.fetch(
+            _statements().held_of_batch, {"batch_id": stored.batch_ids[ref]}
+        )
+        self._keep(product, stored, kept)
         return product
+
+    async def _load_held(self, product: model.Product, holdid: str) -> None:
+        stored = self._stored[product.sku]
+        if holdid in stored.holds:
+            return
+        await self.save()
+        params = {"sku": product.sku, "holdid": holdid}
+        self._keep(product, stored, await self._tx.fetch(_statements().held_of_hold, params))
+        stored.holds.add(holdid)
+
+    def _keep(self, product: model.Product, stored: _Stored, rows: Iterable[Any]) -> None:
+        """Put the held lines read, (holdid, qty, batch id), in the product."""
+        refs = {batch_id: ref for ref, batch_id in stored.batch_ids.items()}
+        for holdid, qty, batch_id in rows:
+            if holdid not in stored.held:
+                product.held[holdid] = model.HeldLine(holdid, qty, refs[batch_id])
+                stored.held.add(holdid)
+                stored.holds.add(holdid)
 
     async def last_of_line(self, orderid: str, sku: str) -> tuple[str, int] | None:
         rows = await self._tx.fetch(_statements().last_of_line, {"orderid": orderid, "sku": sku})
@@ -413,8 +474,8 @@ class SqlRepository(AbstractRepository):
             return None
         stored = _Stored(version=rows[0][1], out_of_stock=bool(rows[0][2]))
         stored.orders.update(orderids)
-        batch_rows = [row[4:10] for row in rows if row[0] == 0 and row[4] is not None]
-        held = [(row[4], row[10], row[11], row[12]) for row in rows if row[0] == 1]
+        batch_rows = [row[4:11] for row in rows if row[0] == 0 and row[4] is not None]
+        held = [(row[4], row[11], row[12], row[13]) for row in rows if row[0] == 1]
         product = self._loaded(sku, stored, batch_rows)
         _place(product, stored, held)
         return product
@@ -430,13 +491,13 @@ class SqlRepository(AbstractRepository):
 
     def _loaded(self, sku: str, stored: _Stored, batch_rows: Iterable[Any]) -> model.Product:
         batches = []
-        for batch_id, ref, purchased, allocated, eta, version in batch_rows:
+        for batch_id, ref, purchased, allocated, eta, version, kept in batch_rows:
             batch = model.Batch(ref, sku, purchased, eta)
-            batch.allocated_quantity = allocated
+            batch.allocated_quantity, batch.held_quantity = allocated, kept
             batch.version = version
             batches.append(batch)
             stored.batch_ids[ref] = batch_id
-            stored.quantities[ref] = (purchased, allocated, eta, version)
+            stored.quantities[ref] = (purchased, allocated, eta, version, kept)
         product = model.Product(
             sku, batches, version_number=stored.version or 0, out_of_stock=stored.out_of_stock
         )
@@ -515,6 +576,7 @@ class SqlRepository(AbstractRepository):
                 batch.allocated_quantity,
                 batch.eta,
                 batch.version,
+                batch.held_quantity,
             )
             if ref not in stored.batch_ids:
                 stored.batch_ids[ref] = await tx.scalar(statements.add_batch, _row(batch))
@@ -527,12 +589,27 @@ class SqlRepository(AbstractRepository):
                         "allocated": quantities[1],
                         "arrives": quantities[2],
                         "changed_at": quantities[3],
+                        "kept": quantities[4],
                     },
                 )
             stored.quantities[ref] = quantities
             new += [(ref, line) for line in batch.allocations if (ref, line) not in stored.line_ids]
         if new:
             await self._add_lines(product.sku, stored, new)
+        await self._save_held(product, stored)
+
+    async def _save_held(self, product: model.Product, stored: _Stored) -> None:
+        statements, tx = _statements(), self._tx
+        for holdid in sorted(stored.held - product.held.keys()):
+            await tx.write(statements.remove_held, {"hold": holdid, "product": product.sku})
+            stored.held.discard(holdid)
+        for holdid in sorted(product.held.keys() - stored.held):
+            held = product.held[holdid]
+            params = {"hold": holdid, "product": product.sku, "units": held.qty}
+            await tx.write(
+                statements.add_held, {**params, "in_batch": stored.batch_ids[held.batchref]}
+            )
+            stored.held.add(holdid)
 
     async def _add_lines(
         self, sku: str, stored: _Stored, new: list[tuple[str, model.OrderLine]]
@@ -590,4 +667,5 @@ def _row(batch: model.Batch) -> dict[str, Any]:
         "allocated": batch.allocated_quantity,
         "arrives": batch.eta,
         "changed_at": batch.version,
+        "kept": batch.held_quantity,
     }

@@ -51,6 +51,7 @@ batches = Table(
     Column("sku", ForeignKey("products.sku"), nullable=False, index=True),
     Column("purchased_quantity", Integer, nullable=False),
     Column("allocated_quantity", Integer, nullable=False, server_default="0"),
+    Column("held_quantity", Integer, nullable=False, server_default="0"),  # kept for holds
     Column("eta", Date, nullable=True),
     # The product's version when the batch last changed: its quantity, eta or
     # allocations (its ETag, which If-Match compares).
@@ -75,6 +76,37 @@ allocations = Table(
     Column("orderline_id", ForeignKey("order_lines.id"), nullable=False, unique=True),
     Column("batch_id", ForeignKey("batches.id"), nullable=False),
     Index("ix_allocations_batch_id", "batch_id"),
+)
+
+# The units each hold keeps of its sku, in one batch: its Product's part of the hold.
+hold_lines = Table(
+    "hold_lines",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # in the order placed
+    Column("holdid", String(REF), nullable=False),
+    Column("sku", String(REF), nullable=False),
+    Column("batch_id", ForeignKey("batches.id"), nullable=False, index=True),
+    Column("qty", Integer, nullable=False),
+    UniqueConstraint("holdid", "sku"),
+)
+
+# Each hold as a whole: its state, its deadline, its lines as asked for (``lines``,
+# [{sku, qty, batchref}]) and the order it was confirmed into. The deadline loop
+# finds the holds due by the partial index.
+holds = Table(
+    "holds",
+    metadata,
+    Column("holdid", String(REF), primary_key=True),
+    Column("state", String(16), nullable=False),  # held, confirmed, released, expired
+    Column("expires_at", DateTime, nullable=False),
+    Column("orderid", String(REF), nullable=True),
+    Column("lines", JSON, nullable=False),
+)
+Index(
+    "ix_holds_due",
+    holds.c.expires_at,
+    postgresql_where=holds.c.state == "held",
+    sqlite_where=holds.c.state == "held",
 )
 
 # Per batch, when the change that set its quantity last came (milliseconds,
@@ -124,20 +156,23 @@ order_lines_view = Table(
 # units (and per line refused or cancelled), written in the change's own
 # transaction and never updated. ``qty`` is the change to the batch's
 # available units: a product's rows add up to what it has available.
-# The kinds of rows whose units are purchased ones; every other kind's are allocated ones.
+# The kinds of rows whose units are purchased ones, those whose units are held ones;
+# every other kind's are allocated ones.
 PURCHASED = ("added", "changed")
+HELD = ("held", "released", "expired", "confirmed", "lost")
 LEDGER_ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid is an INTEGER
 stock_ledger = Table(
     "stock_ledger",
     metadata,
     Column("id", LEDGER_ID, primary_key=True, autoincrement=True),
     Column("at", DateTime, nullable=False),
-    # added, changed (purchased); allocated, reallocated, deallocated, cancelled (allocated);
-    # refused (neither)
+    # added, changed (purchased); held, released, expired, confirmed, lost (held);
+    # allocated, reallocated, deallocated, cancelled (allocated); refused (none)
     Column("kind", String(16), nullable=False),
     Column("sku", String(REF), nullable=False),
     Column("batchref", String(REF), nullable=True),
     Column("orderid", String(REF), nullable=True),
+    Column("holdid", String(REF), nullable=True),  # a hold's row: the hold
     Column("qty", Integer, nullable=False),
     Column("line_qty", Integer, nullable=True),  # a line's row: the units the line is of
     Column("reason", String(32), nullable=True),
@@ -158,6 +193,7 @@ batches_view = Table(
     Column("eta", Date, nullable=True),
     Column("purchased", Integer, nullable=False),
     Column("allocated", Integer, nullable=False),
+    Column("held", Integer, nullable=False, server_default="0"),
     Column("version", Integer, nullable=False),
 )
 

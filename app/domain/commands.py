@@ -63,3 +63,38 @@ class Deallocate(Command):
 
     orderid: str
     sku: str
+
+
+@dataclass(frozen=True)
+class PlaceHold(Command):
+    """Keep every line's units for ``ttl_s`` seconds, or none if any line cannot be kept."""
+
+    holdid: str
+    lines: tuple[tuple[str, int], ...]  # (sku, qty)
+    ttl_s: int
+
+
+@dataclass(frozen=True)
+class ExtendHold(Command):
+    holdid: str
+    ttl_s: int  # from now
+
+
+@dataclass(frozen=True)
+class ConfirmHold(Command):
+    """The hold's lines become the order's, allocated in the batches that held them."""
+
+    holdid: str
+    orderid: str
+
+
+@dataclass(frozen=True)
+class ReleaseHold(Command):
+    holdid: str
+
+
+@dataclass(frozen=True)
+class ExpireHold(Command):
+    """Free the hold's units if its time has passed (the deadline loop sends it)."""
+
+    holdid: str

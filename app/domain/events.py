@@ -119,3 +119,45 @@ class OutOfStock(Event):
 
     sku: str
     orderid: str | None = None
+
+
+@dataclass(frozen=True)
+class LineHeld(Event):
+    """``qty`` units of ``batchref`` are kept for the hold: no allocation takes them."""
+
+    holdid: str
+    sku: str
+    qty: int
+    batchref: str
+    version: int
+
+
+@dataclass(frozen=True)
+class LineReleased(Event):
+    """The units the hold kept of ``batchref`` are free again: ``why`` released, expired,
+    confirmed (they went to the order's line, Allocated) or lost (the batch's quantity fell)."""
+
+    holdid: str
+    sku: str
+    qty: int
+    batchref: str
+    version: int
+    why: str
+
+
+@dataclass(frozen=True)
+class HeldUnits:
+    sku: str
+    qty: int
+    batchref: str | None
+
+
+@dataclass(frozen=True)
+class HoldChanged(Event):
+    """The hold is ``state`` now (held, confirmed, released, expired), until ``expires_at``."""
+
+    holdid: str
+    state: str
+    expires_at: datetime
+    orderid: str | None
+    lines: tuple[HeldUnits, ...]

@@ -10,9 +10,9 @@ allocation flat however many lines a product has collected.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
-from datetime import date
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, replace
+from datetime import date, datetime
 
 from app.domain import events
 
@@ -29,6 +29,19 @@ class VersionMismatch(Exception):
     """The batch is no longer at the version the caller saw (its If-Match)."""
 
 
+class HoldEnded(Exception):
+    """The hold is no longer held: confirmed, released or expired."""
+
+
+@dataclass(frozen=True)
+class HeldLine:
+    """Units a hold keeps of one batch, out of reach of allocations, until it ends."""
+
+    holdid: str
+    qty: int
+    batchref: str
+
+
 @dataclass(unsafe_hash=True)
 class OrderLine:
     orderid: str
@@ -43,6 +56,7 @@ class Batch:
         self.eta = eta
         self.purchased_quantity = qty
         self.allocated_quantity = 0
+        self.held_quantity = 0  # kept for holds (Product.held has those loaded)
         self.allocations: set[OrderLine] = set()
         # The product's version when the batch last changed: quantity, eta or allocations.
         self.version = 0
@@ -65,7 +79,7 @@ class Batch:
 
     @property
     def available_quantity(self) -> int:
-        return self.purchased_quantity - self.allocated_quantity
+        return self.purchased_quantity - self.allocated_quantity - self.held_quantity
 
     def can_allocate(self, line: OrderLine) -> bool:
         return self.sku == line.sku and self.available_quantity >= line.qty
@@ -75,8 +89,9 @@ class Batch:
         self.allocated_quantity += line.qty
 
     def deallocate_one(self) -> OrderLine:
-        line = self.allocations.pop()
-        self.allocated_quantity -= line.qty
+        """Take a line off: of those loaded, the one of the greatest orderid."""
+        line = max(self.allocations, key=lambda held: held.orderid)
+        self.deallocate(line)
         return line
 
     def deallocate(self, line: OrderLine) -> None:
@@ -97,6 +112,9 @@ class Product:
         self.version_number = version_number
         # From the first line no batch could take until stock is added again.
         self.out_of_stock = out_of_stock
+        # The holds loaded for the command at hand, by hold: of one hold, or of a batch
+        # whose quantity changes (as with ``allocations``).
+        self.held: dict[str, HeldLine] = {}
         self.events: list[events.Event] = []
 
     def add_batch(self, batch: Batch) -> None:
@@ -155,6 +173,10 @@ class Product:
                 self.out_of_stock = True
                 self.events.append(events.OutOfStock(sku=line.sku, orderid=line.orderid))
             return None
+        self._place(batch, line, reallocating)
+        return batch.reference
+
+    def _place(self, batch: Batch, line: OrderLine, reallocating: bool = False) -> None:
         batch.allocate(line)
         self._changed(batch)
         self.events.append(
@@ -167,7 +189,67 @@ class Product:
                 reallocated=reallocating,
             )
         )
+
+    def can_hold(self, holdid: str, qty: int) -> bool:
+        return holdid in self.held or any(b.available_quantity >= qty for b in self.batches)
+
+    def hold(self, holdid: str, qty: int) -> str | None:
+        """Keep ``qty`` units for the hold in the batch an allocation would take, and return
+        its reference; None, changing nothing, if no batch has them. Holding again changes
+        nothing."""
+        if holdid in self.held:
+            return self.held[holdid].batchref
+        batch = next((b for b in sorted(self.batches) if b.available_quantity >= qty), None)
+        if batch is None:
+            return None
+        batch.held_quantity += qty
+        self.held[holdid] = HeldLine(holdid, qty, batch.reference)
+        self._changed(batch)
+        self.events.append(
+            events.LineHeld(
+                holdid=holdid,
+                sku=self.sku,
+                qty=qty,
+                batchref=batch.reference,
+                version=self.version_number,
+            )
+        )
         return batch.reference
+
+    def release(self, holdid: str, why: str = "released") -> HeldLine | None:
+        """Free the units the hold keeps (``why``: released, expired, confirmed, lost)."""
+        held = self.held.pop(holdid, None)
+        if held is None:
+            return None
+        batch = self._batch(held.batchref)
+        assert batch is not None
+        batch.held_quantity -= held.qty
+        self._changed(batch)
+        self.events.append(
+            events.LineReleased(
+                holdid=holdid,
+                sku=self.sku,
+                qty=held.qty,
+                batchref=held.batchref,
+                version=self.version_number,
+                why=why,
+            )
+        )
+        return held
+
+    def confirm(self, holdid: str, orderid: str, qty: int) -> None:
+        """The hold's line becomes the order's line, allocated in the batch that held it (if
+        the hold lost its units, placed as any new line is)."""
+        line = OrderLine(orderid, self.sku, qty)
+        holding = self._holding(orderid)
+        if holding is not None and holding[1].qty != qty:
+            self.allocate(line)  # raises LineConflict
+        held = self.release(holdid, "confirmed")
+        batch = None if held is None or holding else self._batch(held.batchref)
+        if batch is None:
+            self.allocate(line)
+        else:
+            self._place(batch, line)
 
     def cancel(self, orderid: str) -> bool:
         """Take the order's line off its batch, its units free again; False if it holds none."""
@@ -257,6 +339,11 @@ class Product:
             )
         )
         while batch.available_quantity < 0:
+            # Holds give way first, the latest first: an order's line is a promise made.
+            kept = [h.holdid for h in self.held.values() if h.batchref == ref]
+            if kept:
+                self.release(kept[-1], "lost")
+                continue
             line = batch.deallocate_one()
             self.events.append(
                 events.Deallocated(
@@ -277,3 +364,77 @@ class Product:
                 if held.orderid == orderid:
                     return batch, held
         return None
+
+
+@dataclass(frozen=True)
+class HoldLine:
+    sku: str
+    qty: int
+    batchref: str | None  # None: its batch lost the units (its quantity fell)
+
+
+class Hold:
+    """Stock kept for a checkout, every line or none, until ``expires_at``.
+
+    Each line's units are kept by its sku's Product (``Product.hold``); the Hold
+    is what the caller sees of them together: its state and its deadline.
+    """
+
+    def __init__(
+        self,
+        holdid: str,
+        lines: Iterable[HoldLine],
+        expires_at: datetime,
+        state: str = "held",
+        orderid: str | None = None,
+    ) -> None:
+        self.holdid = holdid
+        self.lines = sorted(lines, key=lambda line: line.sku)
+        self.expires_at = expires_at
+        self.state = state
+        self.orderid = orderid
+        self.events: list[events.Event] = []
+
+    @classmethod
+    def placed(cls, holdid: str, lines: Iterable[HoldLine], expires_at: datetime) -> Hold:
+        hold = cls(holdid, lines, expires_at)
+        hold._said()
+        return hold
+
+    def asks(self) -> set[tuple[str, int]]:
+        """Its lines, as a request names them: (sku, qty)."""
+        return {(line.sku, line.qty) for line in self.lines}
+
+    def due(self, now: datetime) -> bool:
+        return self.state == "held" and self.expires_at <= now
+
+    def extend(self, expires_at: datetime) -> None:
+        self._held()
+        self.expires_at = expires_at
+        self._said()
+
+    def end(self, state: str, orderid: str | None = None) -> None:
+        """Confirmed (for ``orderid``), released or expired; its lines' units freed by then."""
+        if state != "released":
+            self._held()
+        self.state, self.orderid = state, orderid
+        self._said()
+
+    def lost(self, sku: str) -> None:
+        """The line of ``sku`` lost its units: its batch's quantity fell below what it kept."""
+        self.lines = [replace(ln, batchref=None) if ln.sku == sku else ln for ln in self.lines]
+
+    def _held(self) -> None:
+        if self.state != "held":
+            raise HoldEnded(f"Hold {self.holdid} is {self.state}")
+
+    def _said(self) -> None:
+        self.events.append(
+            events.HoldChanged(
+                holdid=self.holdid,
+                state=self.state,
+                expires_at=self.expires_at,
+                orderid=self.orderid,
+                lines=tuple(events.HeldUnits(ln.sku, ln.qty, ln.batchref) for ln in self.lines),
+            )
+        )

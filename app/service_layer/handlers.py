@@ -21,11 +21,11 @@ from operator import attrgetter
 from app.adapters.notifications import AbstractNotifications
 from app.adapters.publisher import AbstractPublisher
 from app.domain import commands, events, model
-from app.service_layer import ledger
+from app.service_layer import holds, ledger
 from app.service_layer.delivery import AfterCommitHandlers
 from app.service_layer.messagebus import CommandHandler, Grouping
 from app.service_layer.unit_of_work import AbstractUnitOfWork, InlineHandler
-from app.wire import LINE_ALLOCATED, LineAllocatedMessage
+from app.wire import HOLD_CHANGED, LINE_ALLOCATED, HoldChangedMessage, LineAllocatedMessage
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +201,21 @@ async def publish_allocated_event(event: events.Allocated, publisher: AbstractPu
     await publisher.publish(LINE_ALLOCATED, message.model_dump(exclude={"traceparent"}))
 
 
+async def publish_hold_changed_event(
+    event: events.HoldChanged, publisher: AbstractPublisher
+) -> None:
+    message = HoldChangedMessage(
+        holdid=event.holdid,
+        state=event.state,
+        expires_at=event.expires_at,
+        orderid=event.orderid,
+        lines=[{"sku": ln.sku, "qty": ln.qty, "batchref": ln.batchref} for ln in event.lines],
+        event_id=event.id,
+        request_id=event.request_id,
+    )
+    await publisher.publish(HOLD_CHANGED, message.model_dump(mode="json", exclude={"traceparent"}))
+
+
 async def send_out_of_stock_notification(
     event: events.OutOfStock, notifications: AbstractNotifications
 ) -> None:
@@ -215,6 +230,11 @@ COMMAND_HANDLERS: Mapping[type[commands.Command], CommandHandler] = {
     commands.ChangeBatchQuantity: change_batch_quantity,
     commands.ChangeBatch: change_batch,
     commands.Deallocate: deallocate,
+    commands.PlaceHold: holds.place_hold,
+    commands.ExtendHold: holds.extend_hold,
+    commands.ConfirmHold: holds.confirm_hold,
+    commands.ReleaseHold: holds.release_hold,
+    commands.ExpireHold: holds.expire_hold,
 }
 
 # Allocations of one sku that arrive while a transaction on it is in flight
@@ -255,6 +275,14 @@ INLINE_HANDLERS: Mapping[type[events.Event], Mapping[str, InlineHandler]] = {
         "record_in_ledger": ledger.record,
         "reallocate": reallocate,
     },
+    events.LineHeld: {
+        "hold_in_read_model": holds.hold_in_read_model,
+        "record_in_ledger": ledger.record,
+    },
+    events.LineReleased: {
+        "release_in_read_model": holds.release_in_read_model,
+        "record_in_ledger": ledger.record,
+    },
 }
 
 
@@ -269,6 +297,9 @@ def after_commit_handlers(
     return {
         events.Allocated: {
             "publish_allocated_event": partial(publish_allocated_event, publisher=publisher)
+        },
+        events.HoldChanged: {
+            "publish_hold_changed_event": partial(publish_hold_changed_event, publisher=publisher)
         },
         events.OutOfStock: {
             "send_out_of_stock_notification": partial(

@@ -5,9 +5,11 @@ A row's ``qty`` is the change to its batch's available units: units added or
 purchased more are positive, units allocated negative, units a cancelled or
 deallocated line gives back positive. A product's rows therefore add up to
 what it has available; its batches' purchased units are the sum of their
-``added`` and ``changed`` rows, their allocated units minus the sum of the rest
-(``allocation reconcile`` checks both). Lines refused or cancelled out of
-stock have rows of 0, so that an order's history tells all that became of it.
+``added`` and ``changed`` rows, their held units minus the sum of their hold rows
+(``held``, then ``released``, ``expired``, ``confirmed`` or ``lost``, naming the hold),
+their allocated units minus the sum of the rest (``allocation reconcile`` checks
+all three). Lines refused or cancelled out of stock have rows of 0, so that an
+order's history tells all that became of it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ def row(event: events.Event) -> LedgerRow:
             return _line("cancelled", event.batchref, event.orderid, freed, event.qty, base)
         case events.LineRefused():
             return _line("refused", None, event.orderid, 0, event.qty, base)
+        case events.LineHeld():
+            return _held("held", event.batchref, event.holdid, -event.qty, event.qty, base)
+        case events.LineReleased():
+            return _held(event.why, event.batchref, event.holdid, event.qty, event.qty, base)
     raise TypeError(f"no ledger row for {type(event).__name__}")
 
 
@@ -59,6 +65,20 @@ def _line(
 ) -> LedgerRow:
     return LedgerRow(
         kind=kind, batchref=batchref, orderid=orderid, qty=qty, line_qty=line_qty, **base
+    )
+
+
+def _held(
+    kind: str, batchref: str, holdid: str, qty: int, line_qty: int, base: dict[str, Any]
+) -> LedgerRow:
+    return LedgerRow(
+        kind=kind,
+        batchref=batchref,
+        orderid=None,
+        holdid=holdid,
+        qty=qty,
+        line_qty=line_qty,
+        **base,
     )
 
 

@@ -37,11 +37,12 @@ from app.adapters.database_errors import (
     is_unavailable,
     unavailable_reason,
 )
+from app.adapters.holds import AbstractHolds, SqlHolds
 from app.adapters.outbox import AbstractOutbox, SqlOutbox
 from app.adapters.projections import AbstractReadModel, SqlReadModel
 from app.adapters.repository import AbstractRepository, SqlRepository
 from app.adapters.transactions import transaction
-from app.domain import events
+from app.domain import events, model
 
 InlineHandler: TypeAlias = Callable[[Any, "AbstractUnitOfWork"], Awaitable[None]]
 # By event type, each handler under the name it was registered with.
@@ -50,6 +51,7 @@ InlineHandlers: TypeAlias = Mapping[type[events.Event], Mapping[str, InlineHandl
 
 class AbstractUnitOfWork(abc.ABC):
     products: AbstractRepository
+    holds: AbstractHolds
     read_model: AbstractReadModel
     outbox: AbstractOutbox
 
@@ -77,6 +79,7 @@ class AbstractUnitOfWork(abc.ABC):
     async def commit(self) -> None:
         await self.follow_through()
         await self.products.save()
+        await self.holds.save()
         await self.read_model.flush()
         raised, self._raised = self._raised, []
         await self.outbox.add([e for e in raised if type(e) in self._after_commit])
@@ -108,9 +111,10 @@ class AbstractUnitOfWork(abc.ABC):
         request_id = correlation.request_id.get()
         key = correlation.idempotency_key.get()
         traceparent = tracing.traceparent()
-        for product in self.products.seen:
-            while product.events:
-                event = product.events.pop(0)
+        aggregates: list[model.Product | model.Hold] = [*self.products.seen, *self.holds.seen]
+        for aggregate in aggregates:
+            while aggregate.events:
+                event = aggregate.events.pop(0)
                 if request_id and not event.request_id:
                     event = replace(event, request_id=request_id)
                 if key and not event.idempotency_key:
@@ -141,6 +145,7 @@ class Share(AbstractUnitOfWork):
         super().__init__()
         self._whole = whole
         self.products = whole.products
+        self.holds = whole.holds
         self.read_model = whole.read_model
         self.outbox = whole.outbox
         self.committed = False
@@ -171,6 +176,7 @@ class SqlUnitOfWork(AbstractUnitOfWork):
         # The first statement takes a connection and begins.
         self.tx = transaction(engine)
         self.products = SqlRepository(self.tx)
+        self.holds = SqlHolds(self.tx)
         self.read_model = SqlReadModel(self.tx)
         self.outbox = SqlOutbox(self.tx)
 

@@ -284,7 +284,7 @@ async def test_reconcile_finds_no_drift_after_the_books_flow_and_names_each_it_f
 
     clean = await run_cli(env, "reconcile")
     assert clean.returncode == 0, describe(clean)
-    assert clean.stdout == "no drift: 1 batches, 1 allocated lines, 5 ledger rows\n"
+    assert clean.stdout == "no drift: 1 batches, 1 allocated lines, 0 holds, 5 ledger rows\n"
 
     # A counter changed around the service, and a read model row lost.
     await query(url, "UPDATE batches SET allocated_quantity = 7 WHERE reference = :r", r=ref)

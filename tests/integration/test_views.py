@@ -321,6 +321,7 @@ async def test_a_created_batch_is_in_the_views_at_once(engine: AsyncEngine, writ
         "eta": date(2011, 1, 1),
         "purchased": 20,
         "allocated": 0,
+        "held": 0,
         "available": 20,
     }
     assert await batch_view_version(engine, batchref) == 1

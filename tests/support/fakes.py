@@ -8,6 +8,7 @@ from datetime import date, datetime
 from typing import Any
 
 from app.adapters.dead_letters import AbstractDeadLetters, Claim, DeadLetter
+from app.adapters.holds import AbstractHolds
 from app.adapters.notifications import AbstractNotifications
 from app.adapters.outbox import AbstractOutbox, FailingEvent, OutboxStats, Pending, in_order
 from app.adapters.projections import AbstractReadModel, LedgerRow
@@ -52,6 +53,9 @@ class FakeRepository(AbstractRepository):
             (p for p in self._products.values() if any(b.reference == ref for b in p.batches)),
             None,
         )
+
+    async def _load_held(self, product: model.Product, holdid: str) -> None:
+        pass  # every hold's lines are always there
 
     async def _position(self, ref: str) -> tuple[int, int] | None:
         return self.positions.get(ref)
@@ -114,6 +118,11 @@ class FakeReadModel(AbstractReadModel):
         allocated = self.batches[ref]["allocated"]
         assert isinstance(allocated, int)
         self.batches[ref]["allocated"] = allocated + qty
+
+    async def batch_held(self, ref: str, qty: int, version: int) -> None:
+        held = self.batches[ref].get("held", 0)
+        assert isinstance(held, int)
+        self.batches[ref]["held"] = held + qty
 
     async def flush(self) -> None:
         pass  # it writes at once
@@ -210,11 +219,31 @@ class FakeOutbox(AbstractOutbox):
         return [r.event for r in self.rows.values() if not r.completed]
 
 
+class FakeHolds(AbstractHolds):
+    def __init__(self, holds: dict[str, model.Hold]) -> None:
+        super().__init__()
+        self._holds = holds
+
+    def _add(self, hold: model.Hold) -> None:
+        self._holds[hold.holdid] = hold
+
+    async def _get(self, holdid: str) -> model.Hold | None:
+        return self._holds.get(holdid)
+
+    async def due(self, now: datetime, limit: int) -> list[str]:
+        due = sorted((h for h in self._holds.values() if h.due(now)), key=lambda h: h.expires_at)
+        return [h.holdid for h in due[:limit]]
+
+    async def save(self) -> None:
+        pass  # the holds are the store's own objects
+
+
 class FakeStore:
     """What the fake unit of work persists: shared by every unit of work of a test."""
 
     def __init__(self) -> None:
         self.products: dict[str, model.Product] = {}
+        self.holds: dict[str, model.Hold] = {}
         # batch -> when the change applied to it last came
         self.positions: dict[str, tuple[int, int]] = {}
         self.ledger: list[LedgerRow] = []
@@ -234,6 +263,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         super().__init__(inline, after_commit)
         self.store = store
         self.products = FakeRepository(store.products, store.positions, store.ledger)
+        self.holds = FakeHolds(store.holds)
         self.read_model = store.read_model
         self.outbox = store.outbox
 

@@ -88,11 +88,14 @@ def reconcile(settings: Settings) -> int:
             async for line in drift.drifts(conn):
                 found += 1
                 print(line)
-            batches, lines, rows = await drift.counts(conn)
+            batches, lines, holds, rows = await drift.counts(conn)
         if found:
             print(f"{found} drifts found", file=sys.stderr)
             return 1
-        print(f"no drift: {batches} batches, {lines} allocated lines, {rows} ledger rows")
+        print(
+            f"no drift: {batches} batches, {lines} allocated lines, {holds} holds,"
+            f" {rows} ledger rows"
+        )
         return 0
 
     return run(settings, work)

@@ -37,6 +37,7 @@ Printable = AfterValidator(wire.printable)
 BatchRef = Annotated[str, _identifier("The batch's reference.", "batch-001"), Printable]
 OrderId = Annotated[str, _identifier("The order's id.", "order-001"), Printable]
 Sku = Annotated[str, _identifier("The product's sku.", "SMALL-TABLE"), Printable]
+HoldId = Annotated[str, _identifier("The hold's id.", "hold-001"), Printable]
 OptionalSku = Annotated[
     str | None,
     Query(

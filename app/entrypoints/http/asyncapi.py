@@ -3,7 +3,7 @@
 An AsyncAPI 3.0 document with a channel for each subject on each transport
 (Redis pub/sub, Redis Streams, NATS JetStream). The message schemas are
 generated from the models the code validates with (ChangeBatchQuantityMessage
-in, LineAllocatedMessage out): change a model, and the document changes.
+in, LineAllocatedMessage and HoldChangedMessage out): change a model, and the document changes.
 A Redis stream entry carries the same fields, each as text; its schema is
 derived from the model's. ``GET /asyncapi`` renders the document as a page,
 on the server: no script, nothing fetched from elsewhere.
@@ -22,8 +22,11 @@ from starlette.responses import HTMLResponse, JSONResponse
 from app.entrypoints.http.dependencies import ServiceSettings
 from app.wire import (
     CHANGE_BATCH_QUANTITY,
+    HOLD_CHANGED,
     LINE_ALLOCATED,
     ChangeBatchQuantityMessage,
+    HeldLineMessage,
+    HoldChangedMessage,
     LineAllocatedMessage,
 )
 
@@ -89,7 +92,41 @@ _CHANNELS = [
         "A JSON document per allocation, with Nats-Msg-Id = event_id: a re-publish within "
         "the stream's duplicate window is dropped, so each allocation is stored once.",
     ),
+    (
+        "holdChangedPubSub",
+        HOLD_CHANGED,
+        "redis",
+        "Redis pub/sub",
+        "send",
+        "holdChanged",
+        "A JSON document per change of a hold, at least once: de-duplicate by event_id.",
+    ),
+    (
+        "holdChangedStream",
+        HOLD_CHANGED,
+        "redis",
+        "Redis Streams",
+        "send",
+        "holdChangedEntry",
+        "A stream entry per change of a hold (`lines` as JSON text), for consumers that must "
+        "not miss one; about LINE_ALLOCATED_STREAM_MAXLEN entries are kept.",
+    ),
+    (
+        "holdChangedJetStream",
+        HOLD_CHANGED,
+        "nats",
+        "NATS JetStream",
+        "send",
+        "holdChangedJetStream",
+        "A JSON document per change of a hold, with Nats-Msg-Id = event_id, stored once.",
+    ),
 ]
+
+_MSG_ID = {
+    "type": "object",
+    "properties": {"Nats-Msg-Id": {"type": "string", "description": "The event's id."}},
+    "required": ["Nats-Msg-Id"],
+}
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -138,7 +175,11 @@ def document(prefix: str = "") -> dict[str, Any]:
     """The document of a deployment whose CHANNEL_PREFIX is ``prefix``."""
     change = _schema(ChangeBatchQuantityMessage)
     allocated = _schema(LineAllocatedMessage)
+    held = _schema(HoldChangedMessage)
     schemas = {
+        "HoldChanged": held,
+        "HoldChangedEntry": _as_text(held, "hold_changed stream entry"),
+        "HeldLineMessage": _schema(HeldLineMessage),
         "ChangeBatchQuantity": change,
         "ChangeBatchQuantityEntry": _as_text(change, "change_batch_quantity stream entry"),
         "LineAllocated": allocated,
@@ -146,7 +187,15 @@ def document(prefix: str = "") -> dict[str, Any]:
     }
     change_summary = str(ChangeBatchQuantityMessage.__doc__).strip()
     allocated_summary = str(LineAllocatedMessage.__doc__).strip()
+    held_summary = str(HoldChangedMessage.__doc__).strip()
     messages = {
+        "holdChanged": _message(HOLD_CHANGED, "Hold changed", "HoldChanged", held_summary),
+        "holdChangedEntry": _message(
+            HOLD_CHANGED, "Hold changed (stream entry)", "HoldChangedEntry", held_summary
+        ),
+        "holdChangedJetStream": _message(
+            HOLD_CHANGED, "Hold changed (JetStream)", "HoldChanged", held_summary, headers=_MSG_ID
+        ),
         "changeBatchQuantity": _message(
             CHANGE_BATCH_QUANTITY,
             "Change a batch's quantity",
@@ -170,11 +219,7 @@ def document(prefix: str = "") -> dict[str, Any]:
             "Line allocated (JetStream)",
             "LineAllocated",
             allocated_summary,
-            headers={
-                "type": "object",
-                "properties": {"Nats-Msg-Id": {"type": "string", "description": "The event's id."}},
-                "required": ["Nats-Msg-Id"],
-            },
+            headers=_MSG_ID,
         ),
     }
     channels: dict[str, Any] = {}
@@ -200,7 +245,8 @@ def document(prefix: str = "") -> dict[str, Any]:
             "title": "Allocation service events",
             "version": "1.0.0",
             "description": "The events that cross the service's edge: it consumes "
-            f"`{CHANGE_BATCH_QUANTITY}` and publishes `{LINE_ALLOCATED}`, on Redis "
+            f"`{CHANGE_BATCH_QUANTITY}` and publishes `{LINE_ALLOCATED}` and "
+            f"`{HOLD_CHANGED}`, on Redis "
             "(REDIS_URL) and on NATS JetStream (NATS_URL), as EVENT_BROKERS says.",
         },
         "defaultContentType": "application/json",

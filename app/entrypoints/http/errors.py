@@ -18,10 +18,11 @@ from starlette.routing import Match
 
 from app import outages
 from app.adapters.database_errors import ConcurrencyError, DatabaseUnavailable
-from app.domain.model import DuplicateBatch, LineConflict, VersionMismatch
+from app.domain.model import DuplicateBatch, HoldEnded, LineConflict, VersionMismatch
 from app.entrypoints.http import problems
 from app.entrypoints.http.problems import ProblemType, Refusal, problem
 from app.service_layer.handlers import InvalidSku, UnknownBatch, UnknownLine
+from app.service_layer.holds import HoldMismatch, HoldShort, UnknownHold
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ PROBLEM_OF: dict[type[Exception], ProblemType] = {
     LineConflict: problems.LINE_EXISTS,
     UnknownLine: problems.UNKNOWN_LINE,
     VersionMismatch: problems.VERSION_MISMATCH,
+    UnknownHold: problems.UNKNOWN_HOLD,
+    HoldShort: problems.HOLD_SHORT,
+    HoldMismatch: problems.HOLD_EXISTS,
+    HoldEnded: problems.HOLD_ENDED,
 }
 
 
@@ -51,7 +56,7 @@ def install(app: FastAPI) -> None:
 
 def _domain_error(kind: ProblemType) -> Any:
     async def handler(_: Request, exc: Exception) -> Response:
-        return problem(kind, str(exc))
+        return problem(kind, str(exc), **getattr(exc, "members", {}))
 
     return handler
 

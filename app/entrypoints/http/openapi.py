@@ -62,6 +62,11 @@ TAGS: list[dict[str, Any]] = [
         "the time the write answers. A write sent again with its `Idempotency-Key` gets the "
         "first answer.",
     },
+    {
+        "name": "holds",
+        "description": "Stock kept for a checkout, every line or none, until it is "
+        "confirmed into an order, released, or expires by itself.",
+    },
     {"name": "products", "description": "Stock of a sku as a whole: now, arriving, per batch."},
     {"name": "operations", "description": "Liveness, readiness and metrics, for operators."},
     {"name": "errors", "description": ERRORS},  # no operation: the list of every type

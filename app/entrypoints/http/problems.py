@@ -72,8 +72,8 @@ INVALID_SKU = _cause(
     "invalid-sku",
     400,
     "Invalid sku",
-    "`POST /allocate`: the line names a sku no batch was ever added for (the book's "
-    "`Invalid sku ...`). Add a batch of it first.",
+    "`POST /allocate` or `POST /holds`: a line names a sku no batch was ever added for "
+    "(the book's `Invalid sku ...`). Add a batch of it first.",
     "Invalid sku SMALL-TABLE",
 )
 TOKEN_MISSING = _cause(
@@ -138,6 +138,13 @@ UNKNOWN_LINE = _cause(
     "(A line cancelled already is a 202 again.)",
     "Order order-001 has no line of SMALL-TABLE",
 )
+UNKNOWN_HOLD = _cause(
+    "unknown-hold",
+    404,
+    "Unknown hold",
+    "`GET`, `DELETE /holds/{holdid}`, or its `extend` or `confirm`: no hold has this id.",
+    "No hold hold-001",
+)
 NOT_FOUND = _cause(
     "not-found",
     404,
@@ -168,6 +175,31 @@ LINE_EXISTS = _cause(
     "`POST /allocate`: the order already holds a different quantity of this sku. "
     "(The same line again is a 202.)",
     "Order order-001 already has 2 of SMALL-TABLE allocated to batch batch-001",
+)
+HOLD_SHORT = _cause(
+    "hold-short",
+    409,
+    "Not enough stock to hold",
+    "`POST /holds`: a line's sku has no batch with that many units free; `short` names "
+    "each such sku. Nothing is held, of any line.",
+    "Hold hold-001: not enough stock of SMALL-TABLE",
+    members={"short": ["SMALL-TABLE"]},
+)
+HOLD_EXISTS = _cause(
+    "hold-exists",
+    409,
+    "Hold exists with other lines",
+    "`POST /holds`: the holdid is taken by a hold of other lines. (The same lines again "
+    "are a 201, the same hold.)",
+    "Hold hold-001 exists with other lines",
+)
+HOLD_ENDED = _cause(
+    "hold-ended",
+    409,
+    "Hold no longer held",
+    "`POST /holds/{holdid}/extend` or `confirm`: the hold was confirmed (for another "
+    "order, to confirm it), released or has expired; its units are free. Place a new hold.",
+    "Hold hold-001 is expired",
 )
 WRITE_COLLIDED = _cause(
     "write-collided",

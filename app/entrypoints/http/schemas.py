@@ -9,7 +9,7 @@ from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 
 from app.entrypoints.http import problems
-from app.wire import ID_RULES, Eta, Identifier, NewQuantity, Quantity
+from app.wire import ID_RULES, Eta, HoldSeconds, Identifier, NewQuantity, Quantity
 
 # Examples that work as they stand, in this order: "Try it out" in /docs sends them.
 # FastAPI leaves nulls out of /openapi.json, so /docs shows the first without "eta".
@@ -23,6 +23,7 @@ SHIPMENT_EXAMPLE: JsonDict = {
 LINE_EXAMPLE: JsonDict = {"orderid": "order-001", "sku": "SMALL-TABLE", "qty": 2}
 QUANTITY_EXAMPLE: JsonDict = {"qty": 10}
 CANCEL_EXAMPLE: JsonDict = {"orderid": "order-001", "sku": "SMALL-TABLE"}
+HOLD_EXAMPLE: JsonDict = {"holdid": "hold-001", "lines": [{"sku": "SMALL-TABLE", "qty": 2}]}
 
 
 def _no_default(schema: JsonDict) -> None:
@@ -116,6 +117,40 @@ class LineIn(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [CANCEL_EXAMPLE]})
 
 
+class HoldLineIn(Request):
+    sku: Identifier = Field(description="The product to hold. " + ID_RULES)
+    qty: Quantity = Field(description="Units to hold.")
+
+
+class HoldIn(Request):
+    holdid: Identifier = Field(description="The hold's id, the caller's choice. " + ID_RULES)
+    lines: list[HoldLineIn] = Field(
+        min_length=1, max_length=100, description="Its lines, each of another sku."
+    )
+    ttl_s: HoldSeconds = Field(600, description="Seconds it lasts, 1 to 3,600.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [HOLD_EXAMPLE]})
+
+    @model_validator(mode="after")
+    def _one_line_per_sku(self) -> Self:
+        skus = [line.sku for line in self.lines]
+        if len(set(skus)) != len(skus):
+            raise ValueError("each line must be of another sku")
+        return self
+
+
+class HoldTime(Request):
+    ttl_s: HoldSeconds = Field(600, description="Seconds from now it lasts, 1 to 3,600.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ttl_s": 300}]})
+
+
+class HoldConfirm(Request):
+    orderid: Identifier = Field(description="The order the lines become. " + ID_RULES)
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"orderid": "order-001"}]})
+
+
 def _answers(*examples: JsonDict) -> ConfigDict:
     """What the Try-it-out examples, run in order, get: the examples of an answer."""
     return ConfigDict(json_schema_extra={"examples": list(examples)})
@@ -184,7 +219,8 @@ class BatchOut(BaseModel):
     eta: date | None
     purchased: int
     allocated: int
-    available: int
+    held: int = Field(description="Units active holds keep.")
+    available: int = Field(description="What an allocation or a hold may take.")
 
     model_config = _answers(
         {
@@ -193,7 +229,45 @@ class BatchOut(BaseModel):
             "eta": None,
             "purchased": 20,
             "allocated": 2,
+            "held": 0,
             "available": 18,
+        }
+    )
+
+
+class HoldState(StrEnum):
+    """`held` until `expires_at`; then `expired`, its units free; or `confirmed` into an
+    order, or `released` (`DELETE`) before."""
+
+    held = "held"
+    confirmed = "confirmed"
+    released = "released"
+    expired = "expired"
+
+
+class HeldLine(BaseModel):
+    sku: str
+    qty: int
+    batchref: str | None = Field(
+        description="The batch keeping the units; null if the batch's quantity fell below "
+        "what it kept (confirming then places the line as any new one)."
+    )
+
+
+class Hold(BaseModel):
+    holdid: str
+    state: HoldState
+    expires_at: datetime = Field(description="When it expires, in UTC.")
+    orderid: str | None = Field(description="The order a confirmed hold's lines went to.")
+    lines: list[HeldLine]
+
+    model_config = _answers(
+        {
+            "holdid": "hold-001",
+            "state": "held",
+            "expires_at": "2026-12-08T12:10:00Z",
+            "orderid": None,
+            "lines": [{"sku": "SMALL-TABLE", "qty": 2, "batchref": "batch-001"}],
         }
     )
 
@@ -284,6 +358,11 @@ class Problem(BaseModel):
         description="`not-ready` only: each dependency's state, as when ready.",
         json_schema_extra=_no_default,
     )
+    short: list[str] | SkipJsonSchema[None] = Field(
+        None,
+        description="`hold-short` only: each sku that has not the units asked for.",
+        json_schema_extra=_no_default,
+    )
 
 
 class BatchPage(BaseModel):
@@ -311,11 +390,14 @@ class HistoryEntry(BaseModel):
     kind: str = Field(
         description="`added`, `changed` (the batch's purchased units); `allocated`, "
         "`reallocated` (placed again after its batch shrank), `deallocated` (taken off a "
-        "batch that shrank), `cancelled` (the line's units); `refused` (no batch had stock)."
+        "batch that shrank), `cancelled` (the line's units); `refused` (no batch had stock); "
+        "`held` (kept for a hold), then `released`, `expired`, `confirmed` (allocated to "
+        "the order next) or `lost` (its batch shrank)."
     )
     sku: str
     batchref: str | None
     orderid: str | None
+    holdid: str | None = Field(description="A hold's entry: the hold.")
     qty: int = Field(
         description="The change to the batch's available units: a product's entries add "
         "up to what it has available."
@@ -335,6 +417,10 @@ class HistoryPage(BaseModel):
 
 # The models whose examples /openapi.json shows (app.entrypoints.http.openapi.install).
 EXAMPLED = (
+    HoldIn,
+    HoldTime,
+    HoldConfirm,
+    Hold,
     BatchIn,
     AllocateIn,
     BatchChange,
