@@ -12,8 +12,9 @@ Environment: BENCH_DATABASE_URL, a PostgreSQL server on which the bench
 creates and drops a database of its own; BENCH_REDIS_URL, empty for
 external events off; BENCH_WORKERS, 2 by default; BENCH_LOG_LEVEL, INFO
 by default, as deployed: one JSON log line per request, to a file;
-BENCH_ONLY=writes or BENCH_ONLY=reads runs one half (reads then stops after
-its first comparison); BENCH_TRACE_RATIO, a sampling ratio (0.01, 1), runs
+BENCH_ONLY=writes, BENCH_ONLY=holds (bench/holds.py) or BENCH_ONLY=reads runs
+one part (reads then stops after its first comparison); BENCH_TRACE_RATIO, a
+sampling ratio (0.01, 1), runs
 the service with tracing on, exporting to an OTLP sink (bench/otlp_sink.py).
 """
 
@@ -39,6 +40,9 @@ from typing import Any
 import httpx
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from holds import holds  # bench/holds.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "bench"
@@ -863,6 +867,9 @@ async def main() -> None:
     say(f"logs in {tmp}")
     if ONLY in ("", "writes"):
         await writes(report, tmp, run)
+    if ONLY in ("", "holds"):
+        async with fresh_database() as db:
+            await holds(report, db, tmp, run, free_port)
     if ONLY in ("", "reads"):
         await reads(report, tmp, run)
     report.print()

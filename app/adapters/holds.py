@@ -27,9 +27,11 @@ class AbstractHolds(abc.ABC):
         self._add(hold)
         self.seen.append(hold)
 
-    async def get(self, holdid: str) -> model.Hold | None:
-        """The hold, locked for this unit of work; None if there is none."""
-        hold = next((h for h in self.seen if h.holdid == holdid), None) or await self._get(holdid)
+    async def get(self, holdid: str, skip_locked: bool = False) -> model.Hold | None:
+        """The hold, locked for this unit of work; None if there is none (or, with
+        ``skip_locked``, if another transaction holds its lock)."""
+        seen = next((h for h in self.seen if h.holdid == holdid), None)
+        hold = seen or await self._get(holdid, skip_locked)
         if hold is not None and hold not in self.seen:
             self.seen.append(hold)
         return hold
@@ -45,7 +47,7 @@ class AbstractHolds(abc.ABC):
     def _add(self, hold: model.Hold) -> None: ...
 
     @abc.abstractmethod
-    async def _get(self, holdid: str) -> model.Hold | None: ...
+    async def _get(self, holdid: str, skip_locked: bool) -> model.Hold | None: ...
 
 
 class _Statements:
@@ -55,6 +57,7 @@ class _Statements:
             h.holdid == bindparam("hold")
         )
         self.locked = self.get.with_for_update()
+        self.unless_locked = self.get.with_for_update(skip_locked=True)
         self.add = insert(tables.holds).values(
             holdid=bindparam("hold"),
             state=bindparam("now_state"),
@@ -102,8 +105,11 @@ class SqlHolds(AbstractHolds):
     def _add(self, hold: model.Hold) -> None:
         self._stored[hold.holdid] = None
 
-    async def _get(self, holdid: str) -> model.Hold | None:
-        statement = _statements().locked if self._tx.dialect == "postgresql" else _statements().get
+    async def _get(self, holdid: str, skip_locked: bool) -> model.Hold | None:
+        statements = _statements()
+        statement = statements.unless_locked if skip_locked else statements.locked
+        if self._tx.dialect != "postgresql":
+            statement = statements.get  # SQLite: the write lock is the database's
         rows = await self._tx.fetch(statement, {"hold": holdid})
         if not rows:
             return None

@@ -61,10 +61,7 @@ async def drifts(conn: AsyncConnection) -> AsyncIterator[str]:
     for ref, *counts, in_lines in await _rows(conn, counted):
         write, ledgered = tuple(counts[:3]), tuple(n or 0 for n in counts[3:])
         if write != ledgered:
-            yield (
-                f"batch {ref}: purchased, allocated, held {write}; its ledger rows add up "
-                f"to {ledgered}"
-            )
+            yield f"batch {ref}: {_counts(write)}; its ledger rows add up to {_counts(ledgered)}"
         if (in_lines or 0) != write[2]:
             yield f"batch {ref}: holds {write[2]} units, its holds' lines {in_lines or 0}"
     orphans = (
@@ -131,6 +128,11 @@ async def drifts(conn: AsyncConnection) -> AsyncIterator[str]:
     )
     for orderid, sku, ref in await _rows(conn, allocated_views):
         yield f"line {orderid}/{sku}: order_lines_view says allocated to {ref}, no batch holds it"
+
+
+def _counts(counts: tuple[int, ...]) -> str:
+    names = ("purchased", "allocated", "held")
+    return ", ".join(f"{name} {n}" for name, n in zip(names, counts, strict=True))
 
 
 async def counts(conn: AsyncConnection) -> tuple[int, ...]:

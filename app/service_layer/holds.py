@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -99,9 +100,11 @@ async def release_hold(cmd: commands.ReleaseHold, uow: AbstractUnitOfWork) -> No
 
 async def expire_hold(cmd: commands.ExpireHold, uow: AbstractUnitOfWork) -> None:
     async with uow:
-        hold = await uow.holds.get(cmd.holdid)
+        # A hold another transaction has locked is being changed, or expired by another
+        # process: it is not this one's to wait for.
+        hold = await uow.holds.get(cmd.holdid, skip_locked=True)
         if hold is None or not hold.due(clock.now()):
-            return  # ended or extended since it was found due
+            return  # ended or extended since it was found due, or busy
         await _free(uow, hold, "expired")
         await uow.commit()
 
@@ -157,7 +160,8 @@ async def release_in_read_model(event: events.LineReleased, uow: AbstractUnitOfW
 
 # The deadline loop.
 
-DUE_AT_ONCE = 100  # holds expired per look
+DUE_AT_ONCE = 500  # holds expired per look, at most
+AT_A_TIME = 8  # expired side by side: one waiting on a busy product holds up no other
 
 
 async def expire_due(
@@ -177,10 +181,11 @@ async def expire_due(
             with tracing.quiet():  # an idle look is no work to trace
                 async with uow() as looking:
                     due = await looking.holds.due(clock.now(), DUE_AT_ONCE)
-            for holdid in due:
-                await expire(commands.ExpireHold(holdid))
+            random.shuffle(due)  # other processes look too: each starts somewhere else
+            for n in range(0, len(due), AT_A_TIME):
+                batch = due[n : n + AT_A_TIME]
+                await asyncio.gather(*(expire(commands.ExpireHold(h)) for h in batch))
         except Exception as e:
             logger.warning("expiring holds failed, trying again: %s", e)
-        if len(due) < DUE_AT_ONCE:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

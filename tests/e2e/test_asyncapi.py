@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,12 @@ import pytest
 
 from app.config import Settings
 from app.main import create_app
-from app.wire import ChangeBatchQuantityMessage, LineAllocatedMessage
+from app.wire import (
+    ChangeBatchQuantityMessage,
+    HeldLineMessage,
+    HoldChangedMessage,
+    LineAllocatedMessage,
+)
 from tests.support.apps import serving
 from tests.support.servers import unavailable
 
@@ -76,6 +82,7 @@ async def test_the_official_parser_accepts_the_document_and_reads_every_channel(
             "line_allocated",
             {"orderid", "sku", "qty", "batchref", "event_id", "request_id"},
         ),
+        ("holdChanged", "hold_changed", {"holdid", "state", "expires_at", "lines", "event_id"}),
     ):
         for transport, protocol in TRANSPORTS.items():
             channel = channels[f"{subject}{transport}"]
@@ -87,7 +94,7 @@ async def test_the_official_parser_accepts_the_document_and_reads_every_channel(
     ins = {c for op in read["operations"] if op["action"] == "receive" for c in op["channels"]}
     outs = {c for op in read["operations"] if op["action"] == "send" for c in op["channels"]}
     assert ins == {f"changeBatchQuantity{t}" for t in TRANSPORTS}
-    assert outs == {f"lineAllocated{t}" for t in TRANSPORTS}
+    assert outs == {f"{event}{t}" for t in TRANSPORTS for event in ("lineAllocated", "holdChanged")}
 
 
 async def test_the_schemas_are_the_models_the_code_validates_with(
@@ -101,6 +108,22 @@ async def test_the_schemas_are_the_models_the_code_validates_with(
     assert jsonschema_rs.validator_for(schemas["LineAllocated"]).is_valid(sent)
     entry = {k: "" if v is None else str(v) for k, v in sent.items()}
     assert jsonschema_rs.validator_for(schemas["LineAllocatedEntry"]).is_valid(entry)
+    held = HoldChangedMessage(
+        holdid="h-1",
+        state="expired",
+        expires_at=datetime(2031, 1, 1, tzinfo=UTC),
+        orderid=None,
+        lines=[HeldLineMessage(sku="CHAIR", qty=2, batchref=None)],
+        event_id="e",
+        request_id=None,
+    ).model_dump(mode="json", exclude={"traceparent"})
+    # (its lines' schema is another component: resolved as in the document)
+    whole = {**schemas["HoldChanged"], "components": {"schemas": schemas}}
+    assert jsonschema_rs.validator_for(whole).is_valid(held)
+    as_text = {
+        k: "" if v is None else json.dumps(v) if k == "lines" else v for k, v in held.items()
+    }
+    assert jsonschema_rs.validator_for(schemas["HoldChangedEntry"]).is_valid(as_text)
     # What the consumer refuses, the document refuses too; and what it takes.
     change = jsonschema_rs.validator_for(schemas["ChangeBatchQuantity"])
     for bad in ({"batchref": "b-1", "qty": -1}, {"batchref": "", "qty": 1}, {"qty": 1}):

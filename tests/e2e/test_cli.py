@@ -292,8 +292,8 @@ async def test_reconcile_finds_no_drift_after_the_books_flow_and_names_each_it_f
     found = await run_cli(env, "reconcile")
     assert found.returncode == 1, describe(found)
     assert found.stdout.splitlines() == [
-        f"batch {ref}: purchased 12, allocated 7; its ledger rows add up to purchased 12, "
-        "allocated 3",
+        f"batch {ref}: purchased 12, allocated 7, held 0; its ledger rows add up to "
+        "purchased 12, allocated 3, held 0",
         f"batch {ref}: not in batches_view",
     ]
     assert found.stderr.strip().endswith("2 drifts found")

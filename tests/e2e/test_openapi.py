@@ -152,6 +152,27 @@ async def _not_ready(client: httpx.AsyncClient, app: FastAPI) -> httpx.Response:
         await gone.dispose()
 
 
+HOLD = {"holdid": "hold-001", "lines": [{"sku": "SMALL-TABLE", "qty": 2}]}
+
+
+async def _hold_short(client: httpx.AsyncClient, _: FastAPI) -> httpx.Response:
+    assert (await client.post("/batches", json={**BATCH, "qty": 1})).status_code == 201
+    return await client.post("/holds", json=HOLD)
+
+
+async def _hold_exists(client: httpx.AsyncClient, _: FastAPI) -> httpx.Response:
+    assert (await client.post("/batches", json=BATCH)).status_code == 201
+    assert (await client.post("/holds", json=HOLD)).status_code == 201
+    return await client.post("/holds", json={**HOLD, "lines": [{"sku": "SMALL-TABLE", "qty": 1}]})
+
+
+async def _hold_ended(client: httpx.AsyncClient, _: FastAPI) -> httpx.Response:
+    assert (await client.post("/batches", json=BATCH)).status_code == 201
+    assert (await client.post("/holds", json=HOLD)).status_code == 201
+    assert (await client.delete("/holds/hold-001")).status_code == 204
+    return await client.post("/holds/hold-001/extend", json={"ttl_s": 60})
+
+
 def _get(url: str) -> Producer:
     return lambda client, _: client.get(url)
 
@@ -171,6 +192,10 @@ async def _stale(client: httpx.AsyncClient, _: FastAPI) -> httpx.Response:
 
 PRODUCERS: dict[str, Producer] = {
     "unknown-line": _unknown_line,
+    "unknown-hold": _get("/holds/hold-001"),
+    "hold-short": _hold_short,
+    "hold-exists": _hold_exists,
+    "hold-ended": _hold_ended,
     "version-mismatch": _stale,
     "invalid-sku": lambda client, _: client.post("/allocate", json=LINE),
     "token-missing": lambda client, _: client.post(
@@ -237,8 +262,20 @@ async def test_every_success_example_is_what_the_try_it_out_examples_get(
     answers[schemas.Health] = [await client.get("/health")]
     answers[schemas.Readiness] = [await client.get("/ready")]
     answers[schemas.BatchAccepted] = [await client.patch(f"/batches/{ref}", json=change)]
+    [hold] = schemas.HoldIn.model_json_schema()["examples"]
+    placed = await client.post("/holds", json=hold)
+    [extension] = schemas.HoldTime.model_json_schema()["examples"]
+    extended = await client.post(f"/holds/{hold['holdid']}/extend", json=extension)
+    assert extended.json()["expires_at"] > placed.json()["expires_at"]
+    [confirm] = schemas.HoldConfirm.model_json_schema()["examples"]
+    confirmed = await client.post(f"/holds/{hold['holdid']}/confirm", json=confirm)
+    assert confirmed.status_code == 202, confirmed.text
+    # The example's time is any time: the rest is what the example answers.
+    [held] = schemas.Hold.model_json_schema()["examples"]
+    assert {**placed.json(), "expires_at": held["expires_at"]} == held
 
     inputs = {schemas.BatchIn, schemas.AllocateIn, schemas.BatchChange, schemas.LineIn}
+    inputs |= {schemas.HoldIn, schemas.HoldTime, schemas.HoldConfirm, schemas.Hold}
     assert set(answers) | inputs == set(schemas.EXAMPLED)
     for model, real in answers.items():
         assert [r.json() for r in real] == model.model_json_schema()["examples"], model

@@ -199,7 +199,7 @@ HOLD_ENDED = _cause(
     "Hold no longer held",
     "`POST /holds/{holdid}/extend` or `confirm`: the hold was confirmed (for another "
     "order, to confirm it), released or has expired; its units are free. Place a new hold.",
-    "Hold hold-001 is expired",
+    "Hold hold-001 is released",
 )
 WRITE_COLLIDED = _cause(
     "write-collided",

@@ -142,7 +142,7 @@ class HoldIn(Request):
 class HoldTime(Request):
     ttl_s: HoldSeconds = Field(600, description="Seconds from now it lasts, 1 to 3,600.")
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"ttl_s": 300}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ttl_s": 900}]})
 
 
 class HoldConfirm(Request):
