@@ -189,9 +189,16 @@ async def test_extending_moves_its_time_and_ttl_keeps_to_its_range(
     for ttl in (0, 3601, "60", 1.5):
         bad = await hold(client, random_ref("hold"), {sku: 1}, ttl_s=ttl)  # type: ignore[arg-type]
         assert bad.status_code == 422, ttl
-    twice = {"holdid": "h", "lines": [{"sku": sku, "qty": 1}, {"sku": sku, "qty": 1}]}
-    assert (await client.post("/holds", json=twice)).status_code == 422
     assert await available(client, sku) == 2
+    # Two lines of one sku are one line of their sum.
+    twice = {"holdid": random_ref("hold"), "lines": [{"sku": sku, "qty": 1}] * 2}
+    summed = await client.post("/holds", json=twice)
+    assert summed.status_code == 201, summed.text
+    assert [(ln["sku"], ln["qty"]) for ln in summed.json()["lines"]] == [(sku, 2)]
+    assert await available(client, sku) == 0
+    many = {"holdid": random_ref("hold"), "lines": [{"sku": sku, "qty": 10**9}] * 100}
+    too_many = await client.post("/holds", json=many)
+    assert (too_many.status_code, too_many.json()["short"]) == (409, [sku])
 
 
 async def test_32_racing_holds_hold_exactly_what_there_is(client: httpx.AsyncClient) -> None:

@@ -56,8 +56,7 @@ async def place_hold(body: schemas.HoldIn, request: Request, bus: Bus) -> Respon
     /holds/{holdid}`. Unconfirmed, it expires by itself at `expires_at`, its units free
     again within about a second. The same `holdid` with the same lines again answers 201,
     the same hold; with other lines, 409."""
-    lines = tuple((line.sku, line.qty) for line in body.lines)
-    await bus.handle(commands.PlaceHold(body.holdid, lines, body.ttl_s))
+    await bus.handle(commands.PlaceHold(body.holdid, body.units(), body.ttl_s))
     return await _answer(request, body.holdid)
 
 

@@ -125,18 +125,20 @@ class HoldLineIn(Request):
 class HoldIn(Request):
     holdid: Identifier = Field(description="The hold's id, the caller's choice. " + ID_RULES)
     lines: list[HoldLineIn] = Field(
-        min_length=1, max_length=100, description="Its lines, each of another sku."
+        min_length=1,
+        max_length=100,
+        description="Its lines; two of one sku are one line of their sum.",
     )
     ttl_s: HoldSeconds = Field(600, description="Seconds it lasts, 1 to 3,600.")
 
     model_config = ConfigDict(json_schema_extra={"examples": [HOLD_EXAMPLE]})
 
-    @model_validator(mode="after")
-    def _one_line_per_sku(self) -> Self:
-        skus = [line.sku for line in self.lines]
-        if len(set(skus)) != len(skus):
-            raise ValueError("each line must be of another sku")
-        return self
+    def units(self) -> tuple[tuple[str, int], ...]:
+        """(sku, qty) of each sku the lines name: lines of one sku are one line, of their sum."""
+        summed: dict[str, int] = {}
+        for line in self.lines:
+            summed[line.sku] = summed.get(line.sku, 0) + line.qty
+        return tuple(summed.items())
 
 
 class HoldTime(Request):
