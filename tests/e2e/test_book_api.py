@@ -53,6 +53,7 @@ async def test_new_batch_has_a_location_showing_its_quantities(
         "eta": "2011-01-01",
         "purchased": 20,
         "allocated": 0,
+        "held": 0,
         "available": 20,
     }
 

@@ -25,12 +25,15 @@ async def document(http: httpx.AsyncClient) -> dict[str, Any]:
 
 
 async def reads(http: httpx.AsyncClient, document: dict[str, Any]) -> list[str]:
-    """A URL of each GET of the document, naming what one batch and order made exist."""
+    """A URL of each GET of the document, naming what one batch, order and hold made exist."""
     sku, ref, orderid = random_ref("sku"), random_ref("batch"), random_ref("order")
     assert (await http.post("/batches", json={"ref": ref, "sku": sku, "qty": 5})).status_code == 201
     line = {"orderid": orderid, "sku": sku, "qty": 1}
     assert (await http.post("/allocate", json=line)).status_code == 202
-    ids = {"ref": ref, "sku": sku, "orderid": orderid}
+    holdid = random_ref("hold")
+    hold = {"holdid": holdid, "lines": [{"sku": sku, "qty": 1}]}
+    assert (await http.post("/holds", json=hold)).status_code == 201
+    ids = {"ref": ref, "sku": sku, "orderid": orderid, "holdid": holdid}
     paths = [path for path, item in document["paths"].items() if "get" in item]
     return [path.format(**ids) for path in paths] + ["/", "/docs", "/redoc", "/openapi.json"]
 
