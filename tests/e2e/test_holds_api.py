@@ -13,7 +13,10 @@ from typing import Any
 
 import httpx
 
+from app.config import Settings
 from app.entrypoints.http import problems
+from app.main import create_app
+from tests.support.apps import serving
 from tests.support.refs import random_ref
 from tests.support.scenarios import add_batch, allocate
 
@@ -215,3 +218,24 @@ async def test_32_racing_holds_hold_exactly_what_there_is(client: httpx.AsyncCli
     assert statuses == [201] * 15 + [409] * 17, statuses
     assert all(r.json()["short"] == [b] for r in answers if r.status_code == 409)
     assert (await available(client, a), await available(client, b)) == (5, 0)
+
+
+async def test_on_the_embedded_default_a_hold_is_kept_confirmed_and_expires(
+    sqlite_url: str,
+) -> None:
+    async with serving(create_app(Settings(database_url=sqlite_url))) as client:
+        sku, holdid = random_ref("sku"), random_ref("hold")
+        await add_batch(client, random_ref("batch"), sku, 4)
+        assert (await hold(client, holdid, {sku: 3})).status_code == 201
+        short = await hold(client, random_ref("hold"), {sku: 2})
+        assert (short.status_code, short.json()["short"]) == (409, [sku])
+        confirmed = await client.post(f"/holds/{holdid}/confirm", json={"orderid": "o"})
+        assert confirmed.status_code == 202, confirmed.text
+        assert (await client.get("/orders/o")).json()["lines"][0]["state"] == "allocated"
+        brief = await hold(client, random_ref("hold"), {sku: 1}, ttl_s=1)
+        assert brief.status_code == 201
+        assert await available(client, sku) == 0
+        deadline = time.time() + 4
+        while await available(client, sku) != 1:
+            assert time.time() < deadline, "not expired on SQLite"
+            await asyncio.sleep(0.05)
