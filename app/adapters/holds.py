@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import orjson
 from sqlalchemy import bindparam, insert, select, update
@@ -17,6 +17,8 @@ from sqlalchemy import bindparam, insert, select, update
 from app.adapters import tables
 from app.adapters.transactions import Transaction
 from app.domain import model
+
+Busy: TypeAlias = Literal["wait", "skip", "fail"]
 
 
 class AbstractHolds(abc.ABC):
@@ -27,11 +29,15 @@ class AbstractHolds(abc.ABC):
         self._add(hold)
         self.seen.append(hold)
 
-    async def get(self, holdid: str, skip_locked: bool = False) -> model.Hold | None:
-        """The hold, locked for this unit of work; None if there is none (or, with
-        ``skip_locked``, if another transaction holds its lock)."""
+    async def get(self, holdid: str, busy: Busy = "wait") -> model.Hold | None:
+        """The hold, locked for this unit of work; None if there is none.
+
+        If another transaction holds its lock: ``wait`` for it; ``skip``, as if there
+        were none; or ``fail`` at once, a collision the bus retries: what a transaction
+        that locked a product first does, lest it wait on one that waits on it.
+        """
         seen = next((h for h in self.seen if h.holdid == holdid), None)
-        hold = seen or await self._get(holdid, skip_locked)
+        hold = seen or await self._get(holdid, busy)
         if hold is not None and hold not in self.seen:
             self.seen.append(hold)
         return hold
@@ -47,7 +53,7 @@ class AbstractHolds(abc.ABC):
     def _add(self, hold: model.Hold) -> None: ...
 
     @abc.abstractmethod
-    async def _get(self, holdid: str, skip_locked: bool) -> model.Hold | None: ...
+    async def _get(self, holdid: str, busy: Busy) -> model.Hold | None: ...
 
 
 class _Statements:
@@ -56,8 +62,11 @@ class _Statements:
         self.get = select(h.state, h.expires_at, h.orderid, h.lines).where(
             h.holdid == bindparam("hold")
         )
-        self.locked = self.get.with_for_update()
-        self.unless_locked = self.get.with_for_update(skip_locked=True)
+        self.busy = {
+            "wait": self.get.with_for_update(),
+            "skip": self.get.with_for_update(skip_locked=True),
+            "fail": self.get.with_for_update(nowait=True),
+        }
         self.add = insert(tables.holds).values(
             holdid=bindparam("hold"),
             state=bindparam("now_state"),
@@ -105,9 +114,9 @@ class SqlHolds(AbstractHolds):
     def _add(self, hold: model.Hold) -> None:
         self._stored[hold.holdid] = None
 
-    async def _get(self, holdid: str, skip_locked: bool) -> model.Hold | None:
+    async def _get(self, holdid: str, busy: Busy) -> model.Hold | None:
         statements = _statements()
-        statement = statements.unless_locked if skip_locked else statements.locked
+        statement = statements.busy[busy]
         if self._tx.dialect != "postgresql":
             statement = statements.get  # SQLite: the write lock is the database's
         rows = await self._tx.fetch(statement, {"hold": holdid})

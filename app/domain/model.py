@@ -239,13 +239,14 @@ class Product:
 
     def confirm(self, holdid: str, orderid: str, qty: int) -> None:
         """The hold's line becomes the order's line, allocated in the batch that held it (if
-        the hold lost its units, placed as any new line is)."""
+        the hold lost its units, placed as any new line is). An order that has a line of
+        the sku already is a LineConflict: an order holds one line of a sku."""
         line = OrderLine(orderid, self.sku, qty)
         holding = self._holding(orderid)
-        if holding is not None and holding[1].qty != qty:
-            self.allocate(line)  # raises LineConflict
+        if holding is not None:
+            raise LineConflict(f"Order {orderid} already has a line of {self.sku}")
         held = self.release(holdid, "confirmed")
-        batch = None if held is None or holding else self._batch(held.batchref)
+        batch = None if held is None else self._batch(held.batchref)
         if batch is None:
             self.allocate(line)
         else:
@@ -423,6 +424,7 @@ class Hold:
     def lost(self, sku: str) -> None:
         """The line of ``sku`` lost its units: its batch's quantity fell below what it kept."""
         self.lines = [replace(ln, batchref=None) if ln.sku == sku else ln for ln in self.lines]
+        self._said()
 
     def _held(self) -> None:
         if self.state != "held":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import UTC
 from functools import partial
 from operator import attrgetter
 
@@ -207,7 +208,7 @@ async def publish_hold_changed_event(
     message = HoldChangedMessage(
         holdid=event.holdid,
         state=event.state,
-        expires_at=event.expires_at,
+        expires_at=event.expires_at.replace(tzinfo=UTC),  # kept as naive UTC
         orderid=event.orderid,
         lines=[{"sku": ln.sku, "qty": ln.qty, "batchref": ln.batchref} for ln in event.lines],
         event_id=event.id,

@@ -4,7 +4,9 @@ expires. The handlers of their commands, and the reactions to their events.
 A hold is a Hold (its state and deadline) and, for each line, what its sku's
 Product keeps for it (``Product.hold``). A command locks the hold first, then
 the products of its lines in sku order, as every command on several products
-does: two never wait on each other in a circle. The deadline is in the
+does; a batch's change, which locks its product first, takes the lock of a
+hold that loses its units without waiting (a collision, retried, if it is
+taken): two never wait on each other in a circle. The deadline is in the
 database: ``expire_due`` (run in the background of every process, app.bootstrap)
 finds the holds whose time has passed and expires each, whichever process
 placed it, whatever died since.
@@ -102,7 +104,7 @@ async def expire_hold(cmd: commands.ExpireHold, uow: AbstractUnitOfWork) -> None
     async with uow:
         # A hold another transaction has locked is being changed, or expired by another
         # process: it is not this one's to wait for.
-        hold = await uow.holds.get(cmd.holdid, skip_locked=True)
+        hold = await uow.holds.get(cmd.holdid, busy="skip")
         if hold is None or not hold.due(clock.now()):
             return  # ended or extended since it was found due, or busy
         await _free(uow, hold, "expired")
@@ -153,7 +155,8 @@ async def hold_in_read_model(event: events.LineHeld, uow: AbstractUnitOfWork) ->
 async def release_in_read_model(event: events.LineReleased, uow: AbstractUnitOfWork) -> None:
     await uow.read_model.batch_held(event.batchref, -event.qty, event.version)
     if event.why == "lost":
-        hold = await uow.holds.get(event.holdid)
+        # The product is locked already: the hold's lock is taken without waiting.
+        hold = await uow.holds.get(event.holdid, busy="fail")
         if hold is not None:
             hold.lost(event.sku)
 

@@ -1,5 +1,7 @@
 """Who may write (API_TOKEN), and how much they may send (MAX_BODY_BYTES)."""
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -157,3 +159,28 @@ async def test_a_body_within_the_limit_is_read(client: httpx.AsyncClient) -> Non
     r = await client.post("/batches", content=body, headers={"Content-Type": "application/json"})
 
     assert r.status_code == 201, r.text
+
+
+@pytest.mark.postgres
+async def test_after_a_413_the_connection_closes_and_the_body_is_never_a_request(
+    uvicorn_url: str,
+) -> None:
+    host, port = uvicorn_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        f"POST /holds HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 66000\r\n\r\n"
+    )
+    writer.write(head.encode())
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    rest = b""
+    with contextlib.suppress(ConnectionError):  # closed (or reset: the body unread)
+        writer.write(b"x" * 66_000)  # the body it refused, sent all the same
+        await writer.drain()
+        rest = await asyncio.wait_for(reader.read(), 10)  # up to the close
+
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in answer.lower()
+    assert b"HTTP/1.1" not in rest  # no second answer, to a "request" made of the body
+    writer.close()

@@ -17,6 +17,7 @@ from app.config import Settings
 from app.entrypoints.http import problems
 from app.main import create_app
 from tests.support.apps import serving
+from tests.support.databases import query
 from tests.support.refs import random_ref
 from tests.support.scenarios import add_batch, allocate
 
@@ -239,3 +240,52 @@ async def test_on_the_embedded_default_a_hold_is_kept_confirmed_and_expires(
         while await available(client, sku) != 1:
             assert time.time() < deadline, "not expired on SQLite"
             await asyncio.sleep(0.05)
+
+
+async def test_confirming_into_an_order_with_a_line_of_the_sku_is_a_409_that_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    sku, ref, orderid, holdid = (random_ref(n) for n in ("sku", "batch", "order", "hold"))
+    await add_batch(client, ref, sku, 10)
+    await allocate(client, orderid, sku, 2)
+    await hold(client, holdid, {sku: 2})
+
+    r = await client.post(f"/holds/{holdid}/confirm", json={"orderid": orderid})
+
+    assert r.status_code == 409
+    assert r.json()["type"] == problems.LINE_EXISTS.uri
+    batch = (await client.get(f"/batches/{ref}")).json()
+    assert (batch["allocated"], batch["held"], batch["available"]) == (2, 2, 6)
+    assert (await client.get(f"/holds/{holdid}")).json()["state"] == "held"
+
+
+async def test_a_batch_that_shrinks_while_its_holds_end_never_deadlocks(
+    client: httpx.AsyncClient, postgres_url: str
+) -> None:
+    a, b = random_ref("sku-a"), random_ref("sku-b")
+    await add_batch(client, (ref_a := random_ref("batch")), a, 100)
+    await add_batch(client, (ref_b := random_ref("batch")), b, 100)
+    holdids = [random_ref("hold") for _ in range(16)]
+    for holdid in holdids:
+        assert (await hold(client, holdid, {a: 5, b: 5})).status_code == 201
+    before = await deadlocks(postgres_url)
+
+    answers = await asyncio.gather(
+        *(client.delete(f"/holds/{h}") for h in holdids[::2]),
+        *(client.post(f"/holds/{h}/confirm", json={"orderid": h}) for h in holdids[1::2]),
+        *(client.patch(f"/batches/{ref}", json={"qty": 30}) for ref in (ref_a, ref_b)),
+    )
+
+    assert {r.status_code for r in answers} <= {202, 204}, [r.text for r in answers]
+    await asyncio.sleep(1.5)  # a backend's counts reach the statistics within a second
+    assert await deadlocks(postgres_url) == before
+    for sku in (a, b):
+        assert 0 <= await available(client, sku) <= 30
+
+
+async def deadlocks(database_url: str) -> int:
+    rows = await query(
+        database_url,
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+    )
+    return int(rows[0][0])

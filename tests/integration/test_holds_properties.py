@@ -141,16 +141,13 @@ class Model:
         hold = self._held(holdid, orderid)
         if hold.state == "confirmed":
             return
-        for sku, (qty, _) in hold.lines.items():
-            holder = self._line(orderid, sku)
-            if holder is not None and holder.allocated[orderid] != qty:
-                raise LineConflict  # and nothing changes: one transaction
+        if any(self._line(orderid, sku) is not None for sku in hold.lines):
+            raise LineConflict  # the order has a line of the sku: nothing changes
         for sku, (qty, ref) in sorted(hold.lines.items()):
-            if ref is not None:
-                self._batch(ref).held.pop(holdid)
-            if ref is None or self._line(orderid, sku) is not None:
+            if ref is None:
                 self.allocate(orderid, sku, qty)
             else:
+                self._batch(ref).held.pop(holdid)
                 self._batch(ref).allocated[orderid] = qty
         hold.state, hold.orderid = "confirmed", orderid
 

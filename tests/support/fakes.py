@@ -227,7 +227,7 @@ class FakeHolds(AbstractHolds):
     def _add(self, hold: model.Hold) -> None:
         self._holds[hold.holdid] = hold
 
-    async def _get(self, holdid: str, skip_locked: bool) -> model.Hold | None:
+    async def _get(self, holdid: str, busy: str) -> model.Hold | None:
         return self._holds.get(holdid)
 
     async def due(self, now: datetime, limit: int) -> list[str]:

@@ -133,7 +133,7 @@ async def test_extend_and_confirm_on_a_hold_past_its_time_expire_it_there_and_th
 
 
 async def test_a_batch_that_shrinks_drops_the_latest_hold_before_any_order_line(
-    service: Service, store: FakeStore, fake_clock: clock.FakeClock
+    service: Service, store: FakeStore, publisher: FakePublisher, fake_clock: clock.FakeClock
 ) -> None:
     await service.handle(commands.Allocate("order-1", "CHAIR", 2))
     await service.handle(commands.PlaceHold("first", (("CHAIR", 1),), 60))
@@ -144,6 +144,13 @@ async def test_a_batch_that_shrinks_drops_the_latest_hold_before_any_order_line(
     assert units(store, "now") == (3, 2, 1)
     assert [ln.batchref for ln in store.holds["second"].lines] == [None]
     assert [ln.batchref for ln in store.holds["first"].lines] == ["now"]
+    # Said as any change of the hold is: hold_changed, its line now of no batch.
+    said = [p for c, p in publisher.published if c == "hold_changed" and p["holdid"] == "second"]
+    assert [(p["state"], p["lines"][0]["batchref"]) for p in said] == [
+        ("held", "now"),
+        ("held", None),
+    ]
+    assert said[0]["expires_at"] == "2031-06-01T12:01:00Z"  # UTC, and says so
     # Confirmed, the lost line is placed as any new line: in the shipment.
     await service.handle(commands.ConfirmHold("second", "order-2"))
     assert store.read_model.allocations_of("order-2") == [{"sku": "CHAIR", "batchref": "later"}]

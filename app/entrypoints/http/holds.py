@@ -22,6 +22,8 @@ from app.entrypoints.http.dependencies import Bus, reads_of
 from app.entrypoints.http.openapi import errors, link, located, operation_id
 from app.entrypoints.http.problems import problem
 
+# In the order /docs lists them, which "Try it out" takes top to bottom: place, extend,
+# confirm, read, release.
 router = APIRouter(generate_unique_id_function=operation_id)
 
 _HOLD = {"holdid": "$request.path.holdid"}
@@ -58,22 +60,6 @@ async def place_hold(body: schemas.HoldIn, request: Request, bus: Bus) -> Respon
     the same hold; with other lines, 409."""
     await bus.handle(commands.PlaceHold(body.holdid, body.units(), body.ttl_s))
     return await _answer(request, body.holdid)
-
-
-@router.get(
-    "/holds/{holdid}",
-    response_model=schemas.Hold,
-    summary="Read a hold",
-    tags=["holds"],
-    responses=errors(problems.UNKNOWN_HOLD),
-)
-async def get_hold(holdid: HoldId, request: Request, after: After = None) -> Response:
-    """The hold's state (`held`, `confirmed`, `released`, `expired`), when it expires, and
-    the batch keeping each line."""
-    result = await views.hold(reads_of(request), holdid, after)
-    if result is None:
-        return problem(problems.UNKNOWN_HOLD, f"No hold {holdid}")
-    return answer(request, result)
 
 
 @router.post(
@@ -128,6 +114,22 @@ async def confirm_hold(
     return answer(
         request, schemas.AllocationAccepted(orderid=body.orderid), order_headers_of(where)
     )
+
+
+@router.get(
+    "/holds/{holdid}",
+    response_model=schemas.Hold,
+    summary="Read a hold",
+    tags=["holds"],
+    responses=errors(problems.UNKNOWN_HOLD),
+)
+async def get_hold(holdid: HoldId, request: Request, after: After = None) -> Response:
+    """The hold's state (`held`, `confirmed`, `released`, `expired`), when it expires, and
+    the batch keeping each line."""
+    result = await views.hold(reads_of(request), holdid, after)
+    if result is None:
+        return problem(problems.UNKNOWN_HOLD, f"No hold {holdid}")
+    return answer(request, result)
 
 
 @router.delete(

@@ -74,11 +74,16 @@ def _log_request(scope: Scope, method: str, route: str, status: int, seconds: fl
     )
 
 
+# The body not read stays on the connection: closed, it cannot be taken for a request.
+_CLOSE = {"Connection": "close"}
+
+
 class BodyLimit:
     """413 for a request body over ``max_bytes``, declared or streamed.
 
     A declared ``Content-Length`` over the limit is refused before the body
-    is read; a chunked body is counted as it arrives.
+    is read; a chunked body is counted as it arrives. The connection is then
+    closed (``Connection: close``).
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -91,7 +96,7 @@ class BodyLimit:
             return
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = problem(problems.BODY_TOO_LARGE, self._message())
+            response = problem(problems.BODY_TOO_LARGE, self._message(), _CLOSE)
             await response(scope, receive, send)
             return
         received = 0
@@ -103,7 +108,7 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     # FastAPI passes an HTTPException from reading the body through.
-                    raise Refusal(problems.BODY_TOO_LARGE, self._message())
+                    raise Refusal(problems.BODY_TOO_LARGE, self._message(), _CLOSE)
             return message
 
         await self.app(scope, counting_receive, send)

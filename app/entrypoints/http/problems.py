@@ -172,8 +172,9 @@ LINE_EXISTS = _cause(
     "line-exists",
     409,
     "Order holds another quantity",
-    "`POST /allocate`: the order already holds a different quantity of this sku. "
-    "(The same line again is a 202.)",
+    "`POST /allocate`: the order already holds a different quantity of this sku (the "
+    "same line again is a 202); `POST /holds/{holdid}/confirm`: the order already has a "
+    "line of a sku the hold keeps (an order has one line of a sku), and nothing changes.",
     "Order order-001 already has 2 of SMALL-TABLE allocated to batch batch-001",
 )
 HOLD_SHORT = _cause(

@@ -150,7 +150,7 @@ class HoldTime(Request):
 class HoldConfirm(Request):
     orderid: Identifier = Field(description="The order the lines become. " + ID_RULES)
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"orderid": "order-001"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"orderid": "order-003"}]})
 
 
 def _answers(*examples: JsonDict) -> ConfigDict:
@@ -267,7 +267,7 @@ class Hold(BaseModel):
         {
             "holdid": "hold-001",
             "state": "held",
-            "expires_at": "2026-12-08T12:10:00Z",
+            "expires_at": "2026-12-08T12:10:00.123456+00:00",
             "orderid": None,
             "lines": [{"sku": "SMALL-TABLE", "qty": 2, "batchref": "batch-001"}],
         }
