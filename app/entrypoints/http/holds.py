@@ -138,7 +138,14 @@ async def get_hold(holdid: HoldId, request: Request, after: After = None) -> Res
     dependencies=WRITER,
     summary="Release a hold",
     tags=["holds"],
-    responses=errors(problems.UNKNOWN_HOLD, write=True),
+    # A write without a body: none of the body's causes but its size.
+    responses=errors(
+        problems.UNKNOWN_HOLD,
+        problems.TOKEN_MISSING,
+        problems.TOKEN_INVALID,
+        problems.BODY_TOO_LARGE,
+        problems.WRITE_COLLIDED,
+    ),
 )
 async def release_hold(holdid: HoldId, bus: Bus) -> Response:
     """Frees the hold's units at once; it reads `released`. Again, or on a hold that has
