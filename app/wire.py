@@ -206,6 +206,10 @@ class HoldChangedMessage(BaseModel):
     expires_at: datetime = Field(description="When it expires (expired), in UTC.")
     orderid: str | None = Field(description="The order a confirmed hold's lines went to.")
     lines: list[HeldLineMessage] = Field(description="Its lines.")
+    version: int = Field(
+        description="The hold's version, one more with each of its changes: a consumer "
+        "keeps the highest it has seen."
+    )
     event_id: str = Field(
         description="The event's id, the same on every broker and every redelivery: "
         "de-duplicate by it."

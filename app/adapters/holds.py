@@ -59,7 +59,7 @@ class AbstractHolds(abc.ABC):
 class _Statements:
     def __init__(self) -> None:
         h = tables.holds.c
-        self.get = select(h.state, h.expires_at, h.orderid, h.lines).where(
+        self.get = select(h.state, h.expires_at, h.orderid, h.lines, h.version).where(
             h.holdid == bindparam("hold")
         )
         self.busy = {
@@ -73,6 +73,7 @@ class _Statements:
             expires_at=bindparam("until"),
             orderid=bindparam("order"),
             lines=bindparam("held_lines", type_=tables.holds.c.lines.type),
+            version=bindparam("changes"),
         )
         self.set = (
             update(tables.holds)
@@ -82,6 +83,7 @@ class _Statements:
                 expires_at=bindparam("until"),
                 orderid=bindparam("order"),
                 lines=bindparam("held_lines", type_=tables.holds.c.lines.type),
+                version=bindparam("changes"),
             )
         )
         self.due = (
@@ -98,11 +100,11 @@ def _statements() -> _Statements:
 
 
 def hold_of(holdid: str, row: Any) -> model.Hold:
-    state, expires_at, orderid, lines = row
+    state, expires_at, orderid, lines, version = row
     if isinstance(lines, str):  # as asyncpg gives JSON
         lines = orjson.loads(lines)
     held = [model.HoldLine(ln["sku"], ln["qty"], ln["batchref"]) for ln in lines]
-    return model.Hold(holdid, held, expires_at, state, orderid)
+    return model.Hold(holdid, held, expires_at, state, orderid, version)
 
 
 class SqlHolds(AbstractHolds):
@@ -147,4 +149,5 @@ def _params(hold: model.Hold) -> dict[str, Any]:
         "until": hold.expires_at,
         "order": hold.orderid,
         "held_lines": lines,
+        "changes": hold.version,
     }

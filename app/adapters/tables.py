@@ -101,6 +101,7 @@ holds = Table(
     Column("expires_at", DateTime, nullable=False),
     Column("orderid", String(REF), nullable=True),
     Column("lines", JSON, nullable=False),
+    Column("version", Integer, nullable=False, server_default="0"),  # one more each change
 )
 Index(
     "ix_holds_due",

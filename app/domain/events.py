@@ -161,3 +161,5 @@ class HoldChanged(Event):
     expires_at: datetime
     orderid: str | None
     lines: tuple[HeldUnits, ...]
+    # The hold's own version (not a product's): ``version`` would put it in a product's order.
+    hold_version: int = 0

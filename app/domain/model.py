@@ -388,12 +388,14 @@ class Hold:
         expires_at: datetime,
         state: str = "held",
         orderid: str | None = None,
+        version: int = 0,
     ) -> None:
         self.holdid = holdid
         self.lines = sorted(lines, key=lambda line: line.sku)
         self.expires_at = expires_at
         self.state = state
         self.orderid = orderid
+        self.version = version  # one more with each change: a consumer keeps the highest
         self.events: list[events.Event] = []
 
     @classmethod
@@ -431,6 +433,7 @@ class Hold:
             raise HoldEnded(f"Hold {self.holdid} is {self.state}")
 
     def _said(self) -> None:
+        self.version += 1
         self.events.append(
             events.HoldChanged(
                 holdid=self.holdid,
@@ -438,5 +441,6 @@ class Hold:
                 expires_at=self.expires_at,
                 orderid=self.orderid,
                 lines=tuple(events.HeldUnits(ln.sku, ln.qty, ln.batchref) for ln in self.lines),
+                hold_version=self.version,
             )
         )

@@ -211,6 +211,7 @@ async def publish_hold_changed_event(
         expires_at=event.expires_at.replace(tzinfo=UTC),  # kept as naive UTC
         orderid=event.orderid,
         lines=[{"sku": ln.sku, "qty": ln.qty, "batchref": ln.batchref} for ln in event.lines],
+        version=event.hold_version,
         event_id=event.id,
         request_id=event.request_id,
     )

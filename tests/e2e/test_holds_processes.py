@@ -65,6 +65,7 @@ async def test_a_hold_placed_by_a_killed_api_expires_once_another_runs(
             entries: Any = await client.xrange(f"{prefix}hold_changed")
             [_, (_, expired)] = entries
             assert expired[b"holdid"].decode() == holdid
+            assert expired[b"version"] == b"2"  # placed, then expired
             [line] = json.loads(expired[b"lines"])
             assert (line["sku"], line["qty"]) == (sku, 5)
         finally:

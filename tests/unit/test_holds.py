@@ -146,9 +146,9 @@ async def test_a_batch_that_shrinks_drops_the_latest_hold_before_any_order_line(
     assert [ln.batchref for ln in store.holds["first"].lines] == ["now"]
     # Said as any change of the hold is: hold_changed, its line now of no batch.
     said = [p for c, p in publisher.published if c == "hold_changed" and p["holdid"] == "second"]
-    assert [(p["state"], p["lines"][0]["batchref"]) for p in said] == [
-        ("held", "now"),
-        ("held", None),
+    assert [(p["state"], p["lines"][0]["batchref"], p["version"]) for p in said] == [
+        ("held", "now", 1),
+        ("held", None, 2),
     ]
     assert said[0]["expires_at"] == "2031-06-01T12:01:00Z"  # UTC, and says so
     # Confirmed, the lost line is placed as any new line: in the shipment.

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(), nullable=False),
         sa.Column("orderid", sa.String(255), nullable=True),
         sa.Column("lines", sa.JSON(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("holdid", name=op.f("pk_holds")),
     )
     op.create_index(
