@@ -164,6 +164,22 @@ class ChangeBatchQuantityMessage(BaseModel):
     )
 
 
+# What every message the service publishes carries, after its own fields.
+EventId = Annotated[
+    str,
+    Field(
+        description="The event's id, the same on every broker and every redelivery: "
+        "de-duplicate by it."
+    ),
+]
+RequestId = Annotated[str | None, Field(description="The id of the request that caused it.")]
+# Added by the publisher, when tracing is on (app.tracing).
+Traceparent = Annotated[
+    str | None,
+    Field(description="The W3C trace context of the publish, when the service traces."),
+]
+
+
 class LineAllocatedMessage(BaseModel):
     """An order line was allocated to a batch (line_allocated)."""
 
@@ -177,15 +193,9 @@ class LineAllocatedMessage(BaseModel):
         description="Where the event stands among its product's events: a consumer keeps "
         "the highest it has seen."
     )
-    event_id: str = Field(
-        description="The event's id, the same on every broker and every redelivery: "
-        "de-duplicate by it."
-    )
-    request_id: str | None = Field(description="The id of the request that caused it.")
-    # Added by the publisher, when tracing is on (app.tracing).
-    traceparent: str | None = Field(
-        None, description="The W3C trace context of the publish, when the service traces."
-    )
+    event_id: EventId
+    request_id: RequestId
+    traceparent: Traceparent = None
 
 
 class HeldLineMessage(BaseModel):
@@ -210,11 +220,6 @@ class HoldChangedMessage(BaseModel):
         description="The hold's version, one more with each of its changes: a consumer "
         "keeps the highest it has seen."
     )
-    event_id: str = Field(
-        description="The event's id, the same on every broker and every redelivery: "
-        "de-duplicate by it."
-    )
-    request_id: str | None = Field(description="The id of the request that caused it.")
-    traceparent: str | None = Field(
-        None, description="The W3C trace context of the publish, when the service traces."
-    )
+    event_id: EventId
+    request_id: RequestId
+    traceparent: Traceparent = None

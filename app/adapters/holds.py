@@ -67,25 +67,16 @@ class _Statements:
             "skip": self.get.with_for_update(skip_locked=True),
             "fail": self.get.with_for_update(nowait=True),
         }
-        self.add = insert(tables.holds).values(
-            holdid=bindparam("hold"),
-            state=bindparam("now_state"),
-            expires_at=bindparam("until"),
-            orderid=bindparam("order"),
-            lines=bindparam("held_lines", type_=tables.holds.c.lines.type),
-            version=bindparam("changes"),
-        )
-        self.set = (
-            update(tables.holds)
-            .where(h.holdid == bindparam("hold"))
-            .values(
-                state=bindparam("now_state"),
-                expires_at=bindparam("until"),
-                orderid=bindparam("order"),
-                lines=bindparam("held_lines", type_=tables.holds.c.lines.type),
-                version=bindparam("changes"),
-            )
-        )
+        # (Parameters of INSERT and UPDATE may not be named as the table's columns.)
+        values = {
+            "state": bindparam("now_state"),
+            "expires_at": bindparam("until"),
+            "orderid": bindparam("order"),
+            "lines": bindparam("held_lines", type_=tables.holds.c.lines.type),
+            "version": bindparam("changes"),
+        }
+        self.add = insert(tables.holds).values(holdid=bindparam("hold"), **values)
+        self.set = update(tables.holds).where(h.holdid == bindparam("hold")).values(**values)
         self.due = (
             select(h.holdid)
             .where(h.state == "held", h.expires_at <= bindparam("now"))
