@@ -207,7 +207,8 @@ class HeldLineMessage(BaseModel):
 
 
 class HoldChangedMessage(BaseModel):
-    """A hold was placed, extended, confirmed, released or expired (hold_changed)."""
+    """A hold was placed, extended, confirmed, released or expired, or a line of it lost its
+    units to its batch's fall (hold_changed)."""
 
     model_config = ConfigDict(frozen=True, title="hold_changed")
 

@@ -77,43 +77,6 @@ async def allocate(
     return await once(key, request, body, allocate_line, headers_of=order_headers_of)
 
 
-@router.post(
-    "/deallocate",
-    status_code=202,
-    response_model=schemas.AllocationAccepted,
-    dependencies=WRITER,
-    summary="Cancel an order line",
-    tags=["allocations"],
-    responses={
-        **errors(problems.UNKNOWN_LINE, write=True, keyed=True),
-        **located(
-            202,
-            {
-                "GetOrder": link("get_order", "Read the order: the line cancelled.", _ORDER),
-                "GetOrderHistory": link("get_order_history", "Read what it went through.", _ORDER),
-            },
-            keyed=True,
-        ),
-    },
-)
-async def deallocate(
-    body: schemas.LineIn, request: Request, bus: Bus, once: Once, key: IdempotencyKey = None
-) -> Response:
-    """Cancels the order's line of `sku`: its units go back to its batch, and the order reads
-    it `cancelled`; `GET /allocations/{orderid}` no longer lists it. A line out of stock is
-    cancelled too, giving back nothing. Answers 202 with `Location: /orders/{orderid}`.
-    Cancelling it again changes nothing and answers 202; a line the service never accepted
-    is a 404. Allocating the same line afterwards places it anew."""
-
-    async def cancel() -> Response:
-        await bus.handle(commands.Deallocate(body.orderid, body.sku))
-        where = await location(request, "get_order", orderid=body.orderid)
-        accepted = schemas.AllocationAccepted(orderid=body.orderid)
-        return answer(request, accepted, order_headers_of(where))
-
-    return await once(key, request, body, cancel, headers_of=order_headers_of)
-
-
 @router.get(
     "/orders",
     response_model=schemas.LinePage,
@@ -213,3 +176,41 @@ async def get_allocation(
     if result is None:
         return problem(problems.NO_ALLOCATION, f"Order {orderid} has no allocation of {sku}")
     return answer(request, result)
+
+
+# Last in /docs: "Try it out" runs the section top to bottom, the reads before a cancel.
+@router.post(
+    "/deallocate",
+    status_code=202,
+    response_model=schemas.AllocationAccepted,
+    dependencies=WRITER,
+    summary="Cancel an order line",
+    tags=["allocations"],
+    responses={
+        **errors(problems.UNKNOWN_LINE, write=True, keyed=True),
+        **located(
+            202,
+            {
+                "GetOrder": link("get_order", "Read the order: the line cancelled.", _ORDER),
+                "GetOrderHistory": link("get_order_history", "Read what it went through.", _ORDER),
+            },
+            keyed=True,
+        ),
+    },
+)
+async def deallocate(
+    body: schemas.LineIn, request: Request, bus: Bus, once: Once, key: IdempotencyKey = None
+) -> Response:
+    """Cancels the order's line of `sku`: its units go back to its batch, and the order reads
+    it `cancelled`; `GET /allocations/{orderid}` no longer lists it. A line out of stock is
+    cancelled too, giving back nothing. Answers 202 with `Location: /orders/{orderid}`.
+    Cancelling it again changes nothing and answers 202; a line the service never accepted
+    is a 404. Allocating the same line afterwards places it anew."""
+
+    async def cancel() -> Response:
+        await bus.handle(commands.Deallocate(body.orderid, body.sku))
+        where = await location(request, "get_order", orderid=body.orderid)
+        accepted = schemas.AllocationAccepted(orderid=body.orderid)
+        return answer(request, accepted, order_headers_of(where))
+
+    return await once(key, request, body, cancel, headers_of=order_headers_of)
